@@ -245,6 +245,8 @@ def load_dataset(dataset_id: str):
     """The ir_datasets dataset; an unknown id is a KitError."""
     install_demo_data()
     import ir_datasets  # imported late: it reads IR_DATASETS_HOME when imported
+    import logging
+    logging.disable(logging.INFO)  # ir_datasets' INFO lines (one logger per module) drown the progress bars
     try:
         return ir_datasets.load(dataset_id)
     except KeyError:
@@ -322,6 +324,11 @@ class DocumentLookup:
     def get_many(self, doc_ids) -> dict[str, str]:
         if self._store is None:
             self._store = self.dataset.docs_store()
+            # Close before interpreter shutdown: ir_datasets' own finaliser fails once modules are torn down.
+            lookup = getattr(self._store, "lookup", None)
+            if hasattr(lookup, "close"):
+                import atexit
+                atexit.register(lookup.close)
         docs = self._store.get_many(set(doc_ids))
         missing = set(doc_ids) - docs.keys()
         if missing:
@@ -1198,3 +1205,160 @@ def write_table(table: Table, out_dir, name: str) -> list[Path]:
         paths.append(out_dir / f"{name}.{ext}")
         atomic_write_text(paths[-1], text)
     return paths
+
+
+# ================================================================================================
+# 9. The results store: one folder per trained cell, keyed by its full training configuration
+# ================================================================================================
+# results/FORMAT                                    layout version (RESULTS_FORMAT)
+# results/cells/<backbone>__<objective>__seed<k>__<config hash>/
+#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE
+#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  metrics.json (written last)
+# results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
+# A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
+# after everything else, so an interrupted cell is resumed, never read as finished.
+def open_results(results: Path) -> Path:
+    results = Path(results)
+    marker = results / "FORMAT"
+    if marker.exists():
+        found = marker.read_text().strip()
+        if found != str(RESULTS_FORMAT):
+            raise KitError(f"{results} was written by an incompatible version of the kit (format {found}, this "
+                           f"version writes {RESULTS_FORMAT}); pass another --results folder")
+    else:
+        atomic_write_text(marker, f"{RESULTS_FORMAT}\n")
+    return results
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", Path(name).name if Path(name).exists() else name).strip("-")
+
+
+def cell_dir(results: Path, cfg: TrainConfig) -> Path:
+    return Path(results) / "cells" / f"{_slug(cfg.backbone)}__{cfg.objective}__seed{cfg.seed}__{cfg.key()}"
+
+
+class _CellLock:
+    """An exclusive lock on a cell folder, so that two processes never train the same cell at once."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+
+    def __enter__(self):
+        import fcntl
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            raise KitError(f"{self.path.parent} is in use by another process; wait for it or use another "
+                           f"--results folder") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, **train_options) -> Path:
+    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted."""
+    folder = cell_dir(results, cfg)
+    if (folder / "DONE").exists():
+        return folder / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _CellLock(folder):
+        if (folder / "DONE").exists():  # finished by another process while we waited
+            return folder / "model"
+        atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
+        import time
+        started = time.time()
+        model_dir = train(cfg, folder, device, log=log, **train_options)
+        atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1)})
+    return model_dir
+
+
+@dataclasses.dataclass
+class EvalData:
+    collection: Collection
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    documents: DocumentLookup
+    candidates: dict[str, list[str]]
+    candidates_name: str
+
+
+def load_eval_data(collection: Collection, run_dir: str | None = None, depth: int = 1000) -> EvalData:
+    """Queries, qrels, documents and the top-`depth` candidates of a test collection. Candidates come
+    from `run_dir/<collection>.run[.gz]` when given, else the run shipped with the demo, else the
+    dataset's own scoreddocs."""
+    dataset = load_dataset(collection.dataset_id)
+    queries, qrels = load_queries(dataset), load_qrels(dataset, collection.relevance)
+    path = None
+    if run_dir:
+        options = [Path(run_dir) / f"{collection.name}.run{ext}" for ext in ("", ".gz", ".trec", ".trec.gz")]
+        path = next((p for p in options if p.exists()), None)
+        if path is None:
+            raise KitError(f"no candidates for {collection.name}: expected {options[0]} (or .gz) in --run-dir; "
+                           f"see the README section 'Candidates'")
+    elif collection.run:
+        path = REPO / collection.run
+    if path is not None:
+        ranked, name = read_run(path, depth), f"{path.name}@{depth}"
+    elif dataset.has_scoreddocs():
+        scored: dict[str, dict[str, float]] = {}
+        for sd in dataset.scoreddocs_iter():
+            scored.setdefault(sd.query_id, {})[sd.doc_id] = sd.score
+        ranked = {q: sorted(d.items(), key=lambda i: (-i[1], i[0]))[:depth] for q, d in scored.items()}
+        name = f"{collection.dataset_id}/scoreddocs@{depth}"
+    else:
+        raise KitError(f"no candidates for {collection.name} ({collection.dataset_id} has no scoreddocs): pass "
+                       f"--run-dir with {collection.name}.run; see the README section 'Candidates'")
+    candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
+    if not candidates:
+        raise KitError(f"the candidates {name} share no query id with the qrels of {collection.dataset_id} "
+                       f"(e.g. run {next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); "
+                       f"is it the run of another collection?")
+    return EvalData(collection, queries, qrels, DocumentLookup(dataset), candidates, name)
+
+
+def _load_metrics(folder: Path):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return metrics, json.loads((folder / "per_query.json").read_text())
+
+
+def _save_metrics(folder: Path, run, data: EvalData, tag: str):
+    aggregate, per_query = evaluate(run, data.qrels, list(data.collection.measures))
+    write_run(folder / "run.trec.gz", run, tag)
+    atomic_write_json(folder / "per_query.json", per_query)
+    atomic_write_json(folder / "metrics.json", aggregate)  # last: its presence marks the folder finished
+    return aggregate, per_query
+
+
+def evaluate_first_stage(data: EvalData, results: Path):
+    """The candidates' own effectiveness, as the row every re-ranker must beat."""
+    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.candidates_name,
+                                   data.collection.measures]).encode()).hexdigest()[:10]
+    folder = Path(results) / "first-stage" / f"{data.collection.name}__{key}"
+    if (folder / "metrics.json").exists():
+        return _load_metrics(folder)
+    run = {qid: {d: -float(rank) for rank, d in enumerate(docs)} for qid, docs in data.candidates.items()}
+    return _save_metrics(folder, run, data, "first-stage")
+
+
+def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, batch_size: int = 64,
+                  progress: bool = True):
+    """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed."""
+    import transformers
+    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.collection.relevance, data.candidates_name,
+                                   data.collection.measures, cfg.max_length, cfg.query_max_length,
+                                   cfg.precision]).encode()).hexdigest()[:10]
+    folder = cell_dir(results, cfg) / "eval" / f"{data.collection.name}__{key}"
+    if (folder / "metrics.json").exists():
+        return _load_metrics(folder)
+    model_dir = cell_dir(results, cfg) / "model"
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
+    run = rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
+                 device=device, precision=cfg.precision, progress=progress)
+    return _save_metrics(folder, run, data, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
