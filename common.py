@@ -206,7 +206,6 @@ class TrainingSetup:
     candidates: str             # TREC run whose top `candidate_depth` gives the hard negatives
     teacher_lists: str          # TREC run ordered by the listwise teacher (score = 101 - rank)
     candidate_depth: int
-    list_depth: int
 
 
 PAPER_TRAINING = TrainingSetup(
@@ -214,14 +213,14 @@ PAPER_TRAINING = TrainingSetup(
     teacher_pairs="bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
     candidates="__colbert__msmarco-passage-train-judged.run",
     teacher_lists="__rankzephyr-colbert-10000-sampled-100__msmarco-passage-train-judged.run",
-    candidate_depth=500, list_depth=50)
+    candidate_depth=500)
 
 DEMO_TRAINING = TrainingSetup(
     queries="beir/scifact/train", triples=None,
     teacher_pairs="data/teachers/scifact-train.ensemble-pairs.tsv",
     candidates="data/runs/bm25/scifact-train.run.gz",
     teacher_lists="data/teachers/scifact-train.ensemble-top50.run",
-    candidate_depth=100, list_depth=50)
+    candidate_depth=100)
 
 
 def ir_datasets_home() -> Path:
@@ -489,7 +488,7 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
     qrels = load_qrels(dataset)
     positives = {qid: sorted(d for d, rel in docs.items() if rel > 0) for qid, docs in qrels.items()}
     if kind == "lists":
-        lists = read_run(resolve_file(setup.teacher_lists), setup.list_depth)
+        lists = read_run(resolve_file(setup.teacher_lists), group_size)
         kept = {qid: ranked for qid, ranked in lists.items() if qid in queries and len(ranked) >= 2}
         _report_skipped(log, "lists", len(lists) - len(kept), "not in the training queries or shorter than 2")
         return TrainingData("lists", candidates=kept, **common)
@@ -681,7 +680,9 @@ class TrainConfig:
     query_max_length: int
     precision: str              # "bf16" (autocast) or "fp32"
     training: str = "demo"      # "demo" or "paper": which TrainingSetup
-    teacher_scores: str | None = None
+    teacher_scores: str | None = None  # TREC run of teacher scores (kl); None: none
+    teacher_pairs: str | None = None   # replaces the setup's Hofstätter-format file (margin_mse)
+    teacher_lists: str | None = None   # replaces the setup's listwise teacher run (distill_ranknet, adr_mse)
     max_examples: int | None = None
     grad_accumulation: int = 1
     weight_decay: float = 0.0
@@ -774,6 +775,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     log(f"backbone {cfg.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"attention {model.config._attn_implementation}, precision {cfg.precision}, device {device}")
     setup = {"demo": DEMO_TRAINING, "paper": PAPER_TRAINING}[cfg.training]
+    setup = dataclasses.replace(setup, teacher_pairs=cfg.teacher_pairs or setup.teacher_pairs,
+                                teacher_lists=cfg.teacher_lists or setup.teacher_lists)
     data = build_training_data(cfg.objective, setup, cfg.batch_queries, cfg.group_size, cfg.seed,
                                cfg.max_examples, cfg.teacher_scores, log=log)
     pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
@@ -1362,3 +1365,91 @@ def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, 
     run = rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
                  device=device, precision=cfg.precision, progress=progress)
     return _save_metrics(folder, run, data, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
+
+
+# ================================================================================================
+# 10. Experiment grids: the paper's recipe, the offline demo's, and the smoke test's
+# ================================================================================================
+# Per mode: training steps, warm-up, max length, query budget, and the batch composition per objective
+# family; list_depth is how much of the listwise teacher's ordering one step sees. "paper" is Morand et
+# al.'s setting (batch 32 for base backbones, 64 for small ones: 32 triples,
+# 4 queries x 8 passages for InfoNCE, 1 query x 50 passages for the listwise teachers); "demo" is sized
+# for about 30 minutes per cell on a 2-core CPU; "smoke" runs a tiny model for a few steps (tests).
+RECIPES = {
+    "paper": dict(steps=200_000, warmup_steps=5_000, max_length=512, query_max_length=64, training="paper",
+                  pairs={"base": 32, "mini": 64}, group_size=8, list_depth=50),
+    "demo": dict(steps=800, warmup_steps=80, max_length=192, query_max_length=64, training="demo",
+                 pairs={"base": 8, "mini": 8}, group_size=8, list_depth=16),
+    "smoke": dict(steps=4, warmup_steps=1, max_length=64, query_max_length=16, training="demo",
+                  pairs={"base": 2, "mini": 2}, group_size=4, list_depth=8),
+}
+
+
+def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
+                learning_rate: float | None = None, **teachers) -> TrainConfig:
+    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke")."""
+    recipe, spec = RECIPES[mode], get_backbone(backbone)
+    if objective not in OBJECTIVE_DATA:
+        raise KitError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVE_DATA)}")
+    family, pairs = OBJECTIVE_DATA[objective], recipe["pairs"][spec.size]
+    if family in ("pairs", "teacher-pairs"):
+        batch_queries, group_size = pairs, 2
+    elif family == "lists":
+        batch_queries, group_size = 1, recipe["list_depth"]
+    else:  # a batch of `pairs` triples holds 2*pairs passages: the same number in groups of group_size
+        batch_queries, group_size = max(1, 2 * pairs // recipe["group_size"]), recipe["group_size"]
+    if mode == "paper" and family in ("groups", "teacher-groups"):
+        batch_queries = max(1, pairs // recipe["group_size"])  # 32 // 8 = 4 queries, as in the paper
+    return TrainConfig(backbone=backbone, objective=objective, seed=seed, steps=steps or recipe["steps"],
+                       learning_rate=learning_rate or spec.learning_rate,
+                       warmup_steps=min(recipe["warmup_steps"], max(1, (steps or recipe["steps"]) // 10)),
+                       batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
+                       query_max_length=recipe["query_max_length"], precision=precision,
+                       training=recipe["training"], **teachers)
+
+
+def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path, device: str, *,
+             run_dir: str | None = None, depth: int = 1000, batch_size: int = 64, first_stage: str | None = "BM25",
+             progress: bool = True, log=print, **train_options):
+    """Train (or reuse) every cell and re-rank every collection with it.
+
+    configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
+    {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
+    {measure: {qid: value}}; the candidates themselves appear as the system `first_stage`."""
+    metrics: dict = {}
+    per_query: dict = {}
+    datasets = {c.name: load_eval_data(c, run_dir, depth) for c in collections}
+    if first_stage:
+        for name, data in datasets.items():
+            aggregate, pq = evaluate_first_stage(data, results)
+            metrics.setdefault(first_stage, {})[name], per_query.setdefault(first_stage, {})[name] = [aggregate], [pq]
+    for system, seeds in configs.items():
+        for cfg in seeds:
+            train_cell(cfg, results, device, log=log, progress=progress, **train_options)
+            for name, data in datasets.items():
+                aggregate, pq = evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress)
+                metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
+                per_query.setdefault(system, {}).setdefault(name, []).append(pq)
+    return metrics, per_query
+
+
+def grid_table(metrics, per_query, collections: list[Collection], measure: str, baseline: str, title: str,
+               alpha: float = 0.05, averages: bool = True) -> Table:
+    """One results table for `measure`: a column per collection (tested against `baseline`) and, when
+    asked, the mean over each group of collections (in-domain, out-of-domain, ...) per seed."""
+    values: dict = {}
+    for system, by_collection in metrics.items():
+        row = values.setdefault(system, {})
+        for c in collections:
+            if c.name in by_collection and measure in by_collection[c.name][0]:
+                row[c.name] = [m[measure] for m in by_collection[c.name]]
+        groups = dict.fromkeys(c.group for c in collections)
+        for group in groups if averages and len(collections) > 1 else ():
+            members = [row[c.name] for c in collections if c.group == group and c.name in row]
+            if members and len(members) == sum(c.group == group for c in collections):
+                seeds = min(len(m) for m in members)
+                row[f"avg {group}"] = [float(np.mean([m[k] for m in members])) for k in range(seeds)]
+    tested = {s: {c.name: pq[c.name] and [p[measure] for p in pq[c.name]] for c in collections if c.name in pq}
+              for s, pq in per_query.items()}
+    comparisons = compare_to_baseline(tested, baseline, alpha) if baseline in tested and len(tested) > 1 else {}
+    return results_table(values, comparisons, baseline=baseline, measure=measure, title=title, alpha=alpha)
