@@ -1289,10 +1289,11 @@ class EvalData:
     candidates_name: str
 
 
-def load_eval_data(collection: Collection, run_dir: str | None = None, depth: int = 1000) -> EvalData:
+def load_eval_data(collection: Collection, run_dir: str | None = None, depth: int = 1000,
+                   max_queries: int | None = None) -> EvalData:
     """Queries, qrels, documents and the top-`depth` candidates of a test collection. Candidates come
     from `run_dir/<collection>.run[.gz]` when given, else the run shipped with the demo, else the
-    dataset's own scoreddocs."""
+    dataset's own scoreddocs. `max_queries` keeps the first judged queries only (smoke tests)."""
     dataset = load_dataset(collection.dataset_id)
     queries, qrels = load_queries(dataset), load_qrels(dataset, collection.relevance)
     path = None
@@ -1315,6 +1316,9 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
     else:
         raise KitError(f"no candidates for {collection.name} ({collection.dataset_id} has no scoreddocs): pass "
                        f"--run-dir with {collection.name}.run; see the README section 'Candidates'")
+    if max_queries:
+        qrels = {qid: qrels[qid] for qid in sorted(qrels)[:max_queries]}
+        name += f"/first-{max_queries}-queries"
     candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
     if not candidates:
         raise KitError(f"the candidates {name} share no query id with the qrels of {collection.dataset_id} "
@@ -1410,7 +1414,7 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
 
 def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path, device: str, *,
              run_dir: str | None = None, depth: int = 1000, batch_size: int = 64, first_stage: str | None = "BM25",
-             progress: bool = True, log=print, **train_options):
+             max_queries: int | None = None, progress: bool = True, log=print, **train_options):
     """Train (or reuse) every cell and re-rank every collection with it.
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
@@ -1418,7 +1422,7 @@ def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection
     {measure: {qid: value}}; the candidates themselves appear as the system `first_stage`."""
     metrics: dict = {}
     per_query: dict = {}
-    datasets = {c.name: load_eval_data(c, run_dir, depth) for c in collections}
+    datasets = {c.name: load_eval_data(c, run_dir, depth, max_queries) for c in collections}
     if first_stage:
         for name, data in datasets.items():
             aggregate, pq = evaluate_first_stage(data, results)

@@ -95,7 +95,8 @@ def main() -> None:
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
     metrics, per_query = common.run_grid(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth,
-        batch_size=args.eval_batch_size, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+        batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        checkpoint_every=args.checkpoint_every)
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
     out = results / "tables" / f"rq1_{mode}_{common._slug(backbone)}"

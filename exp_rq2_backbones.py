@@ -1,0 +1,200 @@
+"""RQ2 — Does the best objective depend on the backbone, in and out of domain?
+
+Morand et al. (2026) train nine backbones (Ettin 17M-150M, MiniLM-L12, BERT, ELECTRA, RoBERTa,
+DeBERTa-v3) with each of six objectives and report that the relative objectives (MarginMSE, InfoNCE)
+beat pointwise BCE "across all backbones and evaluation settings". This script trains the grid
+backbones x objectives x seeds, re-ranks every test collection, and writes (a) per backbone, the table
+objectives x collections (+ group averages) with two-sided paired t-tests against BCE (seeds averaged
+per query, Holm-Bonferroni within each collection), and (b) a summary per collection group (in-domain,
+out-of-domain): a row per backbone, a column per objective, the best objective of each backbone marked.
+
+Commands:
+  # the paper's grid: 9 backbones x 6 objectives x 3 seeds, SPLADE-v3 top-1000 candidates from --run-dir
+  python exp_rq2_backbones.py --gpu 0 --run-dir runs/splade-v3-distilbert
+  # a subset of it
+  python exp_rq2_backbones.py --gpu 0 --run-dir runs/splade-v3-distilbert --backbones bert-base ettin-17m \
+      --objectives bce infonce margin_mse
+  # offline demo on a CPU: all-MiniLM-L6-v2 and students cut to its first 4 and 2 layers, trained on SciFact
+  python exp_rq2_backbones.py --demo
+  # tiny random models for a few steps (what the tests run)
+  python exp_rq2_backbones.py --smoke
+
+Expected time: --demo trains 3 backbones x 6 objectives x 3 seeds = 54 cells of 800 steps: about
+25-30 min each for minilm-l6 on a 2-core CPU in bf16 (less for the cut students), a day or more in all;
+about an hour on a GPU. The paper's grid is 162 cells, about 6 GPU-days per base-size cell (fewer for
+the small backbones). --smoke: about a minute on a CPU. Finished cells are reused by every script (RQ1
+and RQ3 read the same ones), and an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+import common
+
+OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
+SMOKE_BACKBONES = ["tiny-bert", "tiny-electra"]
+
+
+@dataclasses.dataclass
+class Args:
+    backbones: list[str] = dataclasses.field(default_factory=lambda: list(common.PAPER_BACKBONES))
+    """backbones to train (names from common.PAPER_BACKBONES, or HF ids / local paths); with --demo or --smoke, added to that mode's own"""
+    objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
+    """objectives to compare (names from losses.LOSSES); the first is the baseline of the t-tests"""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [12, 13, 14])
+    """training seeds (the paper: 3 runs from seed 12)"""
+    demo: bool = False
+    """run offline on the shipped demo set with the backbones minilm-l6, minilm-l4, minilm-l2"""
+    smoke: bool = False
+    """tiny random-initialised models (tiny-bert, tiny-electra) for a few steps, one seed (tests)"""
+    gpu: int = -1
+    """CUDA device index; -1 runs on the CPU"""
+    results: str = "results"
+    """results folder shared by all scripts (one sub-folder per trained cell)"""
+    run_dir: str | None = None
+    """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    depth: int = 1000
+    """candidates re-ranked per query"""
+    steps: int | None = None
+    """training steps (default: 200k for the paper, 800 for --demo)"""
+    precision: str = "auto"
+    """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
+    teacher_pairs: str | None = None
+    """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
+    teacher_lists: str | None = None
+    """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    eval_batch_size: int = 64
+    """pairs per re-ranking batch"""
+    num_workers: int = 0
+    """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
+    checkpoint_every: int = 500
+    """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    alpha: float = 0.05
+    """significance level after Holm–Bonferroni correction"""
+    deterministic: bool = False
+    """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+
+
+def group_means(by_collection: dict, collections: list[common.Collection], measure: str) -> dict[str, list[float]]:
+    """{"in-domain": [...], "out-of-domain": [...]}: per seed, the mean of `measure` over the group's
+    collections (out-of-domain = every collection not in-domain: BEIR-13, LoTTE, Robust04 in the paper);
+    a group is left out unless all its collections were evaluated."""
+    out = {}
+    for group in ("in-domain", "out-of-domain"):
+        members = [c.name for c in collections if (c.group == "in-domain") == (group == "in-domain")]
+        runs = [[m[measure] for m in by_collection.get(name, []) if measure in m] for name in members]
+        if members and all(runs):
+            seeds = min(len(r) for r in runs)
+            out[group] = [float(np.mean([r[k] for r in runs])) for k in range(seeds)]
+    return out
+
+
+def describe(members: list[str], collections: list[common.Collection]) -> str:
+    """The collections by name when few, else by group with counts: 'BEIR 13, LoTTE 10, Robust04 1'."""
+    if len(members) <= 5:
+        return ", ".join(members)
+    groups = [c.group for c in collections if c.name in members]
+    return ", ".join(f"{g} {groups.count(g)}" for g in dict.fromkeys(groups))
+
+
+def pivot_table(rows: dict[str, dict[str, list[float]]], columns: list[str], title: str, note: str) -> common.Table:
+    """A table of mean (± std over seeds) per row and column; the best value of each ROW is starred
+    (console) / bold (LaTeX) and named in a last column 'best'."""
+    cells = {(r, c): (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
+             for r, row in rows.items() for c, v in row.items() if len(v)}
+    best = {r: max((c for c in columns if (r, c) in cells), key=lambda c: round(cells[r, c][0], 4), default=None)
+            for r in rows}
+    is_best = {(r, c): best[r] is not None and round(cells[r, c][0], 4) == round(cells[r, best[r]][0], 4)
+               for (r, c) in cells}
+
+    def text(r, c, latex=False):
+        if (r, c) not in cells:
+            return "--" if latex else "–"
+        mean, std, _ = cells[r, c]
+        value = rf"\textbf{{{mean:.4f}}}" if latex and is_best[r, c] else f"{mean:.4f}"
+        if std is not None:
+            value += rf"{{\scriptsize$\pm${std:.4f}}}" if latex else f" ± {std:.4f}"
+        return value + ("*" if is_best[r, c] and not latex else "")
+
+    console = "\n".join([title, tabulate([[r, *(text(r, c) for c in columns), best[r] or "–"] for r in rows],
+                                         headers=["backbone", *columns, "best"], tablefmt="github",
+                                         disable_numparse=True), "* best per row; " + note])
+    esc = common.latex_escape
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(title)}. {esc(note)} Best per row in bold.}}",
+             rf"\label{{tab:{re.sub('[^a-z0-9]+', '-', title.lower()).strip('-')}}}", rf"\begin{{tabular}}{{l{'r' * len(columns)}}}",
+             r"\toprule", " & ".join(["Backbone", *map(esc, columns)]) + r" \\", r"\midrule",
+             *[" & ".join([esc(r), *(text(r, c, latex=True) for c in columns)]) + r" \\" for r in rows],
+             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    records = [{"row": r, "column": c, "mean": m, "std": s, "n_seeds": n, "best_in_row": is_best[r, c]}
+               for (r, c), (m, s, n) in cells.items()]
+    return common.Table(console=console, latex="\n".join(lines) + "\n", records=records)
+
+
+def main() -> None:
+    args = common.parse_args(Args)
+
+    # 1. Mode, device, backbones and collections -------------------------------------------------
+    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
+    device = common.choose_device(args.gpu)
+    common.setup_speed(device, args.deterministic)
+    precision = common.resolve_precision("fp32" if args.smoke else args.precision, device)
+    backbones = list(args.backbones)
+    if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
+        passed = [] if backbones == list(common.PAPER_BACKBONES) else backbones
+        backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else common.DEMO_BACKBONES), *passed]))
+    for name in backbones:
+        common.get_backbone(name)  # an unknown name fails now, not after hours of training
+    seeds = args.seeds[:1] if args.smoke else args.seeds
+    collections = common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS
+    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    first_stage = Path(args.run_dir).name if args.run_dir else "BM25"
+    results = common.open_results(Path(args.results))
+    print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
+          f"{precision} on {device}")
+
+    # 2. One training configuration per (backbone, objective, seed) ------------------------------
+    configs = {f"{backbone}|{objective}": [
+        common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                           teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
+        for backbone in backbones for objective in args.objectives}
+
+    # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
+    metrics, per_query = common.run_grid(
+        configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=first_stage,
+        batch_size=args.eval_batch_size, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+
+    # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
+    out = results / "tables" / f"rq2_{mode}"
+    baseline = args.objectives[0]
+    for backbone in backbones:
+        systems = [first_stage, *(f"{backbone}|{o}" for o in args.objectives)]
+        rename = lambda s: s.split("|")[-1]  # noqa: E731  the row label is the objective
+        sub_metrics = {rename(s): metrics[s] for s in systems}
+        sub_per_query = {rename(s): per_query[s] for s in systems}
+        table = common.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
+                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
+        common.write_table(table, out, f"rq2_{common._slug(backbone)}_nDCG10")
+        print("\n" + table.console)
+
+    # 5. Summary: backbones x objectives, mean nDCG@10 per collection group ----------------------
+    means = {backbone: {o: group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
+             for backbone in backbones}
+    for group in ("in-domain", "out-of-domain"):
+        rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in backbones}
+        members = [c.name for c in collections if (c.group == "in-domain") == (group == "in-domain")]
+        note = (f"nDCG@10 averaged over the {len(members)} {group} collections ({describe(members, collections)}), "
+                f"mean over {len(seeds)} seed(s) with the std when more than one.")
+        table = pivot_table(rows, args.objectives, f"RQ2 summary, {group}: backbones x objectives ({mode}, "
+                                                   f"{precision})", note)
+        common.write_table(table, out, f"rq2_summary_{group}_nDCG10")
+        print("\n" + table.console + "\n\n" + table.latex)
+    print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
+
+
+if __name__ == "__main__":
+    common.main_guard(main)

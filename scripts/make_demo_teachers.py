@@ -1,0 +1,186 @@
+"""Build the offline demo's teacher files: a cross-encoder ensemble's scores of SciFact training pairs.
+
+The demo's distillation objectives need teachers that the paper downloads (Hofstätter et al.'s T2
+ensemble scores for MarginMSE; RankZephyr's orderings from Rank-DistiLLM for DistillRankNet and ADR-MSE).
+Offline there are none, so this script makes them from cross-encoders that the kit trains itself:
+all-MiniLM-L6-v2 trained on beir/scifact/train with BCE, hinge and InfoNCE (the three objectives that
+need no teacher), seed 12, the demo recipe. These are exactly the cells that
+`exp_rq1_objectives.py --demo` trains, so whichever script runs first trains them and the other reuses
+them from the results store. The teacher is their ensemble: each pair's score is the MEAN of the three
+members' logits, as Hofstätter et al.'s T2 teacher is the mean of its members' scores (BERT-Base,
+BERT-Large, ALBERT-Large). Note: the demo's listwise teacher is this cross-encoder ensemble, not an LLM
+like the paper's RankZephyr, so the demo's DistillRankNet / ADR-MSE rows distil a cross-encoder's
+ranking, not an LLM's. The members are trained with different objectives, so their logits have
+different scales; the mean leans towards the member with the widest spread (the script prints each
+member's score spread).
+
+Commands (from the repository root):
+  # the shipped files (trains or reuses 3 demo cells, then scores about 82k pairs with each member)
+  python scripts/make_demo_teachers.py
+  # a tiny random model on a handful of queries (tests); writes to <results>/smoke-teachers
+  python scripts/make_demo_teachers.py --smoke --results /tmp/kit-teach-smoke
+
+What it writes to --out-dir (default data/teachers; names from common.DEMO_TRAINING):
+  scifact-train.ensemble-pairs.tsv     Hofstätter's format, `pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid`,
+                                       for margin_mse: every positive of every training query with a
+                                       positive, paired with up to 20 negatives sampled (fixed seed) from
+                                       the query's BM25 top-100, judged positives excluded
+  scifact-train.ensemble-top50.run     Rank-DistiLLM's format, TREC run `qid Q0 docid rank 101-rank rank`,
+                                       for distill_ranknet / adr_mse: the ensemble's ordering of each
+                                       training query's BM25 top-100 plus its positives, top 50
+  scifact-train.ensemble-scores.run.gz the ensemble's scores (6 decimals, tag ensemble) of the same
+                                       candidates, for kl (exp_rq1_objectives.py --teacher-scores)
+Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
+files. Output is deterministic: sorted query ids, ties broken by doc id, a rerun gives identical bytes.
+
+Expected time on a 2-core CPU (fp32): about 30-40 min of training per member (800 steps; reused when the
+cells exist), then about 10-15 min of scoring per member, about 2-2.5 hours in all; a few minutes on
+a GPU. --smoke takes well under a minute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+MEMBERS = ["bce", "hinge", "infonce"]  # the objectives that need no teacher
+SEED = 12                               # the first seed of the paper's (and the demo's) runs
+NEGATIVES_PER_POSITIVE = 20             # pairs per positive in the Hofstätter-format file
+LIST_DEPTH = 50                         # Rank-DistiLLM's teacher lists: top 50, score = 101 - rank
+SAMPLE_SEED = 0                         # seed of the negative sampling (per query: [SAMPLE_SEED, crc32(qid)])
+SMOKE_QUERIES = 8                       # training queries used by --smoke
+
+
+@dataclasses.dataclass
+class Args:
+    results: str = "results"
+    """results folder shared by all scripts (the members are cells there)"""
+    gpu: int = -1
+    """CUDA device index; -1 runs on the CPU"""
+    precision: str = "auto"
+    """bf16, fp32, or auto (bf16 where the hardware supports it); part of the members' cell keys"""
+    out_dir: str | None = None
+    """folder of the teacher files (default: data/teachers; with --smoke: <results>/smoke-teachers)"""
+    smoke: bool = False
+    """tiny random-initialised members for a few steps, a handful of queries (tests)"""
+    steps: int | None = None
+    """training steps of each member (default: the recipe's, 800 for the demo); changes the cells"""
+    num_workers: int = 0
+    """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
+    checkpoint_every: int = 200
+    """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    batch_size: int = 64
+    """pairs per scoring batch"""
+
+
+def main() -> None:
+    args = common.parse_args(Args)
+    started = time.time()
+
+    # 1. Mode, device, members -----------------------------------------------------------------
+    mode = "smoke" if args.smoke else "demo"
+    device = common.choose_device(args.gpu)
+    common.setup_speed(device)
+    # As exp_rq1_objectives.py: smoke runs in fp32, so both scripts share the same smoke cells.
+    precision = common.resolve_precision("fp32" if args.smoke else args.precision, device)
+    backbone = "tiny-bert" if args.smoke else "minilm-l6"
+    results = common.open_results(Path(args.results))
+    out_dir = Path(args.out_dir) if args.out_dir else \
+        results / "smoke-teachers" if args.smoke else common.REPO / "data" / "teachers"
+    setup = common.DEMO_TRAINING
+    members = [common.make_config(mode, backbone, objective, SEED, precision, steps=args.steps)
+               for objective in MEMBERS]
+    print(f"teachers ({mode}): ensemble of {backbone} x {MEMBERS}, seed {SEED}, {precision} on {device} "
+          f"-> {out_dir}")
+
+    # 2. Training queries, positives and candidates (BM25 top-100 + positives) ----------------
+    dataset = common.load_dataset(setup.queries)
+    queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
+    documents = common.DocumentLookup(dataset)
+    positives = {qid: sorted(d for d, rel in docs.items() if rel > 0) for qid, docs in qrels.items()}
+    bm25 = common.read_run(common.resolve_file(setup.candidates), setup.candidate_depth)
+    qids = sorted(qid for qid in bm25 if qid in queries)
+    if args.smoke:
+        qids = [qid for qid in qids if positives.get(qid)][:SMOKE_QUERIES]
+    if not qids:
+        raise common.KitError(f"{setup.candidates} shares no query id with {setup.queries}")
+    candidates = {qid: sorted({d for d, _ in bm25[qid]} | set(positives.get(qid, []))) for qid in qids}
+    n_pairs = sum(map(len, candidates.values()))
+    print(f"{len(qids)} training queries ({sum(bool(positives.get(q)) for q in qids)} with a positive), "
+          f"{n_pairs} (query, passage) pairs to score per member")
+    # Key of this candidate set: a member's cached scores are reused only for the very same pairs.
+    pairs_key = hashlib.sha1(json.dumps([setup.queries, setup.candidates, setup.candidate_depth, candidates],
+                                        sort_keys=True).encode()).hexdigest()[:10]
+
+    # 3. Train (or reuse) each member, then score every candidate with it ----------------------
+    member_runs = []
+    for cfg in members:
+        model_dir = common.train_cell(cfg, results, device, num_workers=args.num_workers,
+                                      checkpoint_every=args.checkpoint_every)
+        cache = common.cell_dir(results, cfg) / "scores" / f"scifact-train__{pairs_key}.run.gz"
+        if not cache.exists():
+            t0 = time.time()
+            import transformers
+            transformers.logging.set_verbosity_error()
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+            pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
+            run = common.rerank(model, pair_tokenizer, queries, candidates, documents, batch_size=args.batch_size,
+                                device=device, precision=cfg.precision, progress=True)
+            common.write_run(cache, run, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
+            print(f"{cfg.objective}: scored {n_pairs} pairs in {time.time() - t0:.0f} s")
+            del model
+        # Always read the scores back from the (6-decimal) file: a rerun computes the same mean.
+        run = {qid: dict(docs) for qid, docs in common.read_run(cache).items()}
+        values = np.array([s for docs in run.values() for s in docs.values()])
+        print(f"{cfg.objective}: scores mean {values.mean():.4g}, std {values.std():.4g} ({cache})")
+        member_runs.append(run)
+
+    # 4. The ensemble: mean of the members' logits ---------------------------------------------
+    # Rounded to the 6 decimals written, so the three files agree on every score and every tie.
+    ensemble = {qid: {d: round(float(np.mean([run[qid][d] for run in member_runs])), 6) for d in candidates[qid]}
+                for qid in qids}
+    ranked = {qid: sorted(scores.items(), key=lambda item: (-item[1], item[0])) for qid, scores in ensemble.items()}
+
+    # 5. Hofstätter-format pairs: each positive with up to 20 sampled BM25 negatives ------------
+    pair_lines = []
+    for qid in qids:
+        judged = qrels.get(qid, {})
+        negatives = [d for d, _ in bm25[qid] if judged.get(d, 0) <= 0]  # BM25 order
+        if not positives.get(qid) or not negatives:
+            continue
+        rng = np.random.default_rng([SAMPLE_SEED, zlib.crc32(qid.encode())])  # per query: stable under subsets
+        for pos in positives[qid]:
+            chosen = sorted(rng.choice(len(negatives), min(NEGATIVES_PER_POSITIVE, len(negatives)), replace=False))
+            pair_lines += [f"{ensemble[qid][pos]:.6f}\t{ensemble[qid][negatives[i]]:.6f}\t{qid}\t{pos}\t{negatives[i]}\n"
+                           for i in chosen]
+
+    # 6. Rank-DistiLLM-format lists: the ensemble's top 50, score = 101 - rank -----------------
+    list_lines = [f"{qid} Q0 {docid} {rank} {101 - rank} rank\n"
+                  for qid in qids for rank, (docid, _) in enumerate(ranked[qid][:LIST_DEPTH], 1)]
+
+    # 7. Write the three files atomically --------------------------------------------------------
+    paths = {"pairs": out_dir / Path(setup.teacher_pairs).name,
+             "lists": out_dir / Path(setup.teacher_lists).name,
+             "scores": out_dir / "scifact-train.ensemble-scores.run.gz"}
+    common.atomic_write_text(paths["pairs"], "".join(pair_lines))
+    common.atomic_write_text(paths["lists"], "".join(list_lines))
+    common.write_run(paths["scores"], ensemble, "ensemble")
+    counts = {"pairs": len(pair_lines), "lists": len(list_lines), "scores": n_pairs}
+    for name, path in paths.items():
+        print(f"{path}: {counts[name]} lines")
+    print(f"done in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    common.main_guard(main)
