@@ -234,10 +234,7 @@ def install_demo_data() -> None:
     for source in SHIPPED_IR_DATASETS_HOME.rglob("*"):
         target = home / source.relative_to(SHIPPED_IR_DATASETS_HOME)
         if source.is_file() and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, source.read_bytes())  # a private temp name: safe with concurrent runs
 
 
 def load_dataset(dataset_id: str):
@@ -688,8 +685,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
 
+    def teacher_file(self) -> str | None:
+        """The teacher file this objective trains on, if any."""
+        setup = {"demo": DEMO_TRAINING, "paper": PAPER_TRAINING}[self.training]
+        return {"teacher-pairs": self.teacher_pairs or setup.teacher_pairs,
+                "lists": self.teacher_lists or setup.teacher_lists,
+                "teacher-groups": self.teacher_scores}.get(OBJECTIVE_DATA.get(self.objective))
+
     def key(self) -> str:
-        text = json.dumps({"format": RESULTS_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        used = self.teacher_file()
+        # A local teacher file is keyed by its content: a rebuilt teacher must not reuse old cells.
+        if used and used not in EXTERNAL_FILES and resolve_file(used).is_file():
+            fields["teacher_md5"] = _md5(resolve_file(used))
+        text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -828,7 +837,9 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     loader = torch.utils.data.DataLoader(
         _StepBatches(data, pair_tokenizer, step * accumulation, cfg.steps * accumulation), batch_size=None,
         shuffle=False, num_workers=num_workers, pin_memory=device.startswith("cuda"),
-        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        # Its own generator: a loader created on resume must not draw from the global RNG (dropout's).
+        generator=torch.Generator().manual_seed(cfg.seed))
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.backbone}/{cfg.objective}", unit="step")
     import time
@@ -1396,6 +1407,9 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
     if objective not in OBJECTIVE_DATA:
         raise KitError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVE_DATA)}")
     family, pairs = OBJECTIVE_DATA[objective], recipe["pairs"][spec.size]
+    # Keep only the teacher file this objective reads, so that naming a teacher does not re-key other cells.
+    uses = {"teacher-pairs": "teacher_pairs", "lists": "teacher_lists", "teacher-groups": "teacher_scores"}.get(family)
+    teachers = {name: path for name, path in teachers.items() if name == uses}
     if family in ("pairs", "teacher-pairs"):
         batch_queries, group_size = pairs, 2
     elif family == "lists":
@@ -1412,6 +1426,32 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
                        training=recipe["training"], **teachers)
 
 
+def select_collections(collections: list[Collection], names: list[str] | None) -> list[Collection]:
+    """The collections named by --collections (all when none are named); an unknown name is a KitError."""
+    if not names:
+        return collections
+    known = {c.name: c for c in collections}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise KitError(f"unknown collection {unknown[0]!r}; valid here: {', '.join(known)}")
+    return [known[name] for name in names]
+
+
+def preflight(configs: dict[str, list[TrainConfig]]) -> None:
+    """Check names and files before the first cell trains: a typo must not surface after hours of training."""
+    for cfg in (c for seeds in configs.values() for c in seeds):
+        get_backbone(cfg.backbone)
+        kind = OBJECTIVE_DATA.get(cfg.objective)
+        if kind is None:
+            raise KitError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVE_DATA)}")
+        needed = cfg.teacher_file()
+        if kind == "teacher-groups" and not needed:
+            raise KitError(f"objective {cfg.objective!r} needs teacher scores (--teacher-scores)")
+        if needed and not resolve_file(needed).is_file():
+            raise KitError(f"{resolve_file(needed)}: no such file (needed by {cfg.objective}); check the flag "
+                           f"that names it, or rebuild the demo teachers with scripts/make_demo_teachers.py")
+
+
 def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path, device: str, *,
              run_dir: str | None = None, depth: int = 1000, batch_size: int = 64, first_stage: str | None = "BM25",
              max_queries: int | None = None, progress: bool = True, log=print, **train_options):
@@ -1420,6 +1460,7 @@ def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
     {measure: {qid: value}}; the candidates themselves appear as the system `first_stage`."""
+    preflight(configs)
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: load_eval_data(c, run_dir, depth, max_queries) for c in collections}

@@ -45,6 +45,8 @@ class Args:
     """CUDA device index; -1 runs on the CPU"""
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
+    collections: list[str] = dataclasses.field(default_factory=list)
+    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int = 1000
@@ -76,12 +78,13 @@ def main() -> None:
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
     device = common.choose_device(args.gpu)
     common.setup_speed(device, args.deterministic)
-    precision = common.resolve_precision("fp32" if args.smoke else args.precision, device)
+    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
     backbone = args.backbone
     if mode != "paper" and backbone == Args.backbone:  # the paper's default is not available offline
         backbone = "tiny-bert" if args.smoke else "minilm-l6"
     seeds = args.seeds[:1] if args.smoke else args.seeds
-    collections = common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS
+    collections = common.select_collections(
+        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
     depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
     results = common.open_results(Path(args.results))
     print(f"RQ1 ({mode}): {backbone}, objectives {args.objectives}, seeds {seeds}, {precision} on {device}")

@@ -33,9 +33,12 @@ What it writes to --out-dir (default data/teachers; names from common.DEMO_TRAIN
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
 files. Output is deterministic: sorted query ids, ties broken by doc id, a rerun gives identical bytes.
 
-Expected time on a 2-core CPU (fp32): about 30-40 min of training per member (800 steps; reused when the
-cells exist), then about 10-15 min of scoring per member, about 2-2.5 hours in all; a few minutes on
-a GPU. --smoke takes well under a minute.
+Expected time on a 2-core CPU in fp32: training is about 30-40 min per member on idle cores (800 steps
+of 16 passages; reused when the cells exist), and scoring is 809 queries x ~101 candidates = ~82k pairs
+per member at 192 tokens, roughly 20-40 pairs/s, so 35-70 min per member. That is about 3-5 hours in all,
+and much more on shared cores: with the 2 cores shared by other jobs (load 9) we measured 11-14 s per
+training step (about 3 hours per member) and 8 pairs/s. On a GPU it takes a few minutes. --smoke takes
+under a minute. An interrupted run resumes: rerun the same command.
 """
 from __future__ import annotations
 
@@ -91,8 +94,8 @@ def main() -> None:
     mode = "smoke" if args.smoke else "demo"
     device = common.choose_device(args.gpu)
     common.setup_speed(device)
-    # As exp_rq1_objectives.py: smoke runs in fp32, so both scripts share the same smoke cells.
-    precision = common.resolve_precision("fp32" if args.smoke else args.precision, device)
+    # As exp_rq1_objectives.py: smoke runs in fp32 unless told otherwise, so both scripts share the smoke cells.
+    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
     backbone = "tiny-bert" if args.smoke else "minilm-l6"
     results = common.open_results(Path(args.results))
     out_dir = Path(args.out_dir) if args.out_dir else \
