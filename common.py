@@ -354,13 +354,18 @@ def iter_run(path: Path) -> Iterator[tuple[str, str, float]]:
                 raise KitError(f"{path}, line {number}: malformed run line ({error}): {line.strip()[:80]!r}") from None
 
 
+def trec_order(items) -> list[tuple[str, float]]:
+    """(docid, score) pairs in trec_eval's order: score descending, ties by docid descending."""
+    return sorted(items, key=lambda item: (item[1], item[0]), reverse=True)
+
+
 def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, float]]]:
-    """A TREC run as {qid: [(docid, score), ...]} sorted by score (ties by docid, as trec_eval),
-    keeping the top `depth` per query."""
+    """A TREC run as {qid: [(docid, score), ...]} in trec_eval's order (the rank column is ignored,
+    as trec_eval ignores it), keeping the top `depth` per query."""
     run: dict[str, dict[str, float]] = {}
     for qid, docid, score in iter_run(path):
         run.setdefault(qid, {})[docid] = score
-    return {qid: sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:depth] for qid, docs in run.items()}
+    return {qid: trec_order(docs.items())[:depth] for qid, docs in run.items()}
 
 
 def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
@@ -399,7 +404,7 @@ def write_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
     """Write {qid: {docid: score}} as a TREC run, 6 decimals (so trec_eval's docid tie-break rarely fires)."""
     lines = []
     for qid in sorted(run):
-        ranked = sorted(run[qid].items(), key=lambda item: (-item[1], item[0]))
+        ranked = trec_order(run[qid].items())
         lines += [f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n" for rank, (docid, score) in enumerate(ranked, 1)]
     data = "".join(lines).encode()
     atomic_write_bytes(path, gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
@@ -1322,7 +1327,7 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
         scored: dict[str, dict[str, float]] = {}
         for sd in dataset.scoreddocs_iter():
             scored.setdefault(sd.query_id, {})[sd.doc_id] = sd.score
-        ranked = {q: sorted(d.items(), key=lambda i: (-i[1], i[0]))[:depth] for q, d in scored.items()}
+        ranked = {q: trec_order(d.items())[:depth] for q, d in scored.items()}
         name = f"{collection.dataset_id}/scoreddocs@{depth}"
     else:
         raise KitError(f"no candidates for {collection.name} ({collection.dataset_id} has no scoreddocs): pass "

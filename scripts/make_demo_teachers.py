@@ -153,7 +153,7 @@ def main() -> None:
     # Rounded to the 6 decimals written, so the three files agree on every score and every tie.
     ensemble = {qid: {d: round(float(np.mean([run[qid][d] for run in member_runs])), 6) for d in candidates[qid]}
                 for qid in qids}
-    ranked = {qid: sorted(scores.items(), key=lambda item: (-item[1], item[0])) for qid, scores in ensemble.items()}
+    ranked = {qid: common.trec_order(scores.items()) for qid, scores in ensemble.items()}
 
     # 5. Hofstätter-format pairs: each positive with up to 20 sampled BM25 negatives ------------
     pair_lines = []

@@ -1,0 +1,366 @@
+"""Engine side of common.py: the training loop (loss goes down, kill-and-resume, NaN stop, bf16), the
+tiny backbones of every architecture, re-ranking, and the results store.
+
+Models are the tiny random-initialised backbones ("tiny-bert", ...) on CPU; the only pretrained weights
+loaded are all-MiniLM-L6-v2's, once, to check that keep_layers cuts "minilm-l4" to 4 layers. Torch runs
+on one thread here: on a small shared CPU, two threads per tiny step are many times slower than one.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import losses
+from common import KitError
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CANDIDATES = FIXTURES / "scifact-train-candidates.run"  # BM25 top-8 of 4 training queries
+VASWANI = next(c for c in common.DEMO_COLLECTIONS if c.name == "vaswani")
+ARCHITECTURES = ["bert", "roberta", "electra", "deberta", "modernbert"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_data(monkeypatch):
+    """The demo training setup with the fixture run as candidates: 4 training queries, quick to build."""
+    monkeypatch.setattr(common, "DEMO_TRAINING",
+                        dataclasses.replace(common.DEMO_TRAINING, candidates=str(CANDIDATES)))
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def smoke(backbone="tiny-bert", objective="bce", seed=0, precision="fp32", steps=2, learning_rate=None):
+    return common.make_config("smoke", backbone, objective, seed, precision, steps=steps, learning_rate=learning_rate)
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    assert files, f"no safetensors file in {model_dir}"
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(f))
+    return tensors
+
+
+def load_trained(model_dir: Path, max_length=64, query_max_length=16):
+    import transformers
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    return model, common.make_pair_tokenizer(model, tokenizer, max_length, query_max_length)
+
+
+# ================================================================================================
+# Training: the loss goes down
+# ================================================================================================
+def test_tiny_model_loss_goes_down(tmp_path, small_data):
+    # A random 2-layer model learns nothing general in 30 steps of one query each, so it trains on the
+    # four queries of the fixture run (BM25 top-8): 30 steps at lr 1e-2 memorise their positives. Over
+    # seeds 0-5 the mean of the last 5 losses ended between 0.02 and 0.55, from ln 4 = 1.386.
+    cfg = common.make_config("smoke", "tiny-bert", "infonce", 0, "fp32", steps=30, learning_rate=1e-2)
+    assert (cfg.batch_queries, cfg.group_size) == (1, 4)
+    common.train(cfg, tmp_path, log_every=1, progress=False, log=quiet)
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == list(range(1, 31))
+    values = [r["loss"] for r in log]
+    assert all(math.isfinite(v) for v in values)
+    first, last = float(np.mean(values[:5])), float(np.mean(values[-5:]))
+    assert first == pytest.approx(math.log(4), abs=0.05)  # a fresh head scores the 4 candidates alike
+    assert last < 0.75 * first, values
+    assert log[-1]["lr"] == 0.0  # linear decay to 0 at the last step
+    assert (tmp_path / "model").is_dir() and json.loads((tmp_path / "training.json").read_text())["steps"] == 30
+
+
+# ================================================================================================
+# Kill and resume
+# ================================================================================================
+def stalled_training(cfg, out_dir: Path) -> int:
+    """Fork a process that trains `cfg` with checkpoint_every=2 and stalls when it asks for batch 3
+    (0-based), i.e. after the checkpoint of step 2 and the log line of step 3; return its pid. A fork
+    rather than a fresh interpreter: the child needs no 10 s of imports, and it dies by SIGKILL all the
+    same, with no chance to clean up."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        real_batch = common.TrainingData.batch
+
+        def stall(self, step):
+            if step >= 3:
+                time.sleep(600)
+            return real_batch(self, step)
+
+        common.TrainingData.batch = stall
+        common.train(cfg, out_dir, checkpoint_every=2, log_every=1, progress=False, log=quiet)
+        code = 0
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        os._exit(code)  # never return into pytest
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    cfg = common.make_config("smoke", "tiny-bert", "infonce", 0, "fp32", steps=8, learning_rate=1e-2)
+    straight, killed = tmp_path_factory.mktemp("uninterrupted"), tmp_path_factory.mktemp("killed")
+    # The uninterrupted run first: it also builds the scifact docs store, which the child then only reads.
+    common.train(cfg, straight, log_every=1, progress=False, log=quiet)
+
+    pid = stalled_training(cfg, killed)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pid = None
+                pytest.fail(f"the training process ended (status {status}) before it was killed")
+            log_path = killed / "train_log.jsonl"
+            logged = log_path.read_text().splitlines() if log_path.exists() else []
+            if (killed / "checkpoint.pt").exists() and len(logged) >= 3:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail("the training process wrote no checkpoint within 120 s")
+            time.sleep(0.02)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    state = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)
+    killed_at, logged_before = state["step"], [r["step"] for r in read_log(killed)]
+    notes = []
+    common.train(cfg, killed, checkpoint_every=2, log_every=1, progress=False, log=notes.append)
+    return SimpleNamespace(cfg=cfg, straight=straight, killed=killed, killed_at=killed_at,
+                           logged_before=logged_before, notes=notes)
+
+
+def test_resume_after_sigkill_continues_with_a_clean_log(resumed):
+    cfg = resumed.cfg
+    # killed mid-run, after the checkpoint of step 2 and the log line of step 3
+    assert (resumed.killed_at, resumed.logged_before) == (2, [1, 2, 3])
+    assert any(f"resuming from {resumed.killed / 'checkpoint.pt'} at step {resumed.killed_at}" in n
+               for n in resumed.notes)
+    log = read_log(resumed.killed)
+    assert [r["step"] for r in log] == list(range(1, cfg.steps + 1))  # one line per step, no duplicates
+    straight = read_log(resumed.straight)
+    # up to the checkpoint the killed run did exactly what the uninterrupted one did
+    assert [r["loss"] for r in log[:resumed.killed_at]] == [r["loss"] for r in straight[:resumed.killed_at]]
+    assert [r["lr"] for r in log] == [r["lr"] for r in straight]
+    assert json.loads((resumed.killed / "training.json").read_text())["steps"] == cfg.steps
+
+
+def test_resume_after_sigkill_gives_identical_weights(resumed):
+    straight, killed = weights(resumed.straight / "model"), weights(resumed.killed / "model")
+    assert straight.keys() == killed.keys()
+    different = [name for name in straight if not torch.equal(straight[name], killed[name])]
+    assert not different, f"{len(different)} of {len(straight)} tensors differ, e.g. {different[0]}"
+    # and the final checkpoints agree too, optimizer moments included
+    a, b = (torch.load(f / "checkpoint.pt", map_location="cpu", weights_only=False)
+            for f in (resumed.straight, resumed.killed))
+    assert a["step"] == b["step"] == resumed.cfg.steps
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for index, moments in a["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
+
+
+def test_resumed_model_reranks_like_the_uninterrupted_one(resumed):
+    data = common.load_eval_data(VASWANI, depth=10, max_queries=20)
+    results = []
+    for folder in (resumed.straight, resumed.killed):
+        model, pair_tokenizer = load_trained(folder / "model")
+        run = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents)
+        results.append((run, common.evaluate(run, data.qrels, list(VASWANI.measures))[0]))
+    (run_a, metrics_a), (run_b, metrics_b) = results
+    assert sum(len(d) for d in run_a.values()) == 200
+    assert run_a == run_b
+    assert metrics_a == metrics_b
+
+
+# ================================================================================================
+# Architectures, precision, layers
+# ================================================================================================
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_tiny_architecture_trains_and_scores(tmp_path, small_data, arch):
+    model, _ = common.load_backbone(common.get_backbone(f"tiny-{arch}"), 0)
+    assert model.config.num_hidden_layers == 2 and model.config.num_labels == 1
+    model_dir = common.train(smoke(f"tiny-{arch}"), tmp_path, log_every=1, progress=False, log=quiet)
+    assert [r["step"] for r in read_log(tmp_path)] == [1, 2]
+    model, pair_tokenizer = load_trained(model_dir)
+    queries = ["vitamin d and bone density", "does aspirin prevent stroke in adults", "sleep"]
+    passages = ["a long passage " * 12, "aspirin", "a study of sleep quality in older adults"]
+    scores = common.score_pairs(model, pair_tokenizer, queries, passages, batch_size=2)
+    assert scores.dtype == np.float32 and scores.shape == (3,) and np.isfinite(scores).all()
+    # scores come back in input order, and do not depend on what else was in the (padded) batch
+    alone = [common.score_pairs(model, pair_tokenizer, [q], [p])[0] for q, p in zip(queries, passages)]
+    np.testing.assert_allclose(scores, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_keep_layers_cuts_minilm_to_four_layers():
+    model, tokenizer = common.load_backbone(common.get_backbone("minilm-l4"), 0)
+    assert model.config.num_hidden_layers == 4
+    assert len(model.base_model.encoder.layer) == 4
+    inputs = common.make_pair_tokenizer(model, tokenizer, 32, 8)(["a query"], ["a passage"])
+    with torch.inference_mode():
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_bf16_training_gives_fp32_logits_to_the_loss(tmp_path, small_data, monkeypatch):
+    seen = []
+    real = losses.LOSSES["bce"]
+
+    def spy(scores, targets, **kwargs):
+        seen.append((scores.dtype, bool(torch.isfinite(scores).all())))
+        return real(scores, targets, **kwargs)
+
+    monkeypatch.setitem(losses.LOSSES, "bce", spy)
+    common.train(smoke(precision="bf16"), tmp_path, log_every=1, progress=False, log=quiet)
+    assert seen == [(torch.float32, True)] * 2
+    assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, small_data, monkeypatch):
+    calls = []
+    real = losses.LOSSES["bce"]
+
+    def poisoned(scores, targets, **kwargs):
+        calls.append(1)
+        loss = real(scores, targets, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setitem(losses.LOSSES, "bce", poisoned)
+    cfg = smoke(steps=5)
+    with pytest.raises(KitError, match=r"loss became nan at step 3"):
+        common.train(cfg, tmp_path, checkpoint_every=2, log_every=1, progress=False, log=quiet)
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [r["step"] for r in read_log(tmp_path)] == [1, 2]
+    assert not (tmp_path / "model").exists()
+    # a checkpoint of another configuration is refused, not silently mixed in
+    with pytest.raises(KitError, match="another configuration"):
+        common.train(dataclasses.replace(cfg, seed=1), tmp_path, progress=False, log=quiet)
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(KitError) as error:
+        common.get_backbone("no-such-backbone")
+    for name in ("tiny-bert", "minilm-l6", "minilm-l4", "bert-base", "ettin-17m"):
+        assert name in str(error.value)
+
+
+def test_choose_device():
+    assert common.choose_device(None) == common.choose_device(-1) == "cpu"
+    if torch.cuda.is_available() and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a fourth GPU")
+    with pytest.raises(KitError, match="--gpu 3"):
+        common.choose_device(3)
+
+
+# ================================================================================================
+# The results store
+# ================================================================================================
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory):
+    results = common.open_results(tmp_path_factory.mktemp("results"))
+    cfg = smoke()
+    seen = {}
+    real_train = common.train
+
+    def watched(cfg, out_dir, *args, **kwargs):
+        model_dir = real_train(cfg, out_dir, *args, **kwargs)
+        seen["done_when_train_returned"] = (out_dir / "DONE").exists()
+        return model_dir
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "train", watched)
+        model_dir = common.train_cell(cfg, results, "cpu", log=quiet, progress=False)
+    return SimpleNamespace(results=results, cfg=cfg, model_dir=model_dir, seen=seen)
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("must not be called: the results are reused")
+
+
+def test_train_cell_writes_done_last_and_is_reused(cell, monkeypatch):
+    folder = common.cell_dir(cell.results, cell.cfg)
+    assert cell.model_dir == folder / "model" and cell.model_dir.is_dir()
+    assert cell.seen == {"done_when_train_returned": False}
+    assert (folder / "DONE").exists()
+    assert json.loads((folder / "config.json").read_text()) == dataclasses.asdict(cell.cfg)
+    assert (cell.results / "FORMAT").read_text().strip() == str(common.RESULTS_FORMAT)
+    monkeypatch.setattr(common, "train", refuse)
+    assert common.train_cell(cell.cfg, cell.results, "cpu", log=quiet) == folder / "model"
+
+
+def test_cell_without_done_is_trained_again(tmp_path, monkeypatch):
+    cfg = smoke(seed=7)
+    folder = common.cell_dir(tmp_path, cfg)
+    (folder / "model").mkdir(parents=True)  # an interrupted cell: a model folder, but no DONE
+    calls = []
+
+    def fake_train(cfg, out_dir, device="cpu", **kwargs):
+        calls.append(out_dir)
+        assert not (out_dir / "DONE").exists()
+        return out_dir / "model"
+
+    monkeypatch.setattr(common, "train", fake_train)
+    assert common.train_cell(cfg, tmp_path, "cpu", log=quiet) == folder / "model"
+    assert calls == [folder] and (folder / "DONE").exists()
+
+
+def test_open_results_refuses_another_format(tmp_path):
+    (tmp_path / "FORMAT").write_text(f"{common.RESULTS_FORMAT + 1}\n")
+    with pytest.raises(KitError, match="incompatible version"):
+        common.open_results(tmp_path)
+    fresh = tmp_path / "fresh"
+    assert common.open_results(fresh) == fresh
+    assert (fresh / "FORMAT").read_text() == f"{common.RESULTS_FORMAT}\n"
+    assert common.open_results(fresh) == fresh  # its own format is accepted
+
+
+def test_evaluate_cell_results_are_reused(cell, monkeypatch):
+    data = common.load_eval_data(VASWANI, depth=5, max_queries=10)
+    calls = []
+    real_rerank = common.rerank
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_rerank(*args, **kwargs)
+
+    monkeypatch.setattr(common, "rerank", counted)
+    first = common.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False)
+    assert len(calls) == 1
+    aggregate, per_query = first
+    assert set(aggregate) == set(VASWANI.measures) and all(math.isfinite(v) for v in aggregate.values())
+    assert set(per_query["nDCG@10"]) == set(data.qrels)
+    folder = next((common.cell_dir(cell.results, cell.cfg) / "eval").iterdir())
+    assert {p.name for p in folder.iterdir()} >= {"run.trec.gz", "per_query.json", "metrics.json"}
+    assert len(common.read_run(folder / "run.trec.gz")) == 10
+    monkeypatch.setattr(common, "rerank", refuse)
+    assert common.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False) == first
