@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import functools
 import gzip
 import hashlib
 import inspect
@@ -250,6 +251,12 @@ def load_dataset(dataset_id: str):
 
 
 def _md5(path: Path) -> str:
+    stat = Path(path).stat()
+    return _md5_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _md5_cached(path: str, mtime_ns: int, size: int) -> str:  # teacher files can be GBs: hash each once
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -1188,7 +1195,7 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
                     rf"(per-query values averaged over seeds) at $\alpha={alpha}$ after "
                     rf"Holm--Bonferroni correction within each column "
                     rf"(family of {_span(family)} systems compared with the baseline).")
-    label = "tab:" + (re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "results")
+    label = "tab:" + (re.sub(r"[^a-z0-9]+", "-", f"{title} {measure}".lower()).strip("-") or "results")
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
              rf"\label{{{label}}}", rf"\begin{{tabular}}{{l{'r' * len(columns)}}}", r"\toprule",
              " & ".join(["System", *map(latex_escape, columns)]) + r" \\", r"\midrule"]
@@ -1268,8 +1275,11 @@ class _CellLock:
         self.handle = open(self.path, "w")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as error:
             self.handle.close()
+            import errno
+            if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
             raise KitError(f"{self.path.parent} is in use by another process; wait for it or use another "
                            f"--results folder") from None
         return self
@@ -1336,6 +1346,8 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
         qrels = {qid: qrels[qid] for qid in sorted(qrels)[:max_queries]}
         name += f"/first-{max_queries}-queries"
     candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
+    # The evaluation caches are keyed by the candidates' content, not only their file name.
+    name += "#" + hashlib.sha1(json.dumps(candidates, sort_keys=True).encode()).hexdigest()[:8]
     if not candidates:
         raise KitError(f"the candidates {name} share no query id with the qrels of {collection.dataset_id} "
                        f"(e.g. run {next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); "
@@ -1405,6 +1417,14 @@ RECIPES = {
 }
 
 
+PAPER_SEEDS = [12, 13, 14]  # Morand et al.: 3 runs from seed 12
+
+
+def seeds_for(mode: str, seeds: list[int]) -> list[int]:
+    """The paper runs 3 seeds; --demo and --smoke run the first only, unless other seeds were asked for."""
+    return seeds[:1] if mode != "paper" and seeds == PAPER_SEEDS or mode == "smoke" else seeds
+
+
 def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
                 learning_rate: float | None = None, **teachers) -> TrainConfig:
     """The training configuration of one cell under `mode` ("paper", "demo" or "smoke")."""
@@ -1458,7 +1478,7 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
 
 
 def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path, device: str, *,
-             run_dir: str | None = None, depth: int = 1000, batch_size: int = 64, first_stage: str | None = "BM25",
+             run_dir: str | None = None, depth: int = 1000, batch_size: int = 64, first_stage: str | None = "auto",
              max_queries: int | None = None, progress: bool = True, log=print, **train_options):
     """Train (or reuse) every cell and re-rank every collection with it.
 
@@ -1469,6 +1489,9 @@ def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: load_eval_data(c, run_dir, depth, max_queries) for c in collections}
+    if first_stage == "auto":  # name the candidates' row after what produced them, where we know it
+        shipped_bm25 = all(c.run and "bm25" in c.run for c in collections) and not run_dir
+        first_stage = "BM25" if shipped_bm25 else "first stage"
     if first_stage:
         for name, data in datasets.items():
             aggregate, pq = evaluate_first_stage(data, results)

@@ -15,9 +15,11 @@ Commands:
   # a tiny random model for a few steps (what the tests run)
   python exp_rq1_objectives.py --smoke
 
-Expected time: --demo trains 6 cells of 800 steps (about 25-30 min each on a 2-core CPU in bf16,
-2-3 hours in all, plus about 5 min of re-ranking per cell; a few minutes on a GPU). The paper's
-setting is about 6 GPU-days per seed for a base backbone. Finished cells are reused by every script.
+Expected time: --demo trains 6 cells (one seed) of 800 steps: 25-30 min each on a 2-core CPU with
+bf16 support, roughly twice that in fp32 (CPUs without AVX512-BF16), 3-6 hours in all plus a few
+minutes of re-ranking per cell; minutes on a GPU. The paper's setting is 200k steps per cell, days of
+GPU time per backbone. Finished cells are reused by every script; three of these six (bce, hinge,
+infonce) are the members of the demo's teacher ensemble, so scripts/make_demo_teachers.py trains them.
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ class Args:
     """backbone to train (a name from common.PAPER_BACKBONES, or a Hugging Face id / local path)"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
     """objectives to compare (names from losses.LOSSES); the first is the baseline of the t-tests"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [12, 13, 14])
-    """training seeds (the paper: 3 runs from seed 12)"""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     demo: bool = False
     """run offline on the shipped demo set (train SciFact; test SciFact, NFCorpus, Vaswani, Cranfield)"""
     smoke: bool = False
@@ -82,7 +84,7 @@ def main() -> None:
     backbone = args.backbone
     if mode != "paper" and backbone == Args.backbone:  # the paper's default is not available offline
         backbone = "tiny-bert" if args.smoke else "minilm-l6"
-    seeds = args.seeds[:1] if args.smoke else args.seeds
+    seeds = common.seeds_for(mode, args.seeds)
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
     depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth

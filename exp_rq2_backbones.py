@@ -21,8 +21,9 @@ Commands:
 
 Expected time: --demo trains 3 backbones x 6 objectives x 3 seeds = 54 cells of 800 steps: about
 25-30 min each for minilm-l6 on a 2-core CPU in bf16 (less for the cut students), a day or more in all;
-about an hour on a GPU. The paper's grid is 162 cells, about 6 GPU-days per base-size cell (fewer for
-the small backbones). --smoke: about a minute on a CPU. Finished cells are reused by every script (RQ1
+about an hour on a GPU. The paper's grid is 162 cells of 200k steps, each roughly a GPU-day for a base
+backbone (training, then re-ranking the top-1000 of 30 collections), less for the small ones. --smoke:
+under a minute on a 2-core CPU (12 cells of 4 steps, 30 queries per collection). Finished cells are reused by every script (RQ1
 and RQ3 read the same ones), and an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
@@ -43,11 +44,11 @@ SMOKE_BACKBONES = ["tiny-bert", "tiny-electra"]
 @dataclasses.dataclass
 class Args:
     backbones: list[str] = dataclasses.field(default_factory=lambda: list(common.PAPER_BACKBONES))
-    """backbones to train (names from common.PAPER_BACKBONES, or HF ids / local paths); with --demo or --smoke, added to that mode's own"""
+    """backbones (names from common.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
     """objectives to compare (names from losses.LOSSES); the first is the baseline of the t-tests"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [12, 13, 14])
-    """training seeds (the paper: 3 runs from seed 12)"""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     demo: bool = False
     """run offline on the shipped demo set with the backbones minilm-l6, minilm-l4, minilm-l2"""
     smoke: bool = False
@@ -56,6 +57,8 @@ class Args:
     """CUDA device index; -1 runs on the CPU"""
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
+    collections: list[str] = dataclasses.field(default_factory=list)
+    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int = 1000
@@ -125,8 +128,9 @@ def pivot_table(rows: dict[str, dict[str, list[float]]], columns: list[str], tit
                                          headers=["backbone", *columns, "best"], tablefmt="github",
                                          disable_numparse=True), "* best per row; " + note])
     esc = common.latex_escape
+    label = re.sub("[^a-z0-9]+", "-", title.lower()).strip("-")
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(title)}. {esc(note)} Best per row in bold.}}",
-             rf"\label{{tab:{re.sub('[^a-z0-9]+', '-', title.lower()).strip('-')}}}", rf"\begin{{tabular}}{{l{'r' * len(columns)}}}",
+             rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{l{'r' * len(columns)}}}",
              r"\toprule", " & ".join(["Backbone", *map(esc, columns)]) + r" \\", r"\midrule",
              *[" & ".join([esc(r), *(text(r, c, latex=True) for c in columns)]) + r" \\" for r in rows],
              r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -142,17 +146,21 @@ def main() -> None:
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
     device = common.choose_device(args.gpu)
     common.setup_speed(device, args.deterministic)
-    precision = common.resolve_precision("fp32" if args.smoke else args.precision, device)
+    if args.smoke:  # tiny matrices: one thread, or OpenMP spin-waits on shared cores make it 10-50x slower
+        import torch
+        torch.set_num_threads(1)
+    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
+                                         device)
     backbones = list(args.backbones)
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
         passed = [] if backbones == list(common.PAPER_BACKBONES) else backbones
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else common.DEMO_BACKBONES), *passed]))
-    for name in backbones:
-        common.get_backbone(name)  # an unknown name fails now, not after hours of training
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    collections = common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS
+    seeds = common.seeds_for(mode, args.seeds)
+    collections = common.select_collections(
+        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
     depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
-    first_stage = Path(args.run_dir).name if args.run_dir else "BM25"
+    shipped_bm25 = not args.run_dir and all(c.run and "bm25" in c.run for c in collections)
+    first_stage = Path(args.run_dir).name if args.run_dir else "BM25" if shipped_bm25 else "first stage"
     results = common.open_results(Path(args.results))
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
           f"{precision} on {device}")
@@ -166,16 +174,16 @@ def main() -> None:
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
     metrics, per_query = common.run_grid(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=first_stage,
-        batch_size=args.eval_batch_size, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+        batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        checkpoint_every=args.checkpoint_every)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
     out = results / "tables" / f"rq2_{mode}"
     baseline = args.objectives[0]
     for backbone in backbones:
-        systems = [first_stage, *(f"{backbone}|{o}" for o in args.objectives)]
-        rename = lambda s: s.split("|")[-1]  # noqa: E731  the row label is the objective
-        sub_metrics = {rename(s): metrics[s] for s in systems}
-        sub_per_query = {rename(s): per_query[s] for s in systems}
+        systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system
+        sub_metrics = {row: metrics[s] for row, s in systems.items()}
+        sub_per_query = {row: per_query[s] for row, s in systems.items()}
         table = common.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
                                   title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
         common.write_table(table, out, f"rq2_{common._slug(backbone)}_nDCG10")
@@ -187,6 +195,8 @@ def main() -> None:
     for group in ("in-domain", "out-of-domain"):
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in backbones}
         members = [c.name for c in collections if (c.group == "in-domain") == (group == "in-domain")]
+        if not members:  # --collections named none of this group
+            continue
         note = (f"nDCG@10 averaged over the {len(members)} {group} collections ({describe(members, collections)}), "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = pivot_table(rows, args.objectives, f"RQ2 summary, {group}: backbones x objectives ({mode}, "

@@ -164,7 +164,7 @@ COMPS = {
 EXPECTED_LATEX = r"""\begin{table}[t]
 \centering
 \caption{Main results: re-ranking\_BM25. nDCG@10, mean{\scriptsize$\pm$}std over 2 seeds. Best value per column in bold. $^\dagger$: significant difference from the baseline pointwise by a two-sided paired t-test over queries (per-query values averaged over seeds) at $\alpha=0.05$ after Holm--Bonferroni correction within each column (family of 1--2 systems compared with the baseline).}
-\label{tab:main-results-re-ranking-bm25}
+\label{tab:main-results-re-ranking-bm25-ndcg-10}
 \begin{tabular}{lrr}
 \toprule
 System & TREC-DL'19 & dev\_small \\

@@ -64,3 +64,46 @@ def test_rq1_objectives_smoke(shared):
     assert (tables / "rq1_nDCG10.csv").read_text().count("\n") > 6
     cells = list((shared / "results" / "cells").glob("tiny-bert__*"))
     assert len(cells) == len(OBJECTIVES) and all((c / "DONE").exists() for c in cells)
+
+
+def test_rq4_llm_distillation_smoke(shared):
+    out = run_script("exp_rq4_llm_distillation.py", "--smoke", "--results", str(shared / "results"),
+                     *teacher_flags(shared))
+    assert "distill_ranknet vs bce" in out and "adr_mse vs margin_mse" in out
+    assert list((shared / "results" / "tables").glob("rq4_smoke_*/*.tex"))
+
+
+def test_kd_vs_cl_smoke(shared):
+    out = run_script("exp_kd_vs_cl.py", "--smoke", "--results", str(shared / "results"))
+    assert "KD: kl from large" in out and "CL: infonce" in out
+    teachers = list((shared / "results" / "teachers").glob("*/scores_*.run.gz"))
+    assert len(teachers) == 2  # the large teacher and the same-size one
+    import common
+    for path in teachers:
+        assert common.read_run(path)
+
+
+def test_rq5_summary_reads_every_stored_result(shared):
+    out = run_script("exp_rq5_summary.py", "--results", str(shared / "results"))
+    for objective in OBJECTIVES:
+        assert objective in out
+    assert "holds everywhere" in out or "in 0 of" in out or " of " in out
+    assert list((shared / "results" / "tables").glob("rq5_smoke_*/*.tex"))
+
+
+def test_rq5_without_results_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "exp_rq5_summary.py"), "--results", str(tmp_path / "none")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len([l for l in result.stderr.splitlines() if l.startswith("error: ")]) == 1
+
+
+def test_make_demo_teachers_smoke_writes_both_published_formats(shared):
+    run_script("scripts/make_demo_teachers.py", "--smoke", "--results", str(shared / "results"))
+    import common
+    folder = shared / "results" / "smoke-teachers"
+    pairs = list(common.iter_teacher_pairs(folder / "scifact-train.ensemble-pairs.tsv"))
+    lists = common.read_run(folder / "scifact-train.ensemble-top50.run")
+    assert pairs and lists
+    for ranked in lists.values():
+        assert [score for _, score in ranked] == [101 - rank for rank in range(1, len(ranked) + 1)]

@@ -1,0 +1,247 @@
+"""Distillation versus contrastive learning (Xu et al. 2025, arXiv 2507.08336), scaled down.
+
+Xu et al. train rerankers of 0.5B-7B parameters (LLM-based, Transformer and recurrent) either with
+contrastive learning (InfoNCE over (q, d+, D-)) or by distilling a teacher's scores with a KL loss,
+and find that distillation helps in and out of domain when the teacher is larger than the student,
+but not when it has the same size; contrastive learning stays a robust baseline. This script is a
+scaled-down analogue with encoder cross-encoders: (a) it trains, with InfoNCE, a large teacher and one
+same-size teacher per student (the student's backbone under another seed); (b) each teacher scores
+the positives and top candidates of the training queries, written as a TREC run (for kl) and as a
+Hofstätter-format pairs file (for margin_mse) under results/teachers/<teacher cell>/; (c) each student
+is trained with infonce (CL), kl and margin_mse from the large teacher, kl and margin_mse from the
+same-size teacher; (d) per student, every method is tested against its infonce (two-sided paired
+t-test over queries, seeds averaged per query, Holm–Bonferroni per collection).
+
+Commands:
+  # paper-sized: students Ettin-17M/32M/68M, large teacher Ettin-150M, SPLADE-v3 candidates at test
+  python exp_kd_vs_cl.py --gpu 0 --run-dir runs/splade-v3-distilbert
+  # offline demo: students MiniLM-L2 and -L4 (cut from all-MiniLM-L6-v2), large teacher MiniLM-L6
+  python exp_kd_vs_cl.py --demo
+  # tiny random models for a few steps (what the tests run): student tiny-bert, teacher tiny-electra
+  python exp_kd_vs_cl.py --smoke
+
+Expected time: --demo trains 3 teachers and 2 students x 5 methods x 3 seeds = 30 student cells of
+800 steps (25-30 min per MiniLM-L6 cell on a 2-core CPU, less for L4/L2, plus about 5 min of
+re-ranking per cell) and has each teacher score 809 queries x ~100 passages (about 5 min each): about
+10 hours on a 2-core CPU (a third with --seeds 12), about an hour on one GPU; --smoke 1-2 minutes on
+a 2-core CPU. Paper-sized: 4 teachers + 45 students of 200k steps (GPU-days each) plus ~5M
+teacher-scored pairs per teacher (under an hour each on one GPU). Caveat: in paper mode the teachers
+score --teacher-queries (10,000) sampled training queries, so kl / margin_mse students see those only,
+while infonce samples every training query (the demo scores all 809: same data for every method).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+import common
+
+# Per mode: students, large teacher, training queries scored by each teacher (None: all), depth scored.
+MODES = {"paper": (["ettin-17m", "ettin-32m", "ettin-68m"], "ettin-150m", 10_000, None),
+         "demo": (["minilm-l2", "minilm-l4"], "minilm-l6", None, None),
+         "smoke": (["tiny-bert"], "tiny-electra", 16, 8)}
+METHODS = [("CL: infonce", "infonce", None), ("KD: kl from large", "kl", "large"),
+           ("KD: kl from same size", "kl", "same"), ("KD: margin_mse from large", "margin_mse", "large"),
+           ("KD: margin_mse from same size", "margin_mse", "same")]
+
+
+@dataclasses.dataclass
+class Args:
+    students: list[str] = dataclasses.field(default_factory=lambda: list(MODES["paper"][0]))
+    """student backbones (default: Ettin-17M/32M/68M; --demo: minilm-l2/l4; --smoke: tiny-bert)"""
+    teacher: str = "ettin-150m"
+    """backbone of the large teacher (--demo: minilm-l6; --smoke: tiny-electra)"""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    """student training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
+    teacher_seed: int = 12
+    """training seed of the large teacher"""
+    same_size_seed: int = 112
+    """training seed of each same-size teacher (must differ from every student seed)"""
+    demo: bool = False
+    """run offline on the shipped demo set (train SciFact; test SciFact, NFCorpus, Vaswani, Cranfield)"""
+    smoke: bool = False
+    """tiny random-initialised models for a few steps on a few queries (tests)"""
+    gpu: int = -1
+    """CUDA device index; -1 runs on the CPU"""
+    results: str = "results"
+    """results folder shared by all scripts (one sub-folder per trained cell; teacher files in teachers/)"""
+    collections: list[str] = dataclasses.field(default_factory=list)
+    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    run_dir: str | None = None
+    """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    depth: int = 1000
+    """candidates re-ranked per test query"""
+    steps: int | None = None
+    """training steps of students and teachers (default: 200k for the paper, 800 for --demo)"""
+    precision: str = "auto"
+    """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
+    teacher_queries: int | None = None
+    """training queries each teacher scores, sampled with a fixed seed (default: 10,000 paper, all demo; 0: all)"""
+    teacher_depth: int | None = None
+    """top candidates per training query a teacher scores, with the positives (default: the setup's depth)"""
+    eval_batch_size: int = 64
+    """pairs per re-ranking batch (test collections and teacher scoring)"""
+    num_workers: int = 0
+    """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
+    checkpoint_every: int = 500
+    """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    alpha: float = 0.05
+    """significance level after Holm–Bonferroni correction"""
+    deterministic: bool = False
+    """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+
+
+def _portable(path: Path) -> str:
+    """A path as it goes into a TrainConfig: relative to the repo when inside it (so the cell hash does not
+    depend on where the repo lives; common.resolve_file reads it from the repo root), else absolute."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(common.REPO))
+    except ValueError:
+        return str(path)
+
+
+def teacher_files(cfg: common.TrainConfig, results: Path, device: str, setup: common.TrainingSetup,
+                  n_queries: int | None, depth: int, batch_size: int) -> tuple[str, str]:
+    """(TREC run of teacher scores, Hofstätter pairs file) of a trained teacher, computed once and reused:
+    the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries."""
+    import transformers
+    folder = results / "teachers" / common.cell_dir(results, cfg).name
+    scores_path = folder / f"scores_q{n_queries or 'all'}_d{depth}.run.gz"
+    pairs_path = folder / f"pairs_q{n_queries or 'all'}_d{depth}.tsv"
+    if scores_path.exists() and pairs_path.exists():
+        print(f"reusing the teacher files in {folder}")
+        return _portable(scores_path), _portable(pairs_path)
+    dataset = common.load_dataset(setup.queries)
+    queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
+    ranked = common.read_run(common.resolve_file(setup.candidates), depth)
+    eligible = sorted(q for q in queries if q in ranked and any(r > 0 for r in qrels.get(q, {}).values()))
+    if n_queries and n_queries < len(eligible):
+        eligible = sorted(np.random.default_rng(0).choice(eligible, n_queries, replace=False).tolist())
+    positives = {q: sorted(d for d, r in qrels[q].items() if r > 0) for q in eligible}
+    negatives = {q: [d for d, _ in ranked[q] if qrels[q].get(d, 0) <= 0] for q in eligible}
+    candidates = {q: list(dict.fromkeys([*positives[q], *negatives[q]])) for q in eligible}
+    print(f"teacher {cfg.backbone} (seed {cfg.seed}) scores {sum(map(len, candidates.values()))} pairs of "
+          f"{len(eligible)} training queries -> {folder}")
+    model_dir = common.cell_dir(results, cfg) / "model"
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
+    run = common.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
+                        batch_size=batch_size, device=device, precision=cfg.precision, progress=True)
+    lines = [f"{run[q][p]:.6f}\t{run[q][n]:.6f}\t{q}\t{p}\t{n}\n"
+             for q in eligible for p in positives[q] for n in negatives[q]]
+    common.atomic_write_text(pairs_path, "".join(lines))  # each file atomic: never read half-written
+    common.write_run(scores_path, run, f"teacher-{common._slug(cfg.backbone)}-s{cfg.seed}")
+    return _portable(scores_path), _portable(pairs_path)
+
+
+def main() -> None:
+    args = common.parse_args(Args)
+
+    # 1. Mode, device, students, teachers and collections -----------------------------------------
+    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
+    device = common.choose_device(args.gpu)
+    common.setup_speed(device, args.deterministic)
+    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
+                                         device)
+    default_students, default_teacher, default_queries, default_depth = MODES[mode]
+    students = default_students if args.students == Args().students else args.students
+    large = default_teacher if args.teacher == Args.teacher else args.teacher
+    seeds = common.seeds_for(mode, args.seeds)
+    if args.same_size_seed in seeds:
+        raise common.KitError(f"--same-size-seed {args.same_size_seed} is also a student seed: the same-size "
+                              f"teacher would be the infonce student itself")
+    setup = {"demo": common.DEMO_TRAINING, "paper": common.PAPER_TRAINING}[common.RECIPES[mode]["training"]]
+    n_queries = args.teacher_queries if args.teacher_queries is not None else default_queries
+    teacher_depth = args.teacher_depth or default_depth or setup.candidate_depth
+    collections = common.select_collections(
+        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
+    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    results = common.open_results(Path(args.results))
+    print(f"KD vs CL ({mode}): students {students}, large teacher {large}, seeds {seeds}, {precision} on {device}")
+
+    # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
+    def config(backbone, objective, seed, **teachers):
+        return common.make_config(mode, backbone, objective, seed, precision, steps=args.steps, **teachers)
+    teachers = {("large", None): config(large, "infonce", args.teacher_seed),
+                **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
+    options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+    for cfg in teachers.values():
+        common.train_cell(cfg, results, device, **options)
+
+    # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
+    files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size)
+             for key, cfg in teachers.items()}
+
+    # 4. Students: CL and four KD variants per student size, trained and evaluated with the teachers ---
+    names = {("large", None): f"teacher large ({large})"}
+    configs = {names["large", None]: [teachers["large", None]]}
+    for s in students:
+        names["same", s] = f"teacher same size ({s}, seed {args.same_size_seed})"
+        configs[names["same", s]] = [teachers["same", s]]
+        for label, objective, source in METHODS:
+            key = ("large", None) if source == "large" else ("same", s)
+            extra = {} if source is None else {"teacher_scores": files[key][0]} if objective == "kl" \
+                else {"teacher_pairs": files[key][1]}
+            configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
+    metrics, per_query = common.run_grid(configs, collections, results, device, run_dir=args.run_dir, depth=depth,
+                                         batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
+                                         **options)
+
+    # 5. Tables: one per student, every method against the student's infonce -------------------------
+    out = results / "tables" / f"kd_vs_cl_{mode}_{precision}"
+    summary = []
+    for s in students:
+        rows = {"BM25": "first stage", names["large", None]: names["large", None], names["same", s]: names["same", s],
+                **{f"{s} | {label}": label for label, _, _ in METHODS}}
+        student_metrics = {rows[k]: v for k, v in metrics.items() if k in rows}
+        student_pq = {label: per_query[f"{s} | {label}"] for label, _, _ in METHODS}
+        for measure in ("nDCG@10", "RR@10"):
+            if not any(measure in m for by_c in student_metrics.values() for ms in by_c.values() for m in ms):
+                continue
+            table = common.grid_table(student_metrics, student_pq, collections, measure, baseline=METHODS[0][0],
+                                      title=f"KD vs CL: student {s}, large teacher {large} ({mode}, {precision})",
+                                      alpha=args.alpha)
+            common.write_table(table, out, f"kd_vs_cl_{common._slug(s)}_{measure.replace('@', '')}")
+            print("\n" + table.console + "\n\n" + table.latex)
+            if measure == "nDCG@10":
+                summary += [dict(r, student=s) for r in table.records]
+
+    # 6. Summary: each KD variant against CL, per student (the question of Xu et al.) -----------------
+    groups = [c for c in dict.fromkeys(r["column"] for r in summary) if c.startswith("avg ")]
+    cl = {(r["student"], r["column"]): r["mean"] for r in summary if r["system"] == METHODS[0][0]}
+    lines, records = [], []
+    for s in students:
+        for label, _, _ in METHODS[1:]:
+            mine = [r for r in summary if r["student"] == s and r["system"] == label]
+            tested = [r for r in mine if r["significant"] is not None]
+            wtl = [sum(bool(r["significant"]) and (r["mean"] > cl[s, r["column"]]) == up for r in tested)
+                   for up in (True, False)]
+            deltas = {g: next((r["mean"] - cl[s, g] for r in mine if r["column"] == g), None) for g in groups}
+            lines.append([s, label, *(f"{d:+.4f}" if d is not None else "–" for d in deltas.values()),
+                          f"{wtl[0]}/{len(tested) - sum(wtl)}/{wtl[1]}"])
+            records.append({"student": s, "method": label, **deltas, "wins": wtl[0], "losses": wtl[1],
+                            "ties": len(tested) - sum(wtl)})
+    head = ["student", "method", *(f"Δ {g}" for g in groups), "W/T/L vs CL"]
+    note = (f"Δ = nDCG@10 minus the student's infonce (means over seeds); W/T/L over collections: two-sided paired "
+            f"t-test, Holm-Bonferroni per collection, alpha={args.alpha}")
+    escape = lambda text: common.latex_escape(text).replace("Δ", r"$\Delta$")
+    latex = [r"\begin{table}[t]", r"\centering", rf"\caption{{KD vs CL summary ({mode}, {precision}). {escape(note)}}}",
+             rf"\label{{tab:kd-vs-cl-summary-{mode}}}", rf"\begin{{tabular}}{{ll{'r' * (len(head) - 2)}}}", r"\toprule",
+             " & ".join(map(escape, head)) + r" \\", r"\midrule",
+             *(" & ".join(escape(str(v)) for v in row) + r" \\" for row in lines), r"\bottomrule", r"\end{tabular}",
+             r"\end{table}"]
+    table = common.Table(console="\n".join([f"KD vs CL summary ({mode}, {precision}, large teacher {large})",
+                                            tabulate(lines, headers=head, tablefmt="github", disable_numparse=True),
+                                            note]), latex="\n".join(latex) + "\n", records=records)
+    common.write_table(table, out, "kd_vs_cl_summary")
+    print("\n" + table.console + "\n\n" + table.latex + f"\ntables written to {out}")
+
+
+if __name__ == "__main__":
+    common.main_guard(main)

@@ -1,0 +1,197 @@
+"""RQ4 — Does distilling an LLM's rankings beat the supervised objectives, on every backbone?
+
+Morand et al. (2026) distil RankZephyr's orderings of ColBERTv2's top-50 into cross-encoders with
+DistillRankNet and ADR-MSE (Rank-DistiLLM, Schlatt et al. 2025) and find that this LLM distillation
+is not better than InfoNCE or MarginMSE. This script trains (or reuses: the cells are the same as
+RQ1's and RQ2's) every backbone with the two LLM objectives and with bce, hinge, infonce and
+margin_mse, re-ranks every test collection, and counts, for each LLM objective against each other
+objective, the (backbone x collection) cells where it wins, ties or loses. Win / loss = significant
+difference (two-sided paired t-test over queries, seeds averaged per query, Holm–Bonferroni within
+the family of the comparisons of one backbone on one collection); tie = not significant.
+
+Commands:
+  # the paper's setting: nine backbones, 200k steps, 3 seeds, SPLADE-v3 top-1000 from --run-dir
+  python exp_rq4_llm_distillation.py --gpu 0 --run-dir runs/splade-v3-distilbert
+  # offline demo: MiniLM-L6 and its 4- and 2-layer students, trained on SciFact
+  python exp_rq4_llm_distillation.py --demo
+  # a tiny random model for a few steps (what the tests run)
+  python exp_rq4_llm_distillation.py --smoke --teacher-pairs T.tsv --teacher-lists T.run
+
+Expected time: the grid is the one of exp_rq2_backbones.py (its finished cells are reused): --demo
+trains 3 backbones x 6 objectives x 3 seeds = 54 cells of 800 steps (25-30 min each for minilm-l6 on a
+2-core CPU, less for l4/l2, plus about 5 min of re-ranking per cell: a day or more in all; about an
+hour on one GPU); --smoke about a minute on a 2-core CPU. The paper's setting is 9 x 6 x 3 = 162
+cells, about 6 GPU-days each for a base backbone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from tabulate import tabulate
+
+import common
+
+LLM_OBJECTIVES = ["distill_ranknet", "adr_mse"]
+OTHER_OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse"]
+MODE_BACKBONES = {"paper": list(common.PAPER_BACKBONES), "demo": list(common.DEMO_BACKBONES), "smoke": ["tiny-bert"]}
+
+
+@dataclasses.dataclass
+class Args:
+    backbones: list[str] = dataclasses.field(default_factory=lambda: list(common.PAPER_BACKBONES))
+    """backbones to train (default: the nine of the paper; --demo: minilm-l6/l4/l2; --smoke: tiny-bert)"""
+    llm_objectives: list[str] = dataclasses.field(default_factory=lambda: list(LLM_OBJECTIVES))
+    """objectives that distil an LLM's rankings (Rank-DistiLLM)"""
+    other_objectives: list[str] = dataclasses.field(default_factory=lambda: list(OTHER_OBJECTIVES))
+    """objectives every LLM objective is compared with"""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
+    demo: bool = False
+    """run offline on the shipped demo set (train SciFact; test SciFact, NFCorpus, Vaswani, Cranfield)"""
+    smoke: bool = False
+    """a tiny random-initialised model for a few steps on a few queries (tests)"""
+    gpu: int = -1
+    """CUDA device index; -1 runs on the CPU"""
+    results: str = "results"
+    """results folder shared by all scripts (one sub-folder per trained cell)"""
+    collections: list[str] = dataclasses.field(default_factory=list)
+    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    run_dir: str | None = None
+    """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    depth: int = 1000
+    """candidates re-ranked per query"""
+    steps: int | None = None
+    """training steps (default: 200k for the paper, 800 for --demo)"""
+    precision: str = "auto"
+    """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
+    teacher_pairs: str | None = None
+    """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
+    teacher_lists: str | None = None
+    """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    measure: str = "nDCG@10"
+    """measure that is tested and counted"""
+    eval_batch_size: int = 64
+    """pairs per re-ranking batch"""
+    num_workers: int = 0
+    """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
+    checkpoint_every: int = 500
+    """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    alpha: float = 0.05
+    """significance level after Holm–Bonferroni correction"""
+    deterministic: bool = False
+    """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+
+
+def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: str, note: str) -> common.Table:
+    """Win/tie/loss counts per comparison: one 'W/T/L' column per value of `by` (backbone or
+    collection) plus the total, or (by=None) the totals with the mean difference."""
+    comparisons = list(dict.fromkeys((t["llm"], t["other"]) for t in tests))
+    head = ["comparison", *(columns if by else ["wins", "ties", "losses", "cells", "mean diff"])]
+    if by:
+        head += ["total W/T/L"]
+    rows, records = [], []
+    for llm, other in comparisons:
+        mine = [t for t in tests if (t["llm"], t["other"]) == (llm, other)]
+        count = lambda ts: {o: sum(t["outcome"] == o for t in ts) for o in ("win", "tie", "loss")}
+        total = count(mine)
+        label = f"{llm} vs {other}"
+        if by:
+            cells = {c: count([t for t in mine if t[by] == c]) for c in columns}
+            rows.append([label, *(f"{k['win']}/{k['tie']}/{k['loss']}" if sum(k.values()) else "–"
+                                  for k in cells.values()), f"{total['win']}/{total['tie']}/{total['loss']}"])
+            records += [{"llm": llm, "other": other, by: c, **k} for c, k in cells.items()]
+        else:
+            diff = float(np.mean([t["diff"] for t in mine]))
+            rows.append([label, total["win"], total["tie"], total["loss"], len(mine), f"{diff:+.4f}"])
+            records.append({"llm": llm, "other": other, **total, "cells": len(mine), "mean_diff": diff})
+    console = "\n".join([title, tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), note])
+    escape = common.latex_escape
+    latex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(title)}. {escape(note)}}}",
+             rf"\label{{tab:rq4-{by or 'counts'}}}", rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule",
+             " & ".join(map(escape, head)) + r" \\", r"\midrule",
+             *(" & ".join(escape(str(v)) for v in row) + r" \\" for row in rows),
+             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return common.Table(console=console, latex="\n".join(latex) + "\n", records=records)
+
+
+def main() -> None:
+    args = common.parse_args(Args)
+
+    # 1. Mode, device, backbones and collections ----------------------------------------------
+    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
+    device = common.choose_device(args.gpu)
+    common.setup_speed(device, args.deterministic)
+    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
+                                         device)
+    backbones = MODE_BACKBONES[mode] if args.backbones == Args().backbones else args.backbones
+    seeds = common.seeds_for(mode, args.seeds)
+    collections = common.select_collections(
+        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
+    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    objectives = list(dict.fromkeys([*args.llm_objectives, *args.other_objectives]))
+    if not args.llm_objectives or not args.other_objectives:
+        raise common.KitError("--llm-objectives and --other-objectives each need at least one objective")
+    results = common.open_results(Path(args.results))
+    print(f"RQ4 ({mode}): backbones {backbones}, objectives {objectives}, seeds {seeds}, {precision} on {device}")
+
+    # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
+    configs = {(backbone, objective): [common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                                                          teacher_pairs=args.teacher_pairs,
+                                                          teacher_lists=args.teacher_lists) for seed in seeds]
+               for backbone in backbones for objective in objectives}
+
+    # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
+    metrics, per_query = common.run_grid(
+        {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
+        depth=depth, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
+        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+
+    # 4. Paired t-tests: one Holm family per (backbone, collection) ---------------------------
+    tests = []
+    for backbone in backbones:
+        for c in collections:
+            seeds_of = lambda o: [pq[args.measure] for pq in per_query[f"{backbone}/{o}"].get(c.name, [])
+                                  if args.measure in pq]
+            pairs = [(llm, other) for llm in args.llm_objectives for other in args.other_objectives
+                     if llm != other and seeds_of(llm) and seeds_of(other)]
+            family = [common.paired_ttest(seeds_of(llm), seeds_of(other)) for llm, other in pairs]
+            for (llm, other), t, p_holm in zip(pairs, family, common.holm([t.pvalue for t in family])):
+                outcome = "tie" if p_holm >= args.alpha else "win" if t.mean_diff > 0 else "loss"
+                tests.append({"backbone": backbone, "collection": c.name, "llm": llm, "other": other,
+                              "diff": t.mean_diff, "pvalue": t.pvalue, "pvalue_holm": p_holm, "outcome": outcome})
+    if not tests:
+        raise common.KitError(f"no collection reports {args.measure}; pick another --measure")
+
+    # 5. Tables: totals, per collection, per backbone ----------------------------------------
+    note = (f"W/T/L = {args.measure} significantly higher / not significantly different / significantly lower "
+            f"for the LLM objective (two-sided paired t-test over queries, seeds averaged per query, "
+            f"Holm-Bonferroni within each backbone x collection, alpha={args.alpha})")
+    tag = f"{mode}, {precision}, {len(seeds)} seed(s)"
+    out = results / "tables" / f"rq4_{mode}_{precision}"
+    tables = {
+        "rq4_counts": outcome_table(tests, None, [], f"RQ4: LLM distillation vs other objectives over "
+                                    f"{len(backbones)} backbones x {len(collections)} collections ({tag})", note),
+        "rq4_per_collection": outcome_table(tests, "collection", [c.name for c in collections], f"RQ4: W/T/L per "
+                                            f"collection over {len(backbones)} backbone(s) ({tag})", note),
+        "rq4_per_backbone": outcome_table(tests, "backbone", backbones,
+                                          f"RQ4: W/T/L per backbone over {len(collections)} collections ({tag})", note),
+    }
+    for name, table in tables.items():
+        common.write_table(table, out, name)
+        print("\n" + table.console + "\n\n" + table.latex)
+    common.atomic_write_json(out / "rq4_tests.json", tests)  # every test, for other analyses
+
+    # 6. The answer in one line per LLM objective ----------------------------------------------
+    for llm in args.llm_objectives:
+        mine = [t for t in tests if t["llm"] == llm]
+        wins, losses = sum(t["outcome"] == "win" for t in mine), sum(t["outcome"] == "loss" for t in mine)
+        verdict = "better everywhere" if mine and wins == len(mine) else "not better everywhere"
+        print(f"{llm}: significantly better in {wins}, worse in {losses}, tied in {len(mine) - wins - losses} "
+              f"of {len(mine)} (comparison x backbone x collection) tests -> {verdict}")
+    print(f"tables written to {out}")
+
+
+if __name__ == "__main__":
+    common.main_guard(main)

@@ -1,0 +1,285 @@
+"""RQ5 — What holds across the whole grid? A summary of every stored result (no training).
+
+Morand et al. (2026) conclude that the choice of objective matters about as much as scaling the
+backbone, and that the relative objectives (InfoNCE, MarginMSE) beat pointwise BCE everywhere.
+This script reads every finished cell that the other scripts left in the results folder and
+summarises, per (mode, precision) — demo and paper cells, or bf16 and fp32 ones, are never mixed:
+  * the mean rank of each objective over the (backbone x collection) cells (rank 1 = best mean);
+  * wins / ties / losses against bce: two-sided paired t-test over queries, seeds averaged per query,
+    Holm–Bonferroni within each (backbone, collection) over the objectives tested against bce;
+  * the spread due to the objective (max - min over objectives, per backbone x collection, averaged)
+    against the spread due to the backbone (max - min over backbones, per objective x collection);
+  * design choices that hold everywhere: "X >= bce in k of N cells", flagged when k = N.
+Cells are labelled by objective; a cell trained with non-default settings that change the model
+(its own teacher file, other steps or learning rate, ...) gets them appended, e.g.
+"kl[minilm-l6__infonce__seed12]" or "bce[steps=100]", so different recipes are never averaged.
+Tables go to results/tables/rq5_<mode>_<precision>/, mode = the config's "training" (paper or demo)
+refined by its lengths: smoke cells say training="demo" too, but are summarised apart as "smoke".
+
+Commands:
+  python exp_rq5_summary.py                                   # every group in results/
+  python exp_rq5_summary.py --results /tmp/r --mode demo --precision bf16
+
+Expected time: seconds on a CPU (it reads JSON files; no model is loaded, no GPU is used).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+from tabulate import tabulate
+
+import common
+
+# The teacher file each objective family reads; the others do not change the model.
+TEACHER_FIELD = {"teacher-pairs": "teacher_pairs", "lists": "teacher_lists", "teacher-groups": "teacher_scores"}
+# Fields that follow from the others (make_config derives them) or that name the cell already.
+DERIVED = {"backbone", "objective", "seed", "precision", "training", "warmup_steps", "steps",
+           "teacher_pairs", "teacher_lists", "teacher_scores"}
+
+
+@dataclasses.dataclass
+class Args:
+    results: str = "results"
+    """results folder written by the experiment scripts (read only, except results/tables/rq5_*)"""
+    mode: str | None = None
+    """summarise only cells of this mode (paper, demo or smoke); default: one summary per mode found"""
+    precision: str | None = None
+    """summarise only cells trained at this precision (bf16 or fp32); default: one summary per precision"""
+    measure: str = "nDCG@10"
+    """measure that is ranked, tested and averaged"""
+    baseline: str = "bce"
+    """objective every other one is tested against"""
+    alpha: float = 0.05
+    """significance level after Holm–Bonferroni correction"""
+
+
+def infer_mode(cfg: dict) -> str:
+    """The recipe a cell was made with: smoke and demo cells share training="demo", not their lengths."""
+    for mode, recipe in common.RECIPES.items():
+        if (recipe["training"], recipe["max_length"], recipe["query_max_length"]) == \
+                (cfg.get("training"), cfg.get("max_length"), cfg.get("query_max_length")):
+            return mode
+    return f"{cfg.get('training', 'unknown')}-custom"
+
+
+def _short(value) -> str:
+    """A teacher file by its folder under results/teachers/ (the teacher cell minus its hash), else its name."""
+    path = Path(str(value))
+    if path.parent.parent.name == "teachers":
+        return path.parent.name.rsplit("__", 1)[0]
+    return path.name if path.name else str(value)
+
+
+def system_label(cfg: dict, mode: str) -> str:
+    """The objective, plus every setting that makes this cell's model differ from the mode's recipe."""
+    family = common.OBJECTIVE_DATA.get(cfg["objective"])
+    extra = [_short(cfg[TEACHER_FIELD[family]])] if family in TEACHER_FIELD and cfg.get(TEACHER_FIELD[family]) else []
+    try:
+        default = dataclasses.asdict(common.make_config(mode, cfg["backbone"], cfg["objective"], cfg["seed"],
+                                                        cfg["precision"], steps=cfg["steps"]))
+        if cfg["steps"] != common.RECIPES[mode]["steps"]:
+            extra.append(f"steps={cfg['steps']}")
+    except (KeyError, common.KitError):  # a custom recipe: no defaults to compare with
+        default = cfg
+    extra += [f"{k}={v}" for k, v in sorted(cfg.items()) if k not in DERIVED and default.get(k) != v]
+    return cfg["objective"] + (f"[{','.join(extra)}]" if extra else "")
+
+
+@functools.lru_cache(maxsize=None)
+def _first_query(path: Path):
+    """(qid, documents) of the first query of a stored run (sorted by qid): equal ones = same candidates."""
+    qid, docs = None, set()
+    if path.exists():
+        with gzip.open(path, "rt") as handle:
+            for parts in map(str.split, handle):
+                if parts and qid is not None and parts[0] != qid:
+                    break
+                if parts:
+                    qid = parts[0]
+                    docs.add(parts[2])
+    return (qid, frozenset(docs)) if qid is not None else None
+
+
+def scan(results: Path, measure: str):
+    """Every finished, evaluated cell: {(mode, precision): {(backbone, label, column): {seed: (value, per_query)}}},
+    the fingerprint of each column's candidates, and the number of unfinished cells."""
+    groups: dict = defaultdict(dict)
+    fingerprints: dict = {}
+    unfinished = 0
+    for folder in sorted((results / "cells").glob("*/")):
+        if not (folder / "config.json").exists() or not (folder / "DONE").exists():
+            unfinished += 1
+            continue
+        cfg = json.loads((folder / "config.json").read_text())
+        mode = infer_mode(cfg)
+        label = system_label(cfg, mode)
+        for evaluation in sorted((folder / "eval").glob("*/")):
+            if not (evaluation / "metrics.json").exists():
+                continue
+            metrics = json.loads((evaluation / "metrics.json").read_text())
+            if measure not in metrics:
+                continue
+            per_query = json.loads((evaluation / "per_query.json").read_text())[measure]
+            column = evaluation.name  # <collection>__<evaluation hash>: same hash = same candidates and lengths
+            fingerprints.setdefault(column, evaluation / "run.trec.gz")
+            seeds = groups[mode, cfg["precision"]].setdefault((cfg["backbone"], label, column), {})
+            seeds.setdefault(cfg["seed"], (metrics[measure], per_query))  # a duplicate recipe: keep the first
+    return groups, fingerprints, unfinished
+
+
+def make_table(head: list[str], rows: list[list], title: str, note: str, records: list[dict],
+               label: str) -> common.Table:
+    escape = common.latex_escape
+    console = "\n".join([title, tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), note])
+    latex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(title)}. {escape(note)}}}",
+             rf"\label{{tab:{label}}}",
+             rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule", " & ".join(map(escape, head)) + r" \\",
+             r"\midrule", *(" & ".join(escape(str(v)) for v in row) + r" \\" for row in rows),
+             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return common.Table(console=console, latex="\n".join(latex) + "\n", records=records)
+
+
+def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
+    """The four RQ5 tables and the statements of one (mode, precision) group."""
+    slug = common._slug(tag.replace(", ", "-"))
+    mean = {key: float(np.mean([v for v, _ in seeds.values()])) for key, seeds in cells.items()}
+    backbones = sorted({b for b, _, _ in cells})
+    labels = sorted({s for _, s, _ in cells}, key=lambda s: (s != args.baseline, s))
+    names = {c: c.split("__")[0] for _, _, c in cells}
+    clash = {n for n in names.values() if list(names.values()).count(n) > 1}
+    order: dict = {}
+    for i, c in enumerate([*common.DEMO_COLLECTIONS, *common.PAPER_COLLECTIONS]):
+        order.setdefault(c.name, i)
+    columns = {c: (n if n not in clash else f"{n}#{c.split('__')[-1][:4]}")
+               for c, n in sorted(names.items(), key=lambda item: (order.get(item[1], len(order)), item))}
+    units = [(b, c) for b in backbones for c in columns]  # one backbone x collection cell
+
+    # Mean rank, wins / ties / losses against the baseline, "X >= baseline in k of N" -----------------
+    ranks, beats, outcomes = defaultdict(list), defaultdict(list), defaultdict(list)
+    for b, c in units:
+        present = [s for s in labels if (b, s, c) in mean]
+        if len(present) >= 2:
+            for s, r in zip(present, scipy.stats.rankdata([-mean[b, s, c] for s in present], method="average")):
+                ranks[s].append(float(r))
+        if (b, args.baseline, c) not in mean:
+            continue
+        base = [pq for _, pq in cells[b, args.baseline, c].values()]
+        others = [s for s in present if s != args.baseline]
+        tests = [common.paired_ttest([pq for _, pq in cells[b, s, c].values()], base) for s in others]
+        for s, t, p in zip(others, tests, common.holm([t.pvalue for t in tests])):
+            outcomes[s].append("tie" if p >= args.alpha else "win" if t.mean_diff > 0 else "loss")
+            beats[s].append(mean[b, s, c] >= mean[b, args.baseline, c])
+    rows, records, statements = [], [], []
+    for s in sorted(labels, key=lambda s: (np.mean(ranks[s]) if ranks[s] else np.inf, s)):
+        values = [mean[b, s, c] for b, c in units if (b, s, c) in mean]
+        wtl = [outcomes[s].count(o) for o in ("win", "tie", "loss")]
+        k, n = sum(beats[s]), len(beats[s])
+        everywhere = "yes" if n and k == n else "no" if n else "–"
+        rows.append([s, len(values), f"{np.mean(ranks[s]):.2f}" if ranks[s] else "–", f"{np.mean(values):.4f}",
+                     "/".join(map(str, wtl)) if n else "–", f"{k}/{n}" if n else "–", everywhere])
+        records.append({"system": s, "cells": len(values), "mean_rank": float(np.mean(ranks[s])) if ranks[s] else None,
+                        "mean": float(np.mean(values)), "wins": wtl[0], "ties": wtl[1], "losses": wtl[2],
+                        "at_least_baseline": k, "compared": n, "everywhere": everywhere == "yes"})
+        if n:
+            statements.append(f"{s} >= {args.baseline} in {k} of {n} backbone x collection cells"
+                              + (" -- holds everywhere" if k == n else "")
+                              + f" (significantly better in {wtl[0]}, worse in {wtl[2]})")
+    head = ["objective", "cells", "mean rank", f"mean {args.measure}", f"W/T/L vs {args.baseline}",
+            f">= {args.baseline}", "everywhere"]
+    note = (f"Rank 1 = best mean {args.measure} within a backbone x collection cell (ties averaged). W/T/L: two-sided "
+            f"paired t-test over queries, seeds averaged per query, Holm-Bonferroni within each backbone x collection, "
+            f"alpha={args.alpha}")
+    objectives = make_table(head, rows, f"RQ5: objectives over {len(backbones)} backbones x {len(columns)} "
+                            f"collections ({tag})", note, records, f"rq5-objectives-{slug}")
+
+    # The spread due to the objective against the spread due to the backbone -----------------
+    def spread(keys):
+        values = [[mean[k] for k in group if k in mean] for group in keys]
+        return [max(v) - min(v) for v in values if len(v) >= 2]
+    by_objective = spread([[(b, s, c) for s in labels] for b, c in units])
+    by_backbone = spread([[(b, s, c) for b in backbones] for s in labels for c in columns])
+    rows, records = [], []
+    for what, gaps, unit in [("objective", by_objective, "backbone x collection"),
+                             ("backbone", by_backbone, "objective x collection")]:
+        stats = [float(f(gaps)) if gaps else None for f in (np.mean, np.median, np.max)]
+        rows.append([what, unit, len(gaps), *(f"{v:.4f}" if gaps else "–" for v in stats)])
+        records.append({"factor": what, "unit": unit, "units": len(gaps), "mean": stats[0], "median": stats[1],
+                        "max": stats[2]})
+    ratio = (f"; objective / backbone = {np.mean(by_objective) / np.mean(by_backbone):.2f}"
+             if by_objective and by_backbone and np.mean(by_backbone) > 0 else "")
+    spreads = make_table(["factor", "max - min within each", "units", "mean", "median", "max"], rows,
+                         f"RQ5: spread of {args.measure} due to the objective and to the backbone ({tag})",
+                         f"Spread = max - min of the seed-averaged {args.measure}{ratio}", records,
+                         f"rq5-spread-{slug}")
+
+    # Per collection: the mean over backbones, with the candidates' own effectiveness --------------
+    rows, records = [], []
+    for s in labels:
+        row = [s]
+        for c in columns:
+            values = [mean[b, s, c] for b in backbones if (b, s, c) in mean]
+            row.append(f"{np.mean(values):.4f}" if values else "–")
+            records += [{"system": s, "column": columns[c], "mean": float(np.mean(values)), "backbones": len(values)}] \
+                if values else []
+        rows.append(row)
+    rows.append(["first stage", *(f"{first_stage[c]:.4f}" if c in first_stage else "–" for c in columns)])
+    per_collection = make_table(["objective", *columns.values()], rows, f"RQ5: {args.measure} per collection, "
+                                f"mean over backbones ({tag})", "First stage = the re-ranked candidates", records,
+                                f"rq5-collections-{slug}")
+    return {"rq5_objectives": objectives, "rq5_spread": spreads, "rq5_collections": per_collection}, statements
+
+
+def main() -> None:
+    args = common.parse_args(Args)
+
+    # 1. Scan the results folder ------------------------------------------------------------
+    results = Path(args.results)
+    if (results / "FORMAT").exists():
+        common.open_results(results)  # refuses a folder of another layout version
+    groups, fingerprints, unfinished = scan(results, args.measure)
+    if not groups:
+        raise common.KitError(f"no finished cell evaluated with {args.measure} in {results / 'cells'} (a cell "
+                              f"counts once its DONE and eval/*/metrics.json exist); run an experiment script first")
+    found = sorted(groups)
+    chosen = [g for g in found if (args.mode is None or g[0] == args.mode)
+              and (args.precision is None or g[1] == args.precision)]
+    if not chosen:
+        raise common.KitError(f"no cells of mode {args.mode or 'any'} at precision {args.precision or 'any'}; "
+                              f"found (mode, precision): {found}")
+    print(f"RQ5: {sum(len(groups[g]) for g in found)} evaluated (backbone, objective, collection) entries in "
+          f"{results}, groups {found}" + (f"; {unfinished} unfinished cell(s) skipped" if unfinished else ""))
+
+    # 2. The first stage of each column: the stored first-stage run with the same candidates ------------
+    first_stage = {}
+    for folder in sorted((results / "first-stage").glob("*/")):
+        metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+        mark = _first_query(folder / "run.trec.gz") if args.measure in metrics else None
+        for column, run in fingerprints.items():
+            if mark and column.split("__")[0] == folder.name.split("__")[0] and mark == _first_query(run):
+                first_stage[column] = metrics[args.measure]
+
+    # 3. One summary per (mode, precision) ----------------------------------------------------------
+    for mode, precision in chosen:
+        cells = groups[mode, precision]
+        tag = f"{mode}, {precision}"
+        tables, statements = summarise(cells, first_stage, args, tag)
+        out = results / "tables" / f"rq5_{common._slug(mode)}_{precision}"
+        for name, table in tables.items():
+            common.write_table(table, out, name)
+            print("\n" + table.console + "\n\n" + table.latex)
+        header = f"Design choices against {args.baseline} ({tag}, {args.measure}, means over seeds):"
+        common.atomic_write_text(out / "rq5_statements.txt", "\n".join([header, *statements]) + "\n")
+        print("\n".join([header, *("  " + s for s in statements)]) if statements
+              else f"(no cell has the baseline {args.baseline}: no statements)")
+        print(f"tables written to {out}")
+
+
+if __name__ == "__main__":
+    common.main_guard(main)
