@@ -366,6 +366,24 @@ def trec_order(items) -> list[tuple[str, float]]:
     return sorted(items, key=lambda item: (item[1], item[0]), reverse=True)
 
 
+def iter_ranked(path: Path, depth: int | None = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """Stream (qid, top-`depth` ranking) one query at a time from a run grouped by query (as TREC runs
+    are): memory for one query, whatever the file's size."""
+    seen, current, docs = set(), None, {}
+    for qid, docid, score in iter_run(path):
+        if qid != current:
+            if current is not None:
+                yield current, trec_order(docs.items())[:depth]
+            if qid in seen:
+                raise KitError(f"{path}: the lines of query {qid!r} are not contiguous; group the run by query "
+                               f"first (e.g. sort -s -k1,1 {path})")
+            seen.add(qid)
+            current, docs = qid, {}
+        docs[docid] = score
+    if current is not None:
+        yield current, trec_order(docs.items())[:depth]
+
+
 def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, float]]]:
     """A TREC run as {qid: [(docid, score), ...]} in trec_eval's order (the rank column is ignored,
     as trec_eval ignores it), keeping the top `depth` per query."""
@@ -465,7 +483,7 @@ class TrainingData:
                     continue
                 positive = self.positives[qid][rng.integers(len(self.positives[qid]))]
                 pool = self.candidates[qid]
-                negatives = [pool[i] for i in rng.choice(len(pool), self.group_size - 1, replace=False)]
+                negatives = [str(pool[i]) for i in rng.choice(len(pool), self.group_size - 1, replace=False)]
                 group = [positive, *negatives]
                 targets = [self.teacher[qid][d] for d in group] if self.teacher else [1.0] + [0.0] * len(negatives)
                 rows.append((qid, group, targets))
@@ -508,21 +526,29 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
                            f"holding the teacher's scores of each training query's positives and candidates)")
         teacher = {qid: dict(docs) for qid, docs in read_run(resolve_file(teacher_scores)).items()}
     n = group_size if kind in ("groups", "teacher-groups") else 2
-    run = read_run(resolve_file(setup.candidates), setup.candidate_depth)
     kept_positives, negatives = {}, {}
-    for qid in sorted(queries):
+    # Streamed query by query and stored compactly: the paper's ColBERTv2 run has ~500 lines for each of
+    # ~500k training queries, too many to hold as Python strings.
+    for qid, ranked in iter_ranked(resolve_file(setup.candidates), setup.candidate_depth):
         scored = teacher.get(qid, {}) if teacher is not None else None
         pos = [d for d in positives.get(qid, []) if scored is None or d in scored]
-        neg = [d for d, _ in run.get(qid, []) if d not in qrels.get(qid, {}) or qrels[qid][d] <= 0]
+        neg = [d for d, _ in ranked if d not in qrels.get(qid, {}) or qrels[qid][d] <= 0]
         neg = [d for d in neg if scored is None or d in scored]
-        if pos and len(neg) >= n - 1:
-            kept_positives[qid], negatives[qid] = pos, neg
+        if qid in queries and pos and len(neg) >= n - 1:
+            kept_positives[qid], negatives[qid] = pos, _compact_ids(neg)
     _report_skipped(log, "queries", len(queries) - len(kept_positives),
                     f"without a positive or with fewer than {n - 1} negatives in the candidates")
     if len(kept_positives) < batch_queries:
         raise KitError(f"only {len(kept_positives)} usable training queries, fewer than one batch of {batch_queries}")
     return TrainingData("groups", positives=kept_positives, candidates=negatives, teacher=teacher,
                         group_size=n, **common)
+
+
+def _compact_ids(ids: list[str]):
+    """Numeric ids (MS MARCO's) as an int64 array, 8 bytes each instead of ~60; others as a tuple."""
+    if all(d.isdigit() and (d == "0" or d[0] != "0") and len(d) < 19 for d in ids):
+        return np.array([int(d) for d in ids], dtype=np.int64)
+    return tuple(ids)
 
 
 def _report_skipped(log, what: str, count: int, why: str) -> None:
@@ -1443,6 +1469,9 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
         batch_queries, group_size = max(1, 2 * pairs // recipe["group_size"]), recipe["group_size"]
     if mode == "paper" and family in ("groups", "teacher-groups"):
         batch_queries = max(1, pairs // recipe["group_size"])  # 32 // 8 = 4 queries, as in the paper
+    if mode == "paper" and family in ("pairs", "teacher-pairs"):
+        # Each triple once: the first steps x batch lines of the (shuffled) published files, not all 40M.
+        teachers["max_examples"] = (steps or recipe["steps"]) * batch_queries
     return TrainConfig(backbone=backbone, objective=objective, seed=seed, steps=steps or recipe["steps"],
                        learning_rate=learning_rate or spec.learning_rate,
                        warmup_steps=min(recipe["warmup_steps"], max(1, (steps or recipe["steps"]) // 10)),

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import ir_measures
+import numpy as np
 import pytest
 
 import common
@@ -210,7 +211,7 @@ def test_shipped_bm25_runs_evaluate(tmp_path, name, ndcg10):
 @pytest.mark.parametrize("name, n_queries, ndcg10", [("dl19", 43, 0.5058), ("dl20", 54, 0.4796)])
 def test_trec_dl_bm25_scoreddocs_evaluate(tmp_path, name, n_queries, ndcg10):
     data = common.load_eval_data(PAPER[name])  # no run: the dataset's scoreddocs (shipped ms.run)
-    assert data.candidates_name.endswith("scoreddocs@1000")
+    assert "scoreddocs@1000#" in data.candidates_name
     assert len(data.candidates) == n_queries and all(len(d) == 100 for d in data.candidates.values())
     aggregate, _ = common.evaluate_first_stage(data, tmp_path)
     assert round(aggregate["nDCG@10"], 4) == ndcg10
@@ -234,7 +235,7 @@ def test_run_dir_gz_run_is_used_with_depth(tmp_path):
     (tmp_path / "vaswani.run.gz").write_bytes(source.read_bytes())
     data = common.load_eval_data(DEMO["vaswani"], run_dir=str(tmp_path), depth=5)
     assert len(data.candidates) == 93 and all(len(d) == 5 for d in data.candidates.values())
-    assert data.candidates_name == "vaswani.run.gz@5"
+    assert data.candidates_name.startswith("vaswani.run.gz@5#")
 
 
 # ================================================================================================
@@ -503,3 +504,17 @@ def test_pair_tokenizer_batch_repeats_each_query_for_its_passages(minilm_tokeniz
     assert inputs["input_ids"].shape[0] == 6 and targets is batch.targets
     texts = [minilm_tokenizer.decode(ids, skip_special_tokens=True) for ids in inputs["input_ids"]]
     assert texts == ["alpha one", "alpha two", "alpha three", "beta four", "beta five", "beta six"]
+
+
+def test_iter_ranked_streams_grouped_runs_and_rejects_scattered_queries(tmp_path):
+    grouped = write_lines(tmp_path / "grouped.run", ["q1 Q0 a 1 3 t", "q1 Q0 b 2 5 t", "q2 Q0 c 1 1 t"])
+    assert list(common.iter_ranked(grouped, depth=1)) == [("q1", [("b", 5.0)]), ("q2", [("c", 1.0)])]
+    scattered = write_lines(tmp_path / "scattered.run", ["q1 Q0 a 1 3 t", "q2 Q0 c 1 1 t", "q1 Q0 b 2 5 t"])
+    with pytest.raises(common.KitError, match="scattered.run: the lines of query 'q1' are not contiguous"):
+        list(common.iter_ranked(scattered))
+
+
+def test_numeric_negatives_are_stored_compactly():
+    assert common._compact_ids(["12", "7"]).dtype == np.int64
+    assert common._compact_ids(["012", "7"]) == ("012", "7")  # a leading zero would not survive int()
+    assert common._compact_ids(["MED-1"]) == ("MED-1",)
