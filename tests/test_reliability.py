@@ -109,3 +109,21 @@ def test_killed_run_resumes_to_the_same_metrics_and_reruns_are_identical(tmp_pat
     assert straight and straight == metrics_of(tmp_path / "again") == metrics_of(killed)
     logged = [json.loads(line)["step"] for line in (cell / "train_log.jsonl").read_text().splitlines()]
     assert logged == sorted(set(logged)) and logged[-1] == 24
+
+
+def test_a_cell_in_use_by_another_process_is_refused(tmp_path):
+    import common
+    cfg = common.make_config("smoke", "tiny-bert", "bce", 12, "fp32")
+    folder = common.cell_dir(tmp_path, cfg)
+    folder.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(folder / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(common.KitError, match="in use by another process"):
+            common.train_cell(cfg, tmp_path, "cpu", progress=False)
+        assert not (folder / "DONE").exists()
+    finally:
+        holder.kill()
+        holder.wait()
