@@ -1372,12 +1372,12 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
         qrels = {qid: qrels[qid] for qid in sorted(qrels)[:max_queries]}
         name += f"/first-{max_queries}-queries"
     candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
-    # The evaluation caches are keyed by the candidates' content, not only their file name.
-    name += "#" + hashlib.sha1(json.dumps(candidates, sort_keys=True).encode()).hexdigest()[:8]
     if not candidates:
         raise KitError(f"the candidates {name} share no query id with the qrels of {collection.dataset_id} "
                        f"(e.g. run {next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); "
                        f"is it the run of another collection?")
+    # The evaluation caches are keyed by the candidates' content, not only their file name.
+    name += "#" + hashlib.sha1(json.dumps(candidates, sort_keys=True).encode()).hexdigest()[:8]
     return EvalData(collection, queries, qrels, DocumentLookup(dataset), candidates, name)
 
 
