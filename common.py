@@ -774,8 +774,10 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
-def setup_speed(device: str, deterministic: bool = False) -> None:
+def setup_speed(device: str, deterministic: bool = False, threads: int | None = None) -> None:
     import torch
+    if threads:  # tiny models (smoke tests): one thread, as OpenMP spin-waits cost more than they give
+        torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the fp32 parts: free speed on Ampere+
         torch.backends.cudnn.allow_tf32 = True

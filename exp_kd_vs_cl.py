@@ -146,7 +146,7 @@ def main() -> None:
     # 1. Mode, device, students, teachers and collections -----------------------------------------
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
     device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic)
+    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
                                          device)
     default_students, default_teacher, default_queries, default_depth = MODES[mode]

@@ -79,7 +79,7 @@ def main() -> None:
     # 1. Mode, device and collections ---------------------------------------------------------
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
     device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic)
+    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
     backbone = args.backbone
     if mode != "paper" and backbone == Args.backbone:  # the paper's default is not available offline

@@ -145,10 +145,7 @@ def main() -> None:
     # 1. Mode, device, backbones and collections -------------------------------------------------
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
     device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic)
-    if args.smoke:  # tiny matrices: one thread, or OpenMP spin-waits on shared cores make it 10-50x slower
-        import torch
-        torch.set_num_threads(1)
+    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
                                          device)
     backbones = list(args.backbones)

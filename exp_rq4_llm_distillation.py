@@ -122,7 +122,7 @@ def main() -> None:
     # 1. Mode, device, backbones and collections ----------------------------------------------
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
     device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic)
+    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
                                          device)
     backbones = MODE_BACKBONES[mode] if args.backbones == Args().backbones else args.backbones

@@ -15,6 +15,17 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 
 
+def add_threads_argument(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default, one per core)")
+
+
+def set_threads(n: int) -> None:
+    import torch
+    if n:
+        torch.set_num_threads(n)
+
+
 def machine_line() -> str:
     import torch
     load = os.getloadavg()

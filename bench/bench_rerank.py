@@ -13,7 +13,7 @@ absolute difference between the two systems' raw logits.
 import argparse
 import contextlib
 
-from _util import (common, demo_pairs, load_kit_model, machine_line, median, print_table, save_shared_model,
+from _util import add_threads_argument, set_threads, (common, demo_pairs, load_kit_model, machine_line, median, print_table, save_shared_model,
                    timed)
 
 
@@ -28,7 +28,9 @@ def main():
     parser.add_argument("--chunk", type=int, default=0,
                         help="alternate kit/ST every CHUNK pairs within a round (0: once per round, on all pairs)")
     parser.add_argument("--backbone", default="minilm-l6")
+    add_threads_argument(parser)
     args = parser.parse_args()
+    set_threads(args.threads)
 
     import numpy as np
     import torch

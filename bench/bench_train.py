@@ -24,7 +24,7 @@ import contextlib
 import tempfile
 import time
 
-from _util import common, load_kit_model, machine_line, median, print_table, save_shared_model
+from _util import add_threads_argument, set_threads, common, load_kit_model, machine_line, median, print_table, save_shared_model
 
 
 def main():
@@ -37,9 +37,14 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=3e-5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--kit-fused", action="store_true",
+                        help="give the kit fused AdamW (the proposed patch; common.train uses foreach on the CPU)")
+    add_threads_argument(parser)
     args = parser.parse_args()
+    set_threads(args.threads)
 
     import datasets
+    import pyarrow
     import torch
     import transformers
     from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer,
@@ -88,7 +93,7 @@ def main():
     no_decay = [p for p in kit_model.parameters() if p.ndim < 2]
     decay = [p for p in kit_model.parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.learning_rate, eps=1e-8)
+                                  lr=args.learning_rate, eps=1e-8, fused=args.kit_fused)
     total = args.windows * steps_per_window
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, common._linear_warmup_decay(0, total))
 
@@ -137,13 +142,18 @@ def main():
             rows["document"] += d
             rows["label"] += labels
         clock = Clock()
-        trainer = CrossEncoderTrainer(model=st, args=training_args, train_dataset=datasets.Dataset.from_dict(rows),
+        # An explicit fingerprint skips datasets' pickling-based hashing of the table (it fails with some
+        # pyarrow/dill combinations, and it is one-off setup in any case).
+        dataset = datasets.Dataset(pyarrow.table(rows), fingerprint=f"bench-train-window-{window}")
+        trainer = CrossEncoderTrainer(model=st, args=training_args, train_dataset=dataset,
                                       loss=st_loss, callbacks=[clock])
         trainer.train()
         if len(clock.ends) != steps_per_window:
             raise RuntimeError(f"ST ran {len(clock.ends)} steps, expected {steps_per_window}")
         return clock.ends[-1] - clock.ends[0]
 
+    print(f"AdamW: kit {'fused (--kit-fused)' if args.kit_fused else 'foreach (as common.train on the CPU)'}, "
+          f"ST {getattr(training_args.optim, 'value', training_args.optim)} (its default)")
     rows, speeds = [], {"kit": [], "ST": []}
     for window in range(args.windows):
         order = [("kit", kit_window), ("ST", st_window)]

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from _util import common, demo_pairs, machine_line, median, print_table
+from _util import add_threads_argument, set_threads, common, demo_pairs, machine_line, median, print_table
 
 
 class ProposedPairTokenizer(common.PairTokenizer):
@@ -77,7 +77,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--query-max-length", type=int, default=64)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    set_threads(args.threads)
     import torch
 
     pairs = demo_pairs(args.pairs)

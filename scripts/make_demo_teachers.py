@@ -93,7 +93,7 @@ def main() -> None:
     # 1. Mode, device, members -----------------------------------------------------------------
     mode = "smoke" if args.smoke else "demo"
     device = common.choose_device(args.gpu)
-    common.setup_speed(device)
+    common.setup_speed(device, threads=1 if args.smoke else None)
     # As exp_rq1_objectives.py: smoke runs in fp32 unless told otherwise, so both scripts share the smoke cells.
     precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
     backbone = "tiny-bert" if args.smoke else "minilm-l6"

@@ -66,6 +66,24 @@ def test_rq1_objectives_smoke(shared):
     assert len(cells) == len(OBJECTIVES) and all((c / "DONE").exists() for c in cells)
 
 
+def test_rq2_backbones_smoke(shared):
+    out = run_script("exp_rq2_backbones.py", "--smoke", "--results", str(shared / "results"), *teacher_flags(shared))
+    assert "RQ2 summary, in-domain" in out and "RQ2 summary, out-of-domain" in out
+    for backbone in ("tiny-bert", "tiny-electra"):
+        assert backbone in out
+    tables = shared / "results" / "tables" / "rq2_smoke"
+    assert (tables / "rq2_summary_in-domain_nDCG10.tex").exists()
+    assert (tables / "rq2_tiny-electra_nDCG10.tex").exists()
+
+
+def test_rq3_small_vs_large_smoke(shared):
+    out = run_script("exp_rq3_small_vs_large.py", "--smoke", "--results", str(shared / "results"),
+                     *teacher_flags(shared))
+    assert "tiny-bert + " in out and " + bce" in out
+    assert "matches" in out or "worse" in out
+    assert list((shared / "results" / "tables" / "rq3_smoke").glob("*.tex"))
+
+
 def test_rq4_llm_distillation_smoke(shared):
     out = run_script("exp_rq4_llm_distillation.py", "--smoke", "--results", str(shared / "results"),
                      *teacher_flags(shared))
