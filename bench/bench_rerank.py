@@ -13,8 +13,8 @@ absolute difference between the two systems' raw logits.
 import argparse
 import contextlib
 
-from _util import add_threads_argument, set_threads, (common, demo_pairs, load_kit_model, machine_line, median, print_table, save_shared_model,
-                   timed)
+from _util import (add_threads_argument, common, demo_pairs, load_kit_model, machine_line, median, print_table,
+                   save_shared_model, set_threads, timed)
 
 
 def main():
