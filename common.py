@@ -346,19 +346,24 @@ def _doc_text(doc) -> str:
     return text if not title or text.startswith(title) else f"{title} {text}"
 
 
-def iter_run(path: Path) -> Iterator[tuple[str, str, float]]:
-    """Stream (qid, docid, score) from a TREC run file `qid Q0 docid rank score tag` (.gz allowed)."""
+def _fields(path: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, line, whitespace-separated fields) of each non-blank line of a text file."""
     with open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) != 6:
-                    raise ValueError(f"expected 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
-                yield parts[0], parts[2], float(parts[4])
-            except ValueError as error:
-                raise KitError(f"{path}, line {number}: malformed run line ({error}): {line.strip()[:80]!r}") from None
+            if parts:
+                yield number, line, parts
+
+
+def iter_run(path: Path) -> Iterator[tuple[str, str, float]]:
+    """Stream (qid, docid, score) from a TREC run file `qid Q0 docid rank score tag` (.gz allowed)."""
+    for number, line, parts in _fields(path):
+        try:
+            if len(parts) != 6:
+                raise ValueError(f"expected 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
+            yield parts[0], parts[2], float(parts[4])
+        except ValueError as error:
+            raise KitError(f"{path}, line {number}: malformed run line ({error}): {line.strip()[:80]!r}") from None
 
 
 def trec_order(items) -> list[tuple[str, float]]:
@@ -396,33 +401,25 @@ def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, 
 def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
     """TREC qrels `qid iteration docid relevance` as {qid: {docid: relevance}}."""
     qrels: dict[str, dict[str, int]] = {}
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
-                raise KitError(f"{path}, line {number}: malformed qrels line (expected 'qid iteration docid "
-                               f"relevance' with an integer relevance): {line.strip()[:80]!r}")
-            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+    for number, line, parts in _fields(path):
+        if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
+            raise KitError(f"{path}, line {number}: malformed qrels line (expected 'qid iteration docid "
+                           f"relevance' with an integer relevance): {line.strip()[:80]!r}")
+        qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
     return qrels
 
 
 def iter_teacher_pairs(path: Path) -> Iterator[tuple[str, str, str, float, float]]:
     """Stream (qid, pos_id, neg_id, pos_score, neg_score) from Hofstätter's teacher file, whose lines
     are `pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid`."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) != 5:
-                    raise ValueError(f"expected 5 fields, found {len(parts)}")
-                yield parts[2], parts[3], parts[4], float(parts[0]), float(parts[1])
-            except ValueError as error:
-                raise KitError(f"{path}, line {number}: malformed teacher line ({error}; expected "
-                               f"'pos_score neg_score qid pos_pid neg_pid'): {line.strip()[:80]!r}") from None
+    for number, line, parts in _fields(path):
+        try:
+            if len(parts) != 5:
+                raise ValueError(f"expected 5 fields, found {len(parts)}")
+            yield parts[2], parts[3], parts[4], float(parts[0]), float(parts[1])
+        except ValueError as error:
+            raise KitError(f"{path}, line {number}: malformed teacher line ({error}; expected "
+                           f"'pos_score neg_score qid pos_pid neg_pid'): {line.strip()[:80]!r}") from None
 
 
 def write_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
