@@ -935,7 +935,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 # 7. Re-ranking
 # ================================================================================================
 def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], *,
-                batch_size: int = 64, device: str = "cpu", precision: str = "fp32") -> np.ndarray:
+                batch_size: int = 64, device: str = "cpu", precision: str = "fp32", bar=None) -> np.ndarray:
     """Cross-encoder scores of (query, passage) pairs, in fp32. Pairs are batched by length (longest
     first, so a too-large batch fails at once) so that a batch pads to similar lengths."""
     import torch
@@ -952,6 +952,8 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
             with autocast(device, precision):
                 logits = model(**inputs).logits
             scores[chosen] = logits.float().view(-1).cpu().numpy()
+            if bar is not None:  # per batch, so that the ETA moves on long collections
+                bar.update(len(chosen))
     model.train(was_training)
     return scores
 
@@ -971,10 +973,9 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
             pairs = [(qid, docid) for qid in chunk for docid in candidates[qid]]
             texts = documents.get_many({docid for _, docid in pairs})
             scores = score_pairs(model, pair_tokenizer, [queries[q] for q, _ in pairs], [texts[d] for _, d in pairs],
-                                 batch_size=batch_size, device=device, precision=precision)
+                                 batch_size=batch_size, device=device, precision=precision, bar=bar)
             for (qid, docid), score in zip(pairs, scores.tolist()):
                 run.setdefault(qid, {})[docid] = score
-            bar.update(len(pairs))
     return run
 
 
