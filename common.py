@@ -1508,6 +1508,32 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
                            f"that names it, or rebuild the demo teachers with scripts/make_demo_teachers.py")
 
 
+def first_stage_label(collections: list[Collection], run_dir: str | None) -> str:
+    """The name of the candidates' own row: the run folder, BM25 for the shipped runs, else 'first stage'."""
+    if run_dir:
+        return Path(run_dir).name
+    return "BM25" if all(c.run and "bm25" in c.run for c in collections) else "first stage"
+
+
+def group_members(collections: list[Collection]) -> dict[str, list[str]]:
+    """Collection names of the in-domain and out-of-domain groups (out-of-domain: every collection not
+    in-domain — BEIR-13, LoTTE and Robust04 in the paper); groups without a collection are left out."""
+    members = {g: [c.name for c in collections if (c.group == "in-domain") == (g == "in-domain")]
+               for g in ("in-domain", "out-of-domain")}
+    return {g: names for g, names in members.items() if names}
+
+
+def group_means(by_collection: dict, collections: list[Collection], measure: str) -> dict[str, list[float]]:
+    """Per in/out-of-domain group and seed, the mean of `measure` over the group's collections
+    (by_collection: {collection: [per-seed metrics]}); a group is left out unless all were evaluated."""
+    out = {}
+    for group, names in group_members(collections).items():
+        runs = [[m[measure] for m in by_collection.get(name, []) if measure in m] for name in names]
+        if all(runs):
+            out[group] = [float(np.mean([r[k] for r in runs])) for k in range(min(map(len, runs)))]
+    return out
+
+
 def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path, device: str, *,
              run_dir: str | None = None, depth: int = 1000, batch_size: int = 64, first_stage: str | None = "auto",
              max_queries: int | None = None, progress: bool = True, log=print, **train_options):
@@ -1520,9 +1546,8 @@ def run_grid(configs: dict[str, list[TrainConfig]], collections: list[Collection
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: load_eval_data(c, run_dir, depth, max_queries) for c in collections}
-    if first_stage == "auto":  # name the candidates' row after what produced them, where we know it
-        shipped_bm25 = all(c.run and "bm25" in c.run for c in collections) and not run_dir
-        first_stage = "BM25" if shipped_bm25 else "first stage"
+    if first_stage == "auto":
+        first_stage = first_stage_label(collections, run_dir)
     if first_stage:
         for name, data in datasets.items():
             aggregate, pq = evaluate_first_stage(data, results)

@@ -83,20 +83,6 @@ class Args:
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
 
-def group_means(by_collection: dict, collections: list[common.Collection], measure: str) -> dict[str, list[float]]:
-    """{"in-domain": [...], "out-of-domain": [...]}: per seed, the mean of `measure` over the group's
-    collections (out-of-domain = every collection not in-domain: BEIR-13, LoTTE, Robust04 in the paper);
-    a group is left out unless all its collections were evaluated."""
-    out = {}
-    for group in ("in-domain", "out-of-domain"):
-        members = [c.name for c in collections if (c.group == "in-domain") == (group == "in-domain")]
-        runs = [[m[measure] for m in by_collection.get(name, []) if measure in m] for name in members]
-        if members and all(runs):
-            seeds = min(len(r) for r in runs)
-            out[group] = [float(np.mean([r[k] for r in runs])) for k in range(seeds)]
-    return out
-
-
 def describe(members: list[str], collections: list[common.Collection]) -> str:
     """The collections by name when few, else by group with counts: 'BEIR 13, LoTTE 10, Robust04 1'."""
     if len(members) <= 5:
@@ -156,8 +142,7 @@ def main() -> None:
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
     depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
-    shipped_bm25 = not args.run_dir and all(c.run and "bm25" in c.run for c in collections)
-    first_stage = Path(args.run_dir).name if args.run_dir else "BM25" if shipped_bm25 else "first stage"
+    first_stage = common.first_stage_label(collections, args.run_dir)
     results = common.open_results(Path(args.results))
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
           f"{precision} on {device}")
@@ -187,13 +172,10 @@ def main() -> None:
         print("\n" + table.console)
 
     # 5. Summary: backbones x objectives, mean nDCG@10 per collection group ----------------------
-    means = {backbone: {o: group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
+    means = {backbone: {o: common.group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
              for backbone in backbones}
-    for group in ("in-domain", "out-of-domain"):
+    for group, members in common.group_members(collections).items():  # groups --collections left empty are skipped
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in backbones}
-        members = [c.name for c in collections if (c.group == "in-domain") == (group == "in-domain")]
-        if not members:  # --collections named none of this group
-            continue
         note = (f"nDCG@10 averaged over the {len(members)} {group} collections ({describe(members, collections)}), "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = pivot_table(rows, args.objectives, f"RQ2 summary, {group}: backbones x objectives ({mode}, "

@@ -36,7 +36,6 @@ import common
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
 SMOKE_BACKBONES = ["tiny-bert", "tiny-deberta"]  # 1.011M and 1.018M parameters: two sizes, however close
-GROUPS = ("in-domain", "out-of-domain")
 
 
 @dataclasses.dataclass
@@ -79,22 +78,6 @@ class Args:
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
-
-
-def group_members(collections: list[common.Collection]) -> dict[str, list[str]]:
-    """Collection names per group with any; out-of-domain: every collection not in-domain (BEIR, LoTTE, Robust04)."""
-    members = {g: [c.name for c in collections if (c.group == "in-domain") == (g == "in-domain")] for g in GROUPS}
-    return {g: names for g, names in members.items() if names}
-
-
-def group_means(by_collection: dict, members: dict[str, list[str]], measure: str) -> dict[str, list[float]]:
-    """Per group and seed, the mean of `measure` over the group's collections (all must be there)."""
-    out = {}
-    for group, names in members.items():
-        runs = [[m[measure] for m in by_collection.get(name, []) if measure in m] for name in names]
-        if names and all(runs):
-            out[group] = [float(np.mean([r[k] for r in runs])) for k in range(min(map(len, runs)))]
-    return out
 
 
 def concat_queries(by_collection: dict, names: list[str], measure: str) -> list[dict[str, float]]:
@@ -212,7 +195,7 @@ def main() -> None:
     seeds = common.seeds_for(mode, args.seeds)
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    members = group_members(collections)
+    members = common.group_members(collections)
     depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
     results = common.open_results(Path(args.results))
     print(f"RQ3 ({mode}): backbones {backbones}, objectives {args.objectives} (large ones with {weak}), "
@@ -235,7 +218,7 @@ def main() -> None:
 
     # 4. Effectiveness by size: per group, backbones (by size) x objectives ----------------------
     out = results / "tables" / f"rq3_{mode}"
-    means = {b: {o: group_means(metrics[f"{b}|{o}"], members, "nDCG@10") for o in args.objectives} for b in order}
+    means = {b: {o: common.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
     for group in members:
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in order}
         note = (f"nDCG@10 averaged over the {len(members[group])} {group} collections, "
