@@ -816,7 +816,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    loss_fn = losses.get_loss(cfg.objective) if hasattr(losses, "get_loss") else losses.LOSSES[cfg.objective]
+    loss_fn = losses.get_loss(cfg.objective)
     backbone = get_backbone(cfg.backbone)
     model, tokenizer = load_backbone(backbone, cfg.seed, device)
     log(f"backbone {cfg.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
@@ -1431,17 +1431,19 @@ def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, 
 # 10. Experiment grids: the paper's recipe, the offline demo's, and the smoke test's
 # ================================================================================================
 # Per mode: training steps, warm-up, max length, query budget, and the batch composition per objective
-# family; list_depth is how much of the listwise teacher's ordering one step sees. "paper" is Morand et
-# al.'s setting (batch 32 for base backbones, 64 for small ones: 32 triples,
-# 4 queries x 8 passages for InfoNCE, 1 query x 50 passages for the listwise teachers); "demo" is sized
-# for about 30 minutes per cell on a 2-core CPU; "smoke" runs a tiny model for a few steps (tests).
+# family: `pairs` triples, or `group_queries` groups of `group_size` passages, or one teacher list of
+# `list_depth` passages per step. "paper" is Morand et al.'s setting (batch 32 for base backbones, 64 for
+# small ones: 32 triples, 32 // 8 = 4 queries x 8 passages for InfoNCE, 1 query x 50 passages for the
+# listwise teachers); "demo" is sized for about 30 minutes per cell on a 2-core CPU (16 passages per step
+# for every family); "smoke" runs a tiny model for a few steps (tests).
 RECIPES = {
     "paper": dict(steps=200_000, warmup_steps=5_000, max_length=512, query_max_length=64, training="paper",
-                  pairs={"base": 32, "mini": 64}, group_size=8, list_depth=50),
+                  pairs={"base": 32, "mini": 64}, group_queries={"base": 4, "mini": 8}, group_size=8,
+                  list_depth=50),
     "demo": dict(steps=800, warmup_steps=80, max_length=192, query_max_length=64, training="demo",
-                 pairs={"base": 8, "mini": 8}, group_size=8, list_depth=16),
+                 pairs={"base": 8, "mini": 8}, group_queries={"base": 2, "mini": 2}, group_size=8, list_depth=16),
     "smoke": dict(steps=4, warmup_steps=1, max_length=64, query_max_length=16, training="demo",
-                  pairs={"base": 2, "mini": 2}, group_size=4, list_depth=8),
+                  pairs={"base": 2, "mini": 2}, group_queries={"base": 1, "mini": 1}, group_size=4, list_depth=8),
 }
 
 
@@ -1467,10 +1469,8 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
         batch_queries, group_size = pairs, 2
     elif family == "lists":
         batch_queries, group_size = 1, recipe["list_depth"]
-    else:  # a batch of `pairs` triples holds 2*pairs passages: the same number in groups of group_size
-        batch_queries, group_size = max(1, 2 * pairs // recipe["group_size"]), recipe["group_size"]
-    if mode == "paper" and family in ("groups", "teacher-groups"):
-        batch_queries = max(1, pairs // recipe["group_size"])  # 32 // 8 = 4 queries, as in the paper
+    else:
+        batch_queries, group_size = recipe["group_queries"][spec.size], recipe["group_size"]
     if mode == "paper" and family in ("pairs", "teacher-pairs"):
         # Each triple once: the first steps x batch lines of the (shuffled) published files, not all 40M.
         teachers["max_examples"] = (steps or recipe["steps"]) * batch_queries
