@@ -20,10 +20,11 @@ Commands:
   # tiny random models for a few steps (what the tests run): student tiny-bert, teacher tiny-electra
   python exp_kd_vs_cl.py --smoke
 
-Expected time: --demo trains 3 teachers and 2 students x 5 methods x 3 seeds = 30 student cells of
-800 steps (25-30 min per MiniLM-L6 cell on a 2-core CPU, less for L4/L2, plus about 5 min of
-re-ranking per cell) and has each teacher score 809 queries x ~100 passages (about 5 min each): about
-10 hours on a 2-core CPU (a third with --seeds 12), about an hour on one GPU; --smoke 1-2 minutes on
+Expected time: --demo trains 3 teachers and 2 students x 5 methods x 1 seed = 10 student cells of
+800 steps (on a 2-core CPU in fp32: 27 min of training per MiniLM-L6 cell, about 2/3 and 1/3 of that
+for L4 and L2, plus up to ~20 min of re-ranking per cell) and has each teacher score 809 queries x
+~100 passages (~82k pairs: about 37 min for L6 at ~37 pairs/s, less for L4/L2): about 6 hours on a
+2-core CPU, under an hour on one GPU (estimated); --smoke 1-2 minutes on
 a 2-core CPU. Paper-sized: 4 teachers + 45 students of 200k steps (GPU-days each) plus ~5M
 teacher-scored pairs per teacher (under an hour each on one GPU). Caveat: in paper mode the teachers
 score --teacher-queries (10,000) sampled training queries, so kl / margin_mse students see those only,
@@ -72,8 +73,8 @@ class Args:
     """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
-    depth: int = 1000
-    """candidates re-ranked per test query"""
+    depth: int | None = None
+    """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps of students and teachers (default: 200k for the paper, 800 for --demo)"""
     precision: str = "auto"
@@ -161,7 +162,7 @@ def main() -> None:
     teacher_depth = args.teacher_depth or default_depth or setup.candidate_depth
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
     results = common.open_results(Path(args.results))
     print(f"KD vs CL ({mode}): students {students}, large teacher {large}, seeds {seeds}, {precision} on {device}")
 

@@ -10,16 +10,18 @@ averaged per query, Holm–Bonferroni within each collection).
 Commands:
   # the paper's setting: 200k steps, 3 seeds, SPLADE-v3 top-1000 candidates from --run-dir
   python exp_rq1_objectives.py --gpu 0 --backbone bert-base --run-dir runs/splade-v3-distilbert
-  # offline demo on a laptop CPU: all-MiniLM-L6-v2 trained on SciFact, BM25 top-100 candidates
+  # offline demo on a laptop CPU: all-MiniLM-L6-v2 trained on SciFact, re-ranking the BM25 top-50
   python exp_rq1_objectives.py --demo
   # a tiny random model for a few steps (what the tests run)
   python exp_rq1_objectives.py --smoke
 
-Expected time: --demo trains 6 cells (one seed) of 800 steps: 25-30 min each on a 2-core CPU with
-bf16 support, roughly twice that in fp32 (CPUs without AVX512-BF16), 3-6 hours in all plus a few
-minutes of re-ranking per cell; minutes on a GPU. The paper's setting is 200k steps per cell, days of
-GPU time per backbone. Finished cells are reused by every script; three of these six (bce, hinge,
-infonce) are the members of the demo's teacher ensemble, so scripts/make_demo_teachers.py trains them.
+Expected time, measured on a 2-core CPU in fp32 (no AVX512-BF16), idle: --demo trains 6 cells (one
+seed) of 800 steps, about 27 min each (2 s per step of 16 passages), and re-ranks the BM25 top-50 of
+the 4 test collections (~47k pairs, about 20 min per cell at ~37 pairs/s): about 45-50 min per cell,
+5 hours in all. Three of the six (bce, hinge, infonce) are the members of the demo's teacher ensemble,
+so after scripts/make_demo_teachers.py only three cells are left to train. CPUs with AVX512-BF16 run
+it about 2x faster in bf16; on a GPU it should take minutes (not measured here). The paper's setting is
+200k steps per cell, days of GPU time per backbone. Finished cells are reused by every script.
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ class Args:
     """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
-    depth: int = 1000
-    """candidates re-ranked per query"""
+    depth: int | None = None
+    """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     precision: str = "auto"
@@ -87,7 +89,7 @@ def main() -> None:
     seeds = common.seeds_for(mode, args.seeds)
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
     results = common.open_results(Path(args.results))
     print(f"RQ1 ({mode}): {backbone}, objectives {args.objectives}, seeds {seeds}, {precision} on {device}")
 

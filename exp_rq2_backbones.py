@@ -19,9 +19,10 @@ Commands:
   # tiny random models for a few steps (what the tests run)
   python exp_rq2_backbones.py --smoke
 
-Expected time: --demo trains 3 backbones x 6 objectives x 3 seeds = 54 cells of 800 steps: about
-25-30 min each for minilm-l6 on a 2-core CPU in bf16 (less for the cut students), a day or more in all;
-about an hour on a GPU. The paper's grid is 162 cells of 200k steps, each roughly a GPU-day for a base
+Expected time: --demo trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps and re-ranks
+the BM25 top-50 of 4 collections with each: on a 2-core CPU in fp32, about 45-50 min per minilm-l6
+cell (27 min training, ~20 min re-ranking; measured), roughly 2/3 and 1/3 of that for minilm-l4 and
+-l2: about 9-10 hours in all; under an hour on a GPU (estimated, not measured here). The paper's grid is 162 cells of 200k steps, each roughly a GPU-day for a base
 backbone (training, then re-ranking the top-1000 of 30 collections), less for the small ones. --smoke:
 under a minute on a 2-core CPU (12 cells of 4 steps, 30 queries per collection). Finished cells are reused by every script (RQ1
 and RQ3 read the same ones), and an interrupted run resumes where it stopped.
@@ -61,8 +62,8 @@ class Args:
     """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
-    depth: int = 1000
-    """candidates re-ranked per query"""
+    depth: int | None = None
+    """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     precision: str = "auto"
@@ -141,7 +142,7 @@ def main() -> None:
     seeds = common.seeds_for(mode, args.seeds)
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
     first_stage = common.first_stage_label(collections, args.run_dir)
     results = common.open_results(Path(args.results))
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "

@@ -18,8 +18,8 @@ Commands:
   python exp_rq3_small_vs_large.py --smoke
 
 Expected time: the same cells as exp_rq2_backbones.py (shared through --results; after RQ2 this script
-trains nothing and takes seconds): --demo about a day on a 2-core CPU (54 cells of 800 steps), about
-an hour on a GPU; the paper's grid 162 cells of roughly a GPU-day each for a base backbone; --smoke
+trains nothing and takes seconds): --demo about 9-10 hours on a 2-core CPU in fp32 (18 cells of 800
+steps, see exp_rq2_backbones.py), under an hour on a GPU (estimated); the paper's grid 162 cells of roughly a GPU-day each for a base backbone; --smoke
 under a minute on a 2-core CPU.
 """
 from __future__ import annotations
@@ -58,8 +58,8 @@ class Args:
     """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
-    depth: int = 1000
-    """candidates re-ranked per query"""
+    depth: int | None = None
+    """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     precision: str = "auto"
@@ -196,7 +196,7 @@ def main() -> None:
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
     members = common.group_members(collections)
-    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
     results = common.open_results(Path(args.results))
     print(f"RQ3 ({mode}): backbones {backbones}, objectives {args.objectives} (large ones with {weak}), "
           f"seeds {seeds}, {precision} on {device}")

@@ -18,9 +18,9 @@ Commands:
   python exp_rq4_llm_distillation.py --smoke --teacher-pairs T.tsv --teacher-lists T.run
 
 Expected time: the grid is the one of exp_rq2_backbones.py (its finished cells are reused): --demo
-trains 3 backbones x 6 objectives x 3 seeds = 54 cells of 800 steps (25-30 min each for minilm-l6 on a
-2-core CPU, less for l4/l2, plus about 5 min of re-ranking per cell: a day or more in all; about an
-hour on one GPU); --smoke about a minute on a 2-core CPU. The paper's setting is 9 x 6 x 3 = 162
+trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps (on a 2-core CPU in fp32 about
+27 min of training and ~20 min of re-ranking per minilm-l6 cell, less for l4/l2: 9-10 hours in all;
+under an hour on one GPU, estimated); --smoke about a minute on a 2-core CPU. The paper's setting is 9 x 6 x 3 = 162
 cells, about 6 GPU-days each for a base backbone.
 """
 from __future__ import annotations
@@ -60,8 +60,8 @@ class Args:
     """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
-    depth: int = 1000
-    """candidates re-ranked per query"""
+    depth: int | None = None
+    """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     precision: str = "auto"
@@ -129,7 +129,7 @@ def main() -> None:
     seeds = common.seeds_for(mode, args.seeds)
     collections = common.select_collections(
         common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = min(args.depth, 5 if args.smoke else 100) if mode != "paper" else args.depth
+    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
     objectives = list(dict.fromkeys([*args.llm_objectives, *args.other_objectives]))
     if not args.llm_objectives or not args.other_objectives:
         raise common.KitError("--llm-objectives and --other-objectives each need at least one objective")

@@ -15,7 +15,7 @@ different scales; the mean leans towards the member with the widest spread (the 
 member's score spread).
 
 Commands (from the repository root):
-  # the shipped files (trains or reuses 3 demo cells, then scores about 82k pairs with each member)
+  # the shipped files (trains or reuses 3 demo cells, then scores about 41k pairs with each member)
   python scripts/make_demo_teachers.py
   # a tiny random model on a handful of queries (tests); writes to <results>/smoke-teachers
   python scripts/make_demo_teachers.py --smoke --results /tmp/kit-teach-smoke
@@ -24,18 +24,18 @@ What it writes to --out-dir (default data/teachers; names from common.DEMO_TRAIN
   scifact-train.ensemble-pairs.tsv     Hofstätter's format, `pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid`,
                                        for margin_mse: every positive of every training query with a
                                        positive, paired with up to 20 negatives sampled (fixed seed) from
-                                       the query's BM25 top-100, judged positives excluded
+                                       the query's BM25 top-50, judged positives excluded
   scifact-train.ensemble-top50.run     Rank-DistiLLM's format, TREC run `qid Q0 docid rank 101-rank rank`,
                                        for distill_ranknet / adr_mse: the ensemble's ordering of each
-                                       training query's BM25 top-100 plus its positives, top 50
+                                       training query's BM25 top-50 plus its positives, top 50
   scifact-train.ensemble-scores.run.gz the ensemble's scores (6 decimals, tag ensemble) of the same
                                        candidates, for kl (exp_rq1_objectives.py --teacher-scores)
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
 files. Output is deterministic: sorted query ids, ties broken by doc id, a rerun gives identical bytes.
 
 Expected time on a 2-core CPU in fp32: training is about 30-40 min per member on idle cores (800 steps
-of 16 passages; reused when the cells exist), and scoring is 809 queries x ~101 candidates = ~82k pairs
-per member at 192 tokens, roughly 20-40 pairs/s, so 35-70 min per member. That is about 3-5 hours in all,
+of 16 passages; reused when the cells exist), and scoring is 809 queries x ~51 candidates = ~41k pairs
+per member at 192 tokens, roughly 13-20 pairs/s, so 35-55 min per member. That is about 3-4 hours in all,
 and much more on shared cores: with the 2 cores shared by other jobs (load 9) we measured 11-14 s per
 training step (about 3 hours per member) and 8 pairs/s. On a GPU it takes a few minutes. --smoke takes
 under a minute. An interrupted run resumes: rerun the same command.
@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 import zlib
@@ -60,6 +61,8 @@ MEMBERS = ["bce", "hinge", "infonce"]  # the objectives that need no teacher
 SEED = 12                               # the first seed of the paper's (and the demo's) runs
 NEGATIVES_PER_POSITIVE = 20             # pairs per positive in the Hofstätter-format file
 LIST_DEPTH = 50                         # Rank-DistiLLM's teacher lists: top 50, score = 101 - rank
+CANDIDATE_DEPTH = 50                    # the teacher scores each query's BM25 top-50 plus its positives
+CHUNK_QUERIES = 50                      # scores are saved every 50 queries, so a killed run loses little
 SAMPLE_SEED = 0                         # seed of the negative sampling (per query: [SAMPLE_SEED, crc32(qid)])
 SMOKE_QUERIES = 8                       # training queries used by --smoke
 
@@ -106,12 +109,12 @@ def main() -> None:
     print(f"teachers ({mode}): ensemble of {backbone} x {MEMBERS}, seed {SEED}, {precision} on {device} "
           f"-> {out_dir}")
 
-    # 2. Training queries, positives and candidates (BM25 top-100 + positives) ----------------
+    # 2. Training queries, positives and candidates (BM25 top-50 + positives) -----------------
     dataset = common.load_dataset(setup.queries)
     queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
     documents = common.DocumentLookup(dataset)
     positives = {qid: sorted(d for d, rel in docs.items() if rel > 0) for qid, docs in qrels.items()}
-    bm25 = common.read_run(common.resolve_file(setup.candidates), setup.candidate_depth)
+    bm25 = common.read_run(common.resolve_file(setup.candidates), CANDIDATE_DEPTH)
     qids = sorted(qid for qid in bm25 if qid in queries)
     if args.smoke:
         qids = [qid for qid in qids if positives.get(qid)][:SMOKE_QUERIES]
@@ -122,7 +125,7 @@ def main() -> None:
     print(f"{len(qids)} training queries ({sum(bool(positives.get(q)) for q in qids)} with a positive), "
           f"{n_pairs} (query, passage) pairs to score per member")
     # Key of this candidate set: a member's cached scores are reused only for the very same pairs.
-    pairs_key = hashlib.sha1(json.dumps([setup.queries, setup.candidates, setup.candidate_depth, candidates],
+    pairs_key = hashlib.sha1(json.dumps([setup.queries, setup.candidates, CANDIDATE_DEPTH, candidates],
                                         sort_keys=True).encode()).hexdigest()[:10]
 
     # 3. Train (or reuse) each member, then score every candidate with it ----------------------
@@ -138,9 +141,21 @@ def main() -> None:
             model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
             tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
             pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
-            run = common.rerank(model, pair_tokenizer, queries, candidates, documents, batch_size=args.batch_size,
-                                device=device, precision=cfg.precision, progress=True)
+            # Score CHUNK_QUERIES queries at a time into parts/, so that a rerun after a kill resumes.
+            parts, run = cache.parent / f"{cache.name}.parts", {}
+            for start in range(0, len(qids), CHUNK_QUERIES):
+                part = parts / f"{start:06d}.run.gz"
+                chunk = qids[start:start + CHUNK_QUERIES]
+                if not part.exists():
+                    scored = common.rerank(model, pair_tokenizer, queries, {q: candidates[q] for q in chunk},
+                                           documents, batch_size=args.batch_size, device=device,
+                                           precision=cfg.precision, progress=True)
+                    common.write_run(part, scored, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
+                    print(f"{cfg.objective}: queries {start + len(chunk)}/{len(qids)} scored "
+                          f"({time.time() - t0:.0f} s)", flush=True)
+                run.update({q: dict(docs) for q, docs in common.read_run(part).items()})
             common.write_run(cache, run, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
+            shutil.rmtree(parts)
             print(f"{cfg.objective}: scored {n_pairs} pairs in {time.time() - t0:.0f} s")
             del model
         # Always read the scores back from the (6-decimal) file: a rerun computes the same mean.

@@ -366,6 +366,14 @@ def test_teacher_pairs_batches_margin_mse():
         build("margin_mse", setup, batch_queries=13)
 
 
+def test_pair_table_gives_back_every_id_exactly():
+    rows = [("1185869", "0", "8841823", 7.25, -1.5), ("007", "doc-a", "12", 0.5, 0.25),
+            ("q1", "10000000000000000000", "doc-a", 1.0, 0.0)]
+    table = common.PairTable(iter(rows))
+    assert len(table) == 3
+    assert [table[i] for i in range(3)] == rows  # leading zeros, names and 20-digit ids survive
+
+
 def test_group_batches_infonce(train_qrels):
     data = by_ids(build("infonce", batch_queries=4, group_size=8))
     bm25 = common.read_run(common.REPO / common.DEMO_TRAINING.candidates, 100)
