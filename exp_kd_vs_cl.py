@@ -77,6 +77,8 @@ class Args:
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps of students and teachers (default: 200k for the paper, 800 for --demo)"""
+    learning_rate: float | None = None
+    """peak learning rate (default: the backbone's: 1e-5 base / 7e-6 small as in the paper; demo MiniLMs 3e-5)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_queries: int | None = None
@@ -168,7 +170,8 @@ def main() -> None:
 
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
-        return common.make_config(mode, backbone, objective, seed, precision, steps=args.steps, **teachers)
+        return common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                                  learning_rate=args.learning_rate, **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
     options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)

@@ -64,6 +64,8 @@ class Args:
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
+    learning_rate: float | None = None
+    """peak learning rate (default: the backbone's: 1e-5 base / 7e-6 small as in the paper; demo MiniLMs 3e-5)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_pairs: str | None = None
@@ -138,6 +140,7 @@ def main() -> None:
 
     # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
     configs = {(backbone, objective): [common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                                                          learning_rate=args.learning_rate,
                                                           teacher_pairs=args.teacher_pairs,
                                                           teacher_lists=args.teacher_lists) for seed in seeds]
                for backbone in backbones for objective in objectives}

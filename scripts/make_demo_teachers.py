@@ -81,6 +81,8 @@ class Args:
     """tiny random-initialised members for a few steps, a handful of queries (tests)"""
     steps: int | None = None
     """training steps of each member (default: the recipe's, 800 for the demo); changes the cells"""
+    learning_rate: float | None = None
+    """peak learning rate (default: the backbone's: 1e-5 base / 7e-6 small as in the paper; demo MiniLMs 3e-5)"""
     num_workers: int = 0
     """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
     checkpoint_every: int = 200
@@ -104,7 +106,8 @@ def main() -> None:
     out_dir = Path(args.out_dir) if args.out_dir else \
         results / "smoke-teachers" if args.smoke else common.REPO / "data" / "teachers"
     setup = common.DEMO_TRAINING
-    members = [common.make_config(mode, backbone, objective, SEED, precision, steps=args.steps)
+    members = [common.make_config(mode, backbone, objective, SEED, precision, steps=args.steps,
+                                  learning_rate=args.learning_rate)
                for objective in MEMBERS]
     print(f"teachers ({mode}): ensemble of {backbone} x {MEMBERS}, seed {SEED}, {precision} on {device} "
           f"-> {out_dir}")

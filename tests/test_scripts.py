@@ -2,6 +2,7 @@
 and the tables it prints and writes come out. The scripts share one results folder, as users' do,
 so later scripts reuse the cells earlier ones trained."""
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,13 @@ def test_rq1_objectives_smoke(shared):
     assert (tables / "rq1_nDCG10.csv").read_text().count("\n") > 6
     cells = list((shared / "results" / "cells").glob("tiny-bert__*"))
     assert len(cells) == len(OBJECTIVES) and all((c / "DONE").exists() for c in cells)
+
+
+def test_learning_rate_flag_reaches_the_cell(tmp_path):
+    run_script("exp_rq1_objectives.py", "--smoke", "--objectives", "bce", "--collections", "vaswani",
+               "--learning-rate", "0.0025", "--results", str(tmp_path))
+    (cell,) = (tmp_path / "cells").glob("tiny-bert__bce__*")
+    assert json.loads((cell / "config.json").read_text())["learning_rate"] == 0.0025
 
 
 def test_rq2_backbones_smoke(shared):
