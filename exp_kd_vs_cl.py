@@ -78,7 +78,7 @@ class Args:
     steps: int | None = None
     """training steps of students and teachers (default: 200k for the paper, 800 for --demo)"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's: 1e-5 base / 7e-6 small as in the paper; demo MiniLMs 3e-5)"""
+    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_queries: int | None = None

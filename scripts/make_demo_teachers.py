@@ -82,7 +82,7 @@ class Args:
     steps: int | None = None
     """training steps of each member (default: the recipe's, 800 for the demo); changes the cells"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's: 1e-5 base / 7e-6 small as in the paper; demo MiniLMs 3e-5)"""
+    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
     num_workers: int = 0
     """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
     checkpoint_every: int = 200
