@@ -557,7 +557,7 @@ class PairTable:
             self._targets.extend((pos_target, neg_target))
 
     def _encode(self, name: str) -> int:
-        if name.isdigit() and (name == "0" or name[0] != "0") and len(name) < 19:
+        if _is_canonical_int(name):
             return int(name)
         if name not in self._codes:
             self._codes[name] = len(self._names)
@@ -575,9 +575,14 @@ class PairTable:
         return qid, pos, neg, self._targets[2 * index], self._targets[2 * index + 1]
 
 
+def _is_canonical_int(name: str) -> bool:
+    """True for an id that int() and str() give back unchanged and that fits an int64 (no leading zero)."""
+    return name.isdigit() and (name == "0" or name[0] != "0") and len(name) < 19
+
+
 def _compact_ids(ids: list[str]):
     """Numeric ids (MS MARCO's) as an int64 array, 8 bytes each instead of ~60; others as a tuple."""
-    if all(d.isdigit() and (d == "0" or d[0] != "0") and len(d) < 19 for d in ids):
+    if all(_is_canonical_int(d) for d in ids):
         return np.array([int(d) for d in ids], dtype=np.int64)
     return tuple(ids)
 
