@@ -33,10 +33,10 @@ What it writes to --out-dir (default data/teachers; names from common.DEMO_TRAIN
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
 files. Output is deterministic: sorted query ids, ties broken by doc id, a rerun gives identical bytes.
 
-Expected time on a 2-core CPU in fp32: training is about 30-40 min per member on idle cores (800 steps
-of 16 passages; reused when the cells exist), and scoring is 809 queries x ~51 candidates = ~41k pairs
-per member at 192 tokens, roughly 13-20 pairs/s, so 35-55 min per member. That is about 3-4 hours in all,
-and much more on shared cores: with the 2 cores shared by other jobs (load 9) we measured 11-14 s per
+Expected time on a 2-core CPU in fp32, measured: training is about 27 min per member on idle cores (800
+steps of 16 passages at 1.7 s per step; reused when the cells exist), and scoring is 809 queries x ~51
+candidates = 40,551 pairs per member at 192 tokens, about 37 pairs/s idle, so about 20 min per member.
+That is about 2.5 hours in all, and much more on shared cores: with the 2 cores shared by other jobs (load 9) we measured 11-14 s per
 training step (about 3 hours per member) and 8 pairs/s. On a GPU it takes a few minutes. --smoke takes
 under a minute. An interrupted run resumes: rerun the same command.
 """
