@@ -922,7 +922,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.backbone}/{cfg.objective}", unit="step")
     import time
-    window_start, window_pairs, running = time.perf_counter(), 0, []
+    window_start, window_pairs, running, unread = time.perf_counter(), 0, [], []
     for micro, (inputs, targets) in enumerate(loader, start=step * accumulation):
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         targets = targets.to(device, non_blocking=True)
@@ -940,15 +940,23 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        step_loss = float(torch.stack(running).sum())
+        unread.append(torch.stack(running).sum())
         running = []
-        if not np.isfinite(step_loss):
+        bar.update(1)
+        validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
+        logging = step % log_every == 0 or step == cfg.steps
+        if not (logging or validating or step % checkpoint_every == 0):
+            continue  # reading the loss back waits for the GPU: only before a log line or a save
+        values = torch.stack(unread).tolist()
+        unread = []
+        if not all(np.isfinite(values)):
             bar.close()
-            raise KitError(f"the loss became {step_loss} at step {step} ({cfg.objective}, lr {cfg.learning_rate}); "
+            bad = step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
+            raise KitError(f"the loss became non-finite at step {bad} ({cfg.objective}, lr {cfg.learning_rate}); "
                            f"the last good checkpoint is kept in {checkpoint_path}; lower the learning rate or "
                            f"check the teacher scores")
-        bar.update(1)
-        if step % log_every == 0 or step == cfg.steps:
+        step_loss = values[-1]
+        if logging:
             elapsed = time.perf_counter() - window_start
             record = {"step": step, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
                       "pairs_per_s": round(window_pairs / max(elapsed, 1e-9), 1)}
@@ -956,7 +964,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
             window_start, window_pairs = time.perf_counter(), 0
-        if validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps):
+        if validating:
             value = validate(model)
             model.train()
             log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
@@ -983,18 +991,41 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
     lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
     order = np.argsort(-lengths, kind="stable")
     scores = np.empty(len(queries), dtype=np.float32)
+    on_gpu = device.startswith("cuda")
     was_training = model.training
     model.eval()
+
+    def collect(pending):
+        chosen, logits, ready = pending
+        if ready is not None:
+            ready.synchronize()
+        scores[chosen] = logits.numpy()
+        if bar is not None:  # per batch, so that the ETA moves on long collections
+            bar.update(len(chosen))
+
+    pending = None
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
+            # On a GPU this tokenization runs while the GPU still works on the previous batch: its scores
+            # are only collected after this batch is queued, so the GPU never waits for the tokenizer.
             inputs = pair_tokenizer([queries[i] for i in chosen], [passages[i] for i in chosen])
-            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            inputs = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True) for k, v in inputs.items()}
             with autocast(device, precision):
-                logits = model(**inputs).logits
-            scores[chosen] = logits.float().view(-1).cpu().numpy()
-            if bar is not None:  # per batch, so that the ETA moves on long collections
-                bar.update(len(chosen))
+                logits = model(**inputs).logits.float().view(-1)
+            if on_gpu:
+                host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+                host.copy_(logits, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+                logits = host
+            else:
+                ready = None
+            if pending is not None:
+                collect(pending)
+            pending = (chosen, logits, ready)
+        if pending is not None:
+            collect(pending)
     model.train(was_training)
     return scores
 

@@ -24,7 +24,8 @@ Expected time: --demo trains 3 teachers and 2 students x 5 methods x 1 seed = 10
 800 steps (on a 2-core CPU in fp32: 27 min of training per MiniLM-L6 cell, about 2/3 and 1/3 of that
 for L4 and L2, plus up to ~20 min of re-ranking per cell) and has each teacher score 809 queries x
 ~100 passages (~82k pairs: about 37 min for L6 at ~37 pairs/s, less for L4/L2): about 6 hours on a
-2-core CPU, under an hour on one GPU (estimated); --smoke 1-2 minutes on
+2-core CPU, on one H100 in bf16 more than 10 min
+(a run stopped at 10 min had its teachers and 8 of its 10 student cells); --smoke 1-2 minutes on
 a 2-core CPU. Paper-sized: 4 teachers + 45 students of 200k steps (GPU-days each) plus ~5M
 teacher-scored pairs per teacher (under an hour each on one GPU). Caveat: in paper mode the teachers
 score --teacher-queries (10,000) sampled training queries, so kl / margin_mse students see those only,

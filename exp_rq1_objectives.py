@@ -20,7 +20,8 @@ seed) of 800 steps, about 27 min each (2 s per step of 16 passages), and re-rank
 the 4 test collections (~47k pairs, about 20 min per cell at ~37 pairs/s): about 45-50 min per cell,
 5 hours in all. Three of the six (bce, hinge, infonce) are the members of the demo's teacher ensemble,
 so after scripts/make_demo_teachers.py only three cells are left to train. CPUs with AVX512-BF16 run
-it about 2x faster in bf16; on a GPU it should take minutes (not measured here). The paper's setting is
+it about 2x faster in bf16. Measured on one H100 (bf16, --gpu 0): 22 s of training and ~20 s of re-ranking
+per cell; the teachers and this script from scratch took 6 min. The paper's setting is
 200k steps per cell, days of GPU time per backbone. Finished cells are reused by every script.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ Commands:
 Expected time: the grid is the one of exp_rq2_backbones.py (its finished cells are reused): --demo
 trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps (on a 2-core CPU in fp32 about
 27 min of training and ~20 min of re-ranking per minilm-l6 cell, less for l4/l2: 9-10 hours in all;
-under an hour on one GPU, estimated); --smoke about a minute on a 2-core CPU. The paper's setting is 9 x 6 x 3 = 162
+about 12 min on one H100 in bf16, measured); --smoke about a minute on a 2-core CPU. The paper's setting is 9 x 6 x 3 = 162
 cells, about 6 GPU-days each for a base backbone.
 """
 from __future__ import annotations
