@@ -1007,20 +1007,19 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
-            # On a GPU this tokenization runs while the GPU still works on the previous batch: its scores
-            # are only collected after this batch is queued, so the GPU never waits for the tokenizer.
+            # On a GPU this tokenization overlaps the GPU's work on the previous batch, whose scores are
+            # collected only after this batch is queued (the tokenizer can still be the slower of the two).
             inputs = pair_tokenizer([queries[i] for i in chosen], [passages[i] for i in chosen])
             inputs = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True) for k, v in inputs.items()}
             with autocast(device, precision):
                 logits = model(**inputs).logits.float().view(-1)
+            ready = None
             if on_gpu:
                 host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
                 host.copy_(logits, non_blocking=True)
                 ready = torch.cuda.Event()
                 ready.record()
                 logits = host
-            else:
-                ready = None
             if pending is not None:
                 collect(pending)
             pending = (chosen, logits, ready)
