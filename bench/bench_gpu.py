@@ -68,6 +68,9 @@ def main():
     holder = tempfile.TemporaryDirectory(prefix="bench-gpu-")
     model.save_pretrained(holder.name)
     tokenizer.save_pretrained(holder.name)
+    # Each length trains the model; put the saved weights back first so that the kit scores with the
+    # weights ST loads from holder.name (otherwise every length after the first compares different models).
+    initial_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     d, d_ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
 
     def forward_flops(lengths) -> float:
@@ -96,6 +99,7 @@ def main():
         rows.append([stage, length, batch, f"{items / seconds:,.0f}", f"{tflops:.0f}", f"{100 * tflops / peak:.1f}%", note])
 
     for length in args.lengths:
+        model.load_state_dict(initial_weights)
         pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, length, 64)
         real = []  # non-padding tokens of every pair
         for i in range(0, len(pairs), 512):
