@@ -3,7 +3,8 @@
 A random-initialised BERT-base cross-encoder (110M parameters; speed does not depend on the weights) with
 the demo tokenizer (bert-base-uncased's vocabulary) scores and trains on real (query, passage) pairs from
 the demo collections' BM25 candidates at each max length. For every length it prints:
-- re-ranking: `common.score_pairs` (length-sorted batches, tokenization overlapped with the GPU) and, with
+- re-ranking: `common.score_pairs` (length-sorted batches, tokenization overlapped with the GPU; tokenized
+  in-process, then by --workers worker processes) and, with
   sentence-transformers installed, `CrossEncoder.predict` on the same pairs, batch and autocast; pairs/s,
   the kit/ST ratio and the largest score difference;
 - training: the body of `common.train`'s loop (pinned batches, non-blocking copies, bf16 autocast, fp32
@@ -43,6 +44,8 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak; 0: from the GPU's name")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers")
     parser.add_argument("--layers", type=int, default=12, help="fewer layers: a quick check of the script itself")
+    parser.add_argument("--workers", type=int, default=8, help="also time score_pairs tokenizing in this many "
+                        "worker processes (0: skip)")
     args = parser.parse_args()
 
     import numpy as np
@@ -115,6 +118,16 @@ def main():
         kit_scores = kit()
         row("re-rank: kit score_pairs", length, args.batch_size, median(times), len(pairs), useful,
             f"mean {np.mean(real):.0f} real tokens/pair")
+        if args.workers:
+            def kit_workers():
+                return common.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
+                                          device=device, precision="bf16", workers=args.workers)
+            kit_workers()
+            worker_times = [cuda_time(kit_workers) for _ in range(args.rounds)]
+            diff = float(np.max(np.abs(kit_workers() - kit_scores)))
+            row(f"re-rank: kit score_pairs, {args.workers} tokenizer workers", length, args.batch_size,
+                median(worker_times), len(pairs), useful, f"{median(times) / median(worker_times):.2f}x in-process, "
+                f"max |diff| {diff:.1e}")
         tokenizing = cuda_time(lambda: [pair_tokenizer(queries[i:i + args.batch_size], passages[i:i + args.batch_size])
                                         for i in range(0, len(pairs), args.batch_size)])  # unsorted batches
         rows.append(["  tokenizer alone (CPU)", length, args.batch_size, f"{len(pairs) / tokenizing:,.0f}", "", "", ""])

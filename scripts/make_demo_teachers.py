@@ -85,7 +85,7 @@ class Args:
     learning_rate: float | None = None
     """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
     num_workers: int = 0
-    """DataLoader workers that build and tokenize training batches (use 2-4 on a GPU machine)"""
+    """DataLoader workers that tokenize training and re-ranking batches (~8 on a GPU machine; on a CPU 0)"""
     checkpoint_every: int = 200
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     batch_size: int = 64
@@ -153,7 +153,7 @@ def main() -> None:
                 if not part.exists():
                     scored = common.rerank(model, pair_tokenizer, queries, {q: candidates[q] for q in chunk},
                                            documents, batch_size=args.batch_size, device=device,
-                                           precision=cfg.precision, progress=True)
+                                           precision=cfg.precision, progress=True, workers=args.num_workers)
                     common.write_run(part, scored, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
                     print(f"{cfg.objective}: queries {start + len(chunk)}/{len(qids)} scored "
                           f"({time.time() - t0:.0f} s)", flush=True)

@@ -202,6 +202,24 @@ def test_resumed_model_reranks_like_the_uninterrupted_one(resumed):
     assert metrics_a == metrics_b
 
 
+def test_tokenizing_in_worker_processes_gives_the_same_run(resumed, monkeypatch):
+    data = common.load_eval_data(VASWANI, depth=10, max_queries=20)
+    model, pair_tokenizer = load_trained(resumed.straight / "model")
+    in_process = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8)
+    loaders = []
+
+    class RecordingLoader(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            loaders.append(kwargs["num_workers"])
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingLoader)
+    in_workers = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8,
+                               workers=2)
+    assert loaders == [2]  # one chunk of 20 queries, tokenized by two worker processes
+    assert sum(len(d) for d in in_workers.values()) == 200
+    assert in_workers == in_process  # same batches, same order: bit-identical scores
+
+
 # ================================================================================================
 # Architectures, precision, layers
 # ================================================================================================
