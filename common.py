@@ -997,16 +997,19 @@ class _PairBatches:
         chosen = self.batches[index]
         return chosen, self.pair_tokenizer([self.queries[i] for i in chosen], [self.passages[i] for i in chosen])
 
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
 
 def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], *,
                 batch_size: int = 64, device: str = "cpu", precision: str = "fp32", bar=None,
                 workers: int = 0) -> np.ndarray:
     """Cross-encoder scores of (query, passage) pairs, in fp32. Pairs are batched by length (longest
     first, so a too-large batch fails at once) so that a batch pads to similar lengths. `workers` > 0
-    tokenizes in that many DataLoader worker processes. On a GPU the tokenizer is the bottleneck: in one
-    process it managed ~2,500 pairs/s of 256 tokens on a 16-core H100 host (an H100 scores ~6,500 with BERT-base),
-    and a worker tokenizes ~600 pairs/s (one thread each, measured on a 2-core CPU), so use ~8 workers there.
-    On a CPU, keep 0: the workers would take cores from the model."""
+    tokenizes in that many DataLoader worker processes. On an H100 host the tokenizer was the bottleneck:
+    one process tokenized ~2,500 pairs/s of 256 tokens, the GPU ran BERT-base's forward at ~6,500. A worker
+    tokenized ~600 pairs/s on a 2-core CPU, so a GPU needs several, as many as the host's cores allow (not yet
+    measured on a GPU). On a CPU keep 0: the workers would take cores from the model."""
     import torch
     lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
     order = np.argsort(-lengths, kind="stable")
@@ -1014,10 +1017,19 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
     batches = _PairBatches(pair_tokenizer, queries, passages,
                            [order[start:start + batch_size] for start in range(0, len(order), batch_size)])
     if workers:
-        # Forked workers would otherwise each warn that the tokenizer's own thread pool was used before the fork.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        batches = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=False,
-                                              prefetch_factor=4)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=False,
+                                             prefetch_factor=4)
+        # The workers fork inside iter(): they inherit TOKENIZERS_PARALLELISM=false (one tokenizer thread each,
+        # no fork-safety warning), and this process gets its own setting back at once.
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            batches = iter(loader)
+        finally:
+            if previous is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
     on_gpu = device.startswith("cuda")
     was_training = model.training
     model.eval()

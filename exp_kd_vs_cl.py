@@ -89,7 +89,7 @@ class Args:
     eval_batch_size: int = 64
     """pairs per re-ranking batch (test collections and teacher scoring)"""
     num_workers: int = 0
-    """DataLoader workers that tokenize training and re-ranking batches (~8 on a GPU machine; on a CPU 0)"""
+    """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     alpha: float = 0.05

@@ -32,6 +32,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     add_threads_argument(parser)
     args = parser.parse_args()
+    if args.train_batch % 2:
+        parser.error("--train-batch: the bce step pairs a positive with a negative; pass an even number")
 
     import numpy as np
     import torch
@@ -49,7 +51,7 @@ def main():
         lengths = np.asarray(lengths, dtype=np.float64)
         return float(layers * (2 * (4 * d * d + 2 * d * d_ff) * lengths.sum() + 4 * d * (lengths ** 2).sum()))
 
-    def best_of_rounds(fn) -> float:  # median seconds over the rounds, after one untimed call
+    def median_of_rounds(fn) -> float:  # median seconds over the rounds, after one untimed call
         fn()
         times = []
         for _ in range(args.rounds):
@@ -62,7 +64,7 @@ def main():
 
     def matmul(m, k, n, repeat):
         a, b = torch.randn(m, k), torch.randn(k, n)
-        seconds = best_of_rounds(lambda: [a @ b for _ in range(repeat)])
+        seconds = median_of_rounds(lambda: [a @ b for _ in range(repeat)])
         return 2.0 * m * k * n * repeat / seconds / 1e9
 
     square = matmul(2048, 2048, 2048, 4)
@@ -81,7 +83,7 @@ def main():
     def full_forward():
         with torch.inference_mode():
             model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-    seconds = best_of_rounds(full_forward)
+    seconds = median_of_rounds(full_forward)
     row("forward, full-length random tokens", args.batch_size / seconds,
         forward_flops([args.max_length] * args.batch_size) / seconds / 1e9)
 
@@ -89,7 +91,7 @@ def main():
     queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
     pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, args.max_length, 64)
     real = pair_tokenizer(queries, passages)["attention_mask"].sum(1).tolist()
-    seconds = best_of_rounds(lambda: common.score_pairs(model, pair_tokenizer, queries, passages,
+    seconds = median_of_rounds(lambda: common.score_pairs(model, pair_tokenizer, queries, passages,
                                                         batch_size=args.batch_size, device="cpu", precision="fp32"))
     row("re-rank: kit score_pairs (real pairs)", len(pairs) / seconds, forward_flops(real) / seconds / 1e9,
         f"mean {np.mean(real):.0f} real tokens/pair")
@@ -109,7 +111,7 @@ def main():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             float(loss.detach())
-    seconds = best_of_rounds(train_steps)
+    seconds = median_of_rounds(train_steps)
     flops = 3 * sum(forward_flops(b["attention_mask"].sum(1).tolist()) for b in batches)
     row("train: step (bce, clip, fused AdamW)", args.train_steps * args.train_batch / seconds, flops / seconds / 1e9,
         f"{args.train_batch} pairs per step")

@@ -85,7 +85,7 @@ class Args:
     learning_rate: float | None = None
     """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
     num_workers: int = 0
-    """DataLoader workers that tokenize training and re-ranking batches (~8 on a GPU machine; on a CPU 0)"""
+    """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
     checkpoint_every: int = 200
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     batch_size: int = 64

@@ -213,11 +213,13 @@ def test_tokenizing_in_worker_processes_gives_the_same_run(resumed, monkeypatch)
             loaders.append(kwargs["num_workers"])
             super().__init__(*args, **kwargs)
     monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingLoader)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     in_workers = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8,
                                workers=2)
     assert loaders == [2]  # one chunk of 20 queries, tokenized by two worker processes
     assert sum(len(d) for d in in_workers.values()) == 200
     assert in_workers == in_process  # same batches, same order: bit-identical scores
+    assert "TOKENIZERS_PARALLELISM" not in os.environ  # only the workers ran single-threaded
 
 
 # ================================================================================================
