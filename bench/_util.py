@@ -76,6 +76,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def forward_flops(config, lengths) -> float:
+    """Model FLOPs of one forward pass over pairs of the given real (non-padding) lengths: per layer and
+    token 2 x (4 d^2 + 2 d d_ff) for the projections, plus 4 s d per token for attention over s tokens."""
+    import numpy as np
+    d, d_ff = config.hidden_size, config.intermediate_size
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return float(config.num_hidden_layers * (2 * (4 * d * d + 2 * d * d_ff) * lengths.sum()
+                                             + 4 * d * (lengths ** 2).sum()))
+
+
 def timed(fn):
     start = time.perf_counter()
     result = fn()

@@ -16,9 +16,10 @@ of the loop (sentence-transformers' or the kit's) can run much faster in fp32 on
     python bench/bench_cpu_mfu.py --threads 1
 """
 import argparse
-import time
+import functools
 
-from _util import add_threads_argument, set_threads, common, demo_pairs, machine_line, median, print_table
+from _util import add_threads_argument, set_threads, common, demo_pairs, machine_line, median, print_table, timed
+from _util import forward_flops as model_forward_flops
 
 
 def main():
@@ -42,23 +43,15 @@ def main():
     set_threads(args.threads)
     model, tokenizer = common.load_backbone(common.get_backbone(args.backbone), seed=0)
     config = model.config
-    d, d_ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    d, d_ff = config.hidden_size, config.intermediate_size
+    forward_flops = functools.partial(model_forward_flops, config)
     print(machine_line())
     print(f"model: {args.backbone} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"attention {config._attn_implementation}), fp32, max length {args.max_length}")
 
-    def forward_flops(lengths) -> float:
-        lengths = np.asarray(lengths, dtype=np.float64)
-        return float(layers * (2 * (4 * d * d + 2 * d * d_ff) * lengths.sum() + 4 * d * (lengths ** 2).sum()))
-
     def median_of_rounds(fn) -> float:  # median seconds over the rounds, after one untimed call
         fn()
-        times = []
-        for _ in range(args.rounds):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return median(times)
+        return median([timed(fn)[0] for _ in range(args.rounds)])
 
     rows = []
 

@@ -23,10 +23,12 @@ dense bf16 figure (H100/H200 SXM 989 TFLOP/s; pass --peak-tflops for others).
 """
 import argparse
 import contextlib
+import functools
 import tempfile
 import time
 
 from _util import common, demo_pairs, median, print_table
+from _util import forward_flops as model_forward_flops
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0}
 
@@ -74,11 +76,8 @@ def main():
     # Each length trains the model; put the saved weights back first so that the kit scores with the
     # weights ST loads from holder.name (otherwise every length after the first compares different models).
     initial_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    d, d_ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-
-    def forward_flops(lengths) -> float:
-        lengths = np.asarray(lengths, dtype=np.float64)
-        return float(layers * (2 * (4 * d * d + 2 * d * d_ff) * lengths.sum() + 4 * d * (lengths ** 2).sum()))
+    layers = config.num_hidden_layers
+    forward_flops = functools.partial(model_forward_flops, config)
 
     def cuda_time(fn) -> float:
         if on_gpu:
