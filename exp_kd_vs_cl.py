@@ -15,19 +15,27 @@ t-test over queries, seeds averaged per query, Holm–Bonferroni per collection)
 Commands:
   # paper-sized: students Ettin-17M/32M/68M, large teacher Ettin-150M, SPLADE-v3 candidates at test
   python exp_kd_vs_cl.py --gpu 0 --run-dir runs/splade-v3-distilbert
-  # offline demo: students MiniLM-L2 and -L4 (cut from all-MiniLM-L6-v2), large teacher MiniLM-L6
+  # offline demo: students MiniLM-L4 and -L5 (cut from all-MiniLM-L6-v2), large teacher MiniLM-L6
   python exp_kd_vs_cl.py --demo
   # tiny random models for a few steps (what the tests run): student tiny-bert, teacher tiny-electra
   python exp_kd_vs_cl.py --smoke
 
 Expected time: --demo trains 3 teachers and 2 students x 5 methods x 1 seed = 10 student cells of
-800 steps (on a 2-core CPU in fp32: 27 min of training per MiniLM-L6 cell, about 2/3 and 1/3 of that
-for L4 and L2, plus up to ~20 min of re-ranking per cell) and has each teacher score 809 queries x
-~100 passages (~82k pairs: about 37 min for L6 at ~37 pairs/s, less for L4/L2): about 6 hours on a
-2-core CPU, on one H100 in bf16 more than 10 min
-(a run stopped at 10 min had its teachers and 8 of its 10 student cells); --smoke 1-2 minutes on
-a 2-core CPU. Paper-sized: 4 teachers + 45 students of 200k steps (GPU-days each) plus ~5M
-teacher-scored pairs per teacher (under an hour each on one GPU). Caveat: in paper mode the teachers
+1,600 steps and has each teacher score 809 queries x ~100 passages (~82k pairs). On one H100 in bf16
+the 800-step version of this grid (students L2 and L4) took 10 min (540 s + a 58 s resumed run); the
+1,600-step cells of the students took 61-68 s each (training, model loading, SciFact re-ranking), so
+about 20 min is expected, i.e. two runs of the same command under a 10-minute limit. On a 2-core CPU in
+fp32 a MiniLM-L6 cell trains at ~2 s/step (54 min for 1,600 steps; L5 and L4 about 5/6 and 2/3 of
+that), each cell re-ranks ~47k test pairs at ~37 pairs/s (up to ~20 min) and each teacher scores its
+~82k pairs in up to ~37 min: about 14 hours, estimated from those rates (resumable; on CPUs with
+AVX512-BF16, bf16 trains about 1.7x and re-ranks about 2.7x faster).
+--smoke: 1-2 minutes on a 2-core CPU. Paper-sized: 4 teachers + 45 students of 200k steps (GPU-days
+each) plus ~5M teacher-scored pairs per teacher (under an hour each on one GPU).
+Why the demo's students are MiniLM-L4/-L5 at 1,600 steps (H100, bf16, infonce, seed 12, SciFact test,
+BM25 top-50, nDCG@10; BM25 0.6759): at 800 steps L2 reached 0.2176 and L4 0.6582, both below BM25, and
+no KD student beat it either (best: 0.6756); L2 and a 3-layer cut stayed at 0.28-0.37 even after 1,600-2,400
+steps at lr 1e-4 to 3e-4, while L4 reached 0.7238 (0.7343 at seed 112) and L5 0.7267 after 1,600.
+Caveat: in paper mode the teachers
 score --teacher-queries (10,000) sampled training queries, so kl / margin_mse students see those only,
 while infonce samples every training query (the demo scores all 809: same data for every method).
 """
@@ -41,10 +49,11 @@ from tabulate import tabulate
 
 import common
 
-# Per mode: students, large teacher, training queries scored by each teacher (None: all), depth scored.
-MODES = {"paper": (["ettin-17m", "ettin-32m", "ettin-68m"], "ettin-150m", 10_000, None),
-         "demo": (["minilm-l2", "minilm-l4"], "minilm-l6", None, None),
-         "smoke": (["tiny-bert"], "tiny-electra", 16, 8)}
+# Per mode: students, large teacher, training queries scored by each teacher (None: all), depth scored,
+# training steps of every cell (None: the mode's recipe in common.RECIPES).
+MODES = {"paper": (["ettin-17m", "ettin-32m", "ettin-68m"], "ettin-150m", 10_000, None, None),
+         "demo": (["minilm-l4", "minilm-l5"], "minilm-l6", None, None, 1600),
+         "smoke": (["tiny-bert"], "tiny-electra", 16, 8, None)}
 METHODS = [("CL: infonce", "infonce", None), ("KD: kl from large", "kl", "large"),
            ("KD: kl from same size", "kl", "same"), ("KD: margin_mse from large", "margin_mse", "large"),
            ("KD: margin_mse from same size", "margin_mse", "same")]
@@ -53,7 +62,7 @@ METHODS = [("CL: infonce", "infonce", None), ("KD: kl from large", "kl", "large"
 @dataclasses.dataclass
 class Args:
     students: list[str] = dataclasses.field(default_factory=lambda: list(MODES["paper"][0]))
-    """student backbones (default: Ettin-17M/32M/68M; --demo: minilm-l2/l4; --smoke: tiny-bert)"""
+    """student backbones (default: Ettin-17M/32M/68M; --demo: minilm-l4/l5; --smoke: tiny-bert)"""
     teacher: str = "ettin-150m"
     """backbone of the large teacher (--demo: minilm-l6; --smoke: tiny-electra)"""
     seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
@@ -77,7 +86,7 @@ class Args:
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
-    """training steps of students and teachers (default: 200k for the paper, 800 for --demo)"""
+    """training steps of students and teachers (default: 200k for the paper, 1600 for --demo)"""
     learning_rate: float | None = None
     """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
@@ -154,7 +163,7 @@ def main() -> None:
     common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
                                          device)
-    default_students, default_teacher, default_queries, default_depth = MODES[mode]
+    default_students, default_teacher, default_queries, default_depth, default_steps = MODES[mode]
     students = default_students if args.students == Args().students else args.students
     large = default_teacher if args.teacher == Args.teacher else args.teacher
     seeds = common.seeds_for(mode, args.seeds)
@@ -172,7 +181,7 @@ def main() -> None:
 
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
-        return common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+        return common.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
                                   learning_rate=args.learning_rate, **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}

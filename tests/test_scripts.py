@@ -133,3 +133,17 @@ def test_make_demo_teachers_smoke_writes_both_published_formats(shared):
     assert pairs and lists
     for ranked in lists.values():
         assert [score for _, score in ranked] == [101 - rank for rank in range(1, len(ranked) + 1)]
+
+
+def test_kd_vs_cl_teachers_are_larger_than_their_students():
+    """Every mode's students and large teacher are known backbones, and the demo's teacher keeps more
+    layers than each student (students cut from all-MiniLM-L6-v2; the large teacher is the whole model)."""
+    sys.path.insert(0, str(ROOT))
+    import common
+    import exp_kd_vs_cl
+    for students, teacher, *_ in exp_kd_vs_cl.MODES.values():
+        for name in [*students, teacher]:
+            common.get_backbone(name)
+    students, teacher, *_ = exp_kd_vs_cl.MODES["demo"]
+    layers = lambda name: common.get_backbone(name).keep_layers or 6
+    assert all(layers(s) < layers(teacher) for s in students)
