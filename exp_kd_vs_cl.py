@@ -229,7 +229,8 @@ def main() -> None:
                 summary += [dict(r, student=s) for r in table.records]
 
     # 6. Summary: each KD variant against CL, per student (the question of Xu et al.) -----------------
-    groups = [c for c in dict.fromkeys(r["column"] for r in summary) if c.startswith("avg ")]
+    columns = list(dict.fromkeys(r["column"] for r in summary))
+    groups = [c for c in columns if c.startswith("avg ")] or columns  # one collection: no averages, show it
     cl = {(r["student"], r["column"]): r["mean"] for r in summary if r["system"] == METHODS[0][0]}
     lines, records = [], []
     for s in students:

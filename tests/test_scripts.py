@@ -102,6 +102,7 @@ def test_rq4_llm_distillation_smoke(shared):
 def test_kd_vs_cl_smoke(shared):
     out = run_script("exp_kd_vs_cl.py", "--smoke", "--results", str(shared / "results"))
     assert "KD: kl from large" in out and "CL: infonce" in out
+    assert "Δ avg in-domain" in out and "Δ avg out-of-domain" in out
     teachers = list((shared / "results" / "teachers").glob("*/scores_*.run.gz"))
     assert len(teachers) == 2  # the large teacher and the same-size one
     import common
