@@ -33,11 +33,12 @@ AVX512-BF16, bf16 trains about 1.7x and re-ranks about 2.7x faster).
 each) plus ~5M teacher-scored pairs per teacher (under an hour each on one GPU).
 Why the demo's students are MiniLM-L4/-L5 at 1,600 steps (H100, bf16, infonce, seed 12, SciFact test,
 BM25 top-50, nDCG@10; BM25 0.6759): at 800 steps L2 reached 0.2176 and L4 0.6582, both below BM25, and
-no KD student beat it either (best: 0.6756); L2 and a 3-layer cut stayed at 0.28-0.37 even after 1,600-2,400
-steps at lr 1e-4 to 3e-4, while L4 reached 0.7238 (0.7343 at seed 112) and L5 0.7267 after 1,600.
-Caveat: in paper mode the teachers
-score --teacher-queries (10,000) sampled training queries, so kl / margin_mse students see those only,
-while infonce samples every training query (the demo scores all 809: same data for every method).
+no KD student beat it either (best: 0.6756); L2 and a 3-layer cut stayed at 0.28-0.37 even after
+1,600-2,400 steps at lr 1e-4 to 3e-4, while L4 reached 0.7238 (0.7343 at seed 112) and L5 0.7267 after
+1,600 (README.md, "KD vs CL", has the whole probe).
+Caveat: in paper mode the teachers score --teacher-queries (10,000) sampled training queries, so kl /
+margin_mse students see those only, while infonce samples every training query (the demo scores all
+809: same data for every method).
 """
 from __future__ import annotations
 
