@@ -671,17 +671,16 @@ MORE_DEMO_BACKBONES = {b.name: b for b in [
 ]}
 TINY_BACKBONES = {f"tiny-{arch}": Backbone(f"tiny-{arch}", "", 1e-3, "mini", tiny=arch)
                   for arch in ("bert", "roberta", "electra", "deberta", "modernbert")}
+NAMED_BACKBONES = {**PAPER_BACKBONES, **DEMO_BACKBONES, **MORE_DEMO_BACKBONES, **TINY_BACKBONES}
 
 
 def get_backbone(name: str) -> Backbone:
     """A known backbone by name, or any HF id / local path (base-size defaults)."""
-    for table in (PAPER_BACKBONES, DEMO_BACKBONES, MORE_DEMO_BACKBONES, TINY_BACKBONES):
-        if name in table:
-            return table[name]
+    if name in NAMED_BACKBONES:
+        return NAMED_BACKBONES[name]
     if "/" in name or Path(name).exists():
         return Backbone(name, name, 1e-5, "base")
-    raise KitError(f"unknown backbone {name!r}; valid: {', '.join([*PAPER_BACKBONES, *DEMO_BACKBONES, *MORE_DEMO_BACKBONES, *TINY_BACKBONES])}"
-                   f", or a Hugging Face id / local path")
+    raise KitError(f"unknown backbone {name!r}; valid: {', '.join(NAMED_BACKBONES)}, or a Hugging Face id / local path")
 
 
 def _tiny_config(arch: str):

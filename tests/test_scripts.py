@@ -139,7 +139,6 @@ def test_make_demo_teachers_smoke_writes_both_published_formats(shared):
 def test_kd_vs_cl_teachers_are_larger_than_their_students():
     """Every mode's students and large teacher are known backbones, and the demo's teacher keeps more
     layers than each student (students cut from all-MiniLM-L6-v2; the large teacher is the whole model)."""
-    sys.path.insert(0, str(ROOT))
     import common
     import exp_kd_vs_cl
     for students, teacher, *_ in exp_kd_vs_cl.MODES.values():
