@@ -21,10 +21,9 @@ Commands:
   python exp_kd_vs_cl.py --smoke
 
 Expected time: --demo trains 3 teachers and 2 students x 5 methods x 1 seed = 10 student cells of
-1,600 steps and has each teacher score 809 queries x ~100 passages (~82k pairs). On one H100 in bf16
-the 800-step version of this grid (students L2 and L4) took 10 min (540 s + a 58 s resumed run); the
-1,600-step cells of the students took 61-68 s each (training, model loading, SciFact re-ranking), so
-about 20 min is expected, i.e. two runs of the same command under a 10-minute limit. On a 2-core CPU in
+1,600 steps and has each teacher score 809 queries x ~100 passages (~82k pairs). Measured on one H100 in bf16
+(--gpu 0 --num-workers 4): 895 s, i.e. two runs of the same command under a 10-minute limit (561 s, then
+334 s resumed); --seeds 12 13 then adds 10 student cells in 636 s. On a 2-core CPU in
 fp32 a MiniLM-L6 cell trains at ~2 s/step (54 min for 1,600 steps; L5 and L4 about 5/6 and 2/3 of
 that), each cell re-ranks ~47k test pairs at ~37 pairs/s (up to ~20 min) and each teacher scores its
 ~82k pairs in up to ~37 min: about 14 hours, estimated from those rates (resumable; on CPUs with
@@ -36,6 +35,10 @@ BM25 top-50, nDCG@10; BM25 0.6759): at 800 steps L2 reached 0.2176 and L4 0.6582
 no KD student beat it either (best: 0.6756); L2 and a 3-layer cut stayed at 0.28-0.37 even after
 1,600-2,400 steps at lr 1e-4 to 3e-4, while L4 reached 0.7238 (0.7343 at seed 112) and L5 0.7267 after
 1,600 (README.md, "KD vs CL", has the whole probe).
+What the demo found (H100, bf16, seeds 12 and 13): each student, seed-averaged, beat BM25 on SciFact,
+but no distilled student beat its infonce in domain (KL from the large teacher was the worst, -0.042
+for L4); the large teacher (0.7316) was no stronger than the students' infonce (0.7305, 0.7328), so the
+demo cannot test the claim's premise (README.md, "KD vs CL", has the tables).
 Caveat: in paper mode the teachers score --teacher-queries (10,000) sampled training queries, so kl /
 margin_mse students see those only, while infonce samples every training query (the demo scores all
 809: same data for every method).
