@@ -778,9 +778,14 @@ class TrainConfig:
     def key(self) -> str:
         fields = dataclasses.asdict(self)
         used = self.teacher_file()
-        # A local teacher file is keyed by its content: a rebuilt teacher must not reuse old cells.
+        # A local teacher file is keyed by its content and name, not its folder: a rebuilt teacher must
+        # not reuse old cells, while a results store that moved (or another spelling of --results)
+        # must still find its own.
         if used and used not in EXTERNAL_FILES and resolve_file(used).is_file():
             fields["teacher_md5"] = _md5(resolve_file(used))
+            for name in ("teacher_scores", "teacher_pairs", "teacher_lists"):
+                if fields[name] == used:
+                    fields[name] = Path(used).name
         text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -1373,6 +1378,39 @@ def write_table(table: Table, out_dir, name: str) -> list[Path]:
         paths.append(out_dir / f"{name}.{ext}")
         atomic_write_text(paths[-1], text)
     return paths
+
+
+# Options that change how a run executes, never what its tables hold.
+HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "num_workers",
+                                "checkpoint_every"})
+
+
+def tables_folder(results: Path, name: str, args, already_in_name: Sequence[str] = ()) -> Path:
+    """results/tables/<name>, plus a tag of every option that changes the grid from its default.
+
+    A run on one collection, other seeds or another step count otherwise writes over the tables of
+    the full run; with the tag both stay (e.g. ``kd_vs_cl_demo_bf16__seeds-12-13``). A tag longer than
+    60 characters becomes ``opts-<hash>``; ``options.json`` in the folder records the command and the
+    changed options either way.
+    """
+    changed = {}
+    for field in dataclasses.fields(args):
+        if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if getattr(args, field.name) != default:
+            changed[field.name] = getattr(args, field.name)
+    parts = []
+    for option, value in changed.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        parts.append("-".join([option.replace("_", "-"), *(_slug(str(v)) for v in values)]))
+    tag = "_".join(parts)
+    if len(tag) > 60:
+        tag = "opts-" + hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(results) / "tables" / (f"{name}__{tag}" if tag else name)
+    record = {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "changed_options": changed}
+    atomic_write_json(folder / "options.json", record)
+    return folder
 
 
 # ================================================================================================

@@ -214,7 +214,8 @@ def main() -> None:
                                          **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
-    out = results / "tables" / f"kd_vs_cl_{mode}_{precision}"
+    out = common.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args,
+                               already_in_name=["precision"])
     summary = []
     for s in students:
         rows = {"BM25": "first stage", names["large", None]: names["large", None], names["same", s]: names["same", s],

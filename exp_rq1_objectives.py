@@ -110,7 +110,8 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every)
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
-    out = results / "tables" / f"rq1_{mode}_{common._slug(backbone)}"
+    out = common.tables_folder(results, f"rq1_{mode}_{common._slug(backbone)}", args,
+                               already_in_name=["backbone"])
     for measure in ("nDCG@10", "RR@10"):
         if not any(measure in m for by_c in metrics.values() for ms in by_c.values() for m in ms):
             continue

@@ -165,7 +165,7 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
-    out = results / "tables" / f"rq2_{mode}"
+    out = common.tables_folder(results, f"rq2_{mode}", args)
     baseline = args.objectives[0]
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system

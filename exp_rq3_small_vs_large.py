@@ -220,7 +220,7 @@ def main() -> None:
     print("parameters: " + ", ".join(f"{b} {params[b]:,}" for b in order))
 
     # 4. Effectiveness by size: per group, backbones (by size) x objectives ----------------------
-    out = results / "tables" / f"rq3_{mode}"
+    out = common.tables_folder(results, f"rq3_{mode}", args)
     means = {b: {o: common.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
     for group in members:
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in order}

@@ -172,7 +172,8 @@ def main() -> None:
             f"for the LLM objective (two-sided paired t-test over queries, seeds averaged per query, "
             f"Holm-Bonferroni within each backbone x collection, alpha={args.alpha})")
     tag = f"{mode}, {precision}, {len(seeds)} seed(s)"
-    out = results / "tables" / f"rq4_{mode}_{precision}"
+    out = common.tables_folder(results, f"rq4_{mode}_{precision}", args,
+                               already_in_name=["precision"])
     tables = {
         "rq4_counts": outcome_table(tests, None, [], f"RQ4: LLM distillation vs other objectives over "
                                     f"{len(backbones)} backbones x {len(collections)} collections ({tag})", note),

@@ -355,6 +355,19 @@ def test_cell_without_done_is_trained_again(tmp_path, monkeypatch):
     assert calls == [folder] and (folder / "DONE").exists()
 
 
+def test_cell_key_follows_the_teacher_file_content_not_its_folder(tmp_path):
+    # A moved results store (or --results spelled another way) keeps its distilled cells; a rebuilt
+    # teacher file with other scores does not reuse them.
+    here, moved = tmp_path / "results/teachers/t", tmp_path / "elsewhere/results/teachers/t"
+    for folder in (here, moved):
+        folder.mkdir(parents=True)
+        (folder / "scores.run").write_text("q1 Q0 d1 1 3.5 t\nq1 Q0 d2 2 1.0 t\n")
+    keyed = lambda path: dataclasses.replace(smoke(objective="kl"), teacher_scores=str(path)).key()
+    assert keyed(here / "scores.run") == keyed(moved / "scores.run")
+    (moved / "scores.run").write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 1.0 t\n")
+    assert keyed(here / "scores.run") != keyed(moved / "scores.run")
+
+
 def test_open_results_refuses_another_format(tmp_path):
     (tmp_path / "FORMAT").write_text(f"{common.RESULTS_FORMAT + 1}\n")
     with pytest.raises(KitError, match="incompatible version"):

@@ -1,5 +1,6 @@
 """Unit tests for the reporting helpers: evaluation, t-test, Holm, tables, atomic writes."""
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -224,6 +225,36 @@ def test_write_table_writes_four_files_atomically(tmp_path):
     with open(out / "rq1.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5 and rows[0]["system"] == "pointwise" and rows[0]["pvalue"] == ""
+
+
+@dataclasses.dataclass
+class _GridArgs:
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [12, 13, 14])
+    collections: list[str] = dataclasses.field(default_factory=list)
+    steps: int | None = None
+    precision: str = "auto"
+    gpu: int | None = None
+    num_workers: int = 0
+
+
+def test_tables_folder_tags_options_that_change_the_grid(tmp_path):
+    import common
+    full = common.tables_folder(tmp_path, "rq2_demo", _GridArgs(gpu=0, num_workers=4))
+    assert full == tmp_path / "tables" / "rq2_demo"   # how to run is not part of the name
+    assert json.loads((full / "options.json").read_text())["changed_options"] == {}
+    partial = common.tables_folder(tmp_path, "rq2_demo", _GridArgs(seeds=[12, 13], collections=["scifact"]))
+    assert partial.name == "rq2_demo__seeds-12-13_collections-scifact"
+    assert json.loads((partial / "options.json").read_text())["changed_options"] == {
+        "seeds": [12, 13], "collections": ["scifact"]}
+    # A name that already says the precision does not repeat it.
+    assert common.tables_folder(tmp_path, "rq4_demo_fp32", _GridArgs(precision="fp32"),
+                                already_in_name=["precision"]).name == "rq4_demo_fp32"
+    many = _GridArgs(collections=["scifact", "nfcorpus", "vaswani", "cranfield", "trec-dl-2019"], steps=1600)
+    long = common.tables_folder(tmp_path, "rq2_demo", many)
+    assert long.name.startswith("rq2_demo__opts-") and len(long.name) == len("rq2_demo__opts-") + 8
+    assert common.tables_folder(tmp_path, "rq2_demo", many) == long   # stable: a rerun finds its tables
+    assert common.tables_folder(tmp_path, "rq2_demo", _GridArgs(collections=["scifact", "nfcorpus", "vaswani",
+                                "cranfield", "trec-dl-2020"], steps=1600)) != long
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):

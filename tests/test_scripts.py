@@ -48,13 +48,17 @@ def run_script(name: str, *flags: str, cwd=ROOT) -> str:
     return result.stdout
 
 
+# Tables of a run given other teacher files than the published ones go to a folder tagged with them.
+TEACHER_TAG = "__teacher-pairs-pairs.tsv_teacher-lists-lists.run"
+
+
 def teacher_flags(shared):
     return ["--teacher-pairs", str(shared / "pairs.tsv"), "--teacher-lists", str(shared / "lists.run")]
 
 
 def test_rq1_objectives_smoke(shared):
     out = run_script("exp_rq1_objectives.py", "--smoke", "--results", str(shared / "results"), *teacher_flags(shared))
-    tables = shared / "results" / "tables" / "rq1_smoke_tiny-bert"
+    tables = shared / "results" / "tables" / ("rq1_smoke_tiny-bert" + TEACHER_TAG)
     latex = (tables / "rq1_nDCG10.tex").read_text()
     for objective in OBJECTIVES:
         assert objective.replace("_", r"\_") in latex
@@ -72,6 +76,10 @@ def test_learning_rate_flag_reaches_the_cell(tmp_path):
                "--learning-rate", "0.0025", "--results", str(tmp_path))
     (cell,) = (tmp_path / "cells").glob("tiny-bert__bce__*")
     assert json.loads((cell / "config.json").read_text())["learning_rate"] == 0.0025
+    # A partial run's tables go beside, not over, those of the full run.
+    (tables,) = (tmp_path / "tables").iterdir()
+    assert tables.name == "rq1_smoke_tiny-bert__objectives-bce_collections-vaswani_learning-rate-0.0025"
+    assert (tables / "rq1_nDCG10.tex").exists()
 
 
 def test_rq2_backbones_smoke(shared):
@@ -79,7 +87,7 @@ def test_rq2_backbones_smoke(shared):
     assert "RQ2 summary, in-domain" in out and "RQ2 summary, out-of-domain" in out
     for backbone in ("tiny-bert", "tiny-electra"):
         assert backbone in out
-    tables = shared / "results" / "tables" / "rq2_smoke"
+    tables = shared / "results" / "tables" / ("rq2_smoke" + TEACHER_TAG)
     assert (tables / "rq2_summary_in-domain_nDCG10.tex").exists()
     assert (tables / "rq2_tiny-electra_nDCG10.tex").exists()
 
@@ -89,7 +97,7 @@ def test_rq3_small_vs_large_smoke(shared):
                      *teacher_flags(shared))
     assert "tiny-bert + " in out and " + bce" in out
     assert "matches" in out or "worse" in out
-    assert list((shared / "results" / "tables" / "rq3_smoke").glob("*.tex"))
+    assert list((shared / "results" / "tables" / ("rq3_smoke" + TEACHER_TAG)).glob("*.tex"))
 
 
 def test_rq4_llm_distillation_smoke(shared):
