@@ -73,6 +73,11 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
+def field_default(field: dataclasses.Field):
+    """A dataclass field's default value, made fresh where it comes from a factory."""
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
 def parse_args(cls, argv: list[str] | None = None):
     """Parse `--field value` flags into the dataclass `cls`; lists take several values, bools are switches."""
     import argparse
@@ -80,7 +85,7 @@ def parse_args(cls, argv: list[str] | None = None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     docs = _field_docs(cls)
     for field in dataclasses.fields(cls):
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = field_default(field)
         flag, help_text = "--" + field.name.replace("_", "-"), docs.get(field.name, "")
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         if kind == "bool":
@@ -1397,9 +1402,9 @@ def tables_folder(results: Path, name: str, args, already_in_name: Sequence[str]
     for field in dataclasses.fields(args):
         if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name:
             continue
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        if getattr(args, field.name) != default:
-            changed[field.name] = getattr(args, field.name)
+        value = getattr(args, field.name)
+        if value != field_default(field):
+            changed[field.name] = value
     parts = []
     for option, value in changed.items():
         values = value if isinstance(value, (list, tuple)) else [value]
