@@ -20,25 +20,10 @@ Commands:
   # tiny random models for a few steps (what the tests run): student tiny-bert, teacher tiny-electra
   python exp_kd_vs_cl.py --smoke
 
-Expected time: --demo trains 3 teachers and 2 students x 5 methods x 1 seed = 10 student cells of
-1,600 steps and has each teacher score 809 queries x ~100 passages (~82k pairs). Measured on one H100 in bf16
-(--gpu 0 --num-workers 4): 895 s, i.e. two runs of the same command under a 10-minute limit (561 s, then
-334 s resumed); --seeds 12 13 then adds 10 student cells in 636 s. On a 2-core CPU in
-fp32 a MiniLM-L6 cell trains at ~2 s/step (54 min for 1,600 steps; L5 and L4 about 5/6 and 2/3 of
-that), each cell re-ranks ~47k test pairs at ~37 pairs/s (up to ~20 min) and each teacher scores its
-~82k pairs in up to ~37 min: about 14 hours, estimated from those rates (resumable; on CPUs with
-AVX512-BF16, bf16 trains about 1.7x and re-ranks about 2.7x faster).
---smoke: 1-2 minutes on a 2-core CPU. Paper-sized: 4 teachers + 45 students of 200k steps (GPU-days
-each) plus ~5M teacher-scored pairs per teacher (under an hour each on one GPU).
-Why the demo's students are MiniLM-L4/-L5 at 1,600 steps (H100, bf16, infonce, seed 12, SciFact test,
-BM25 top-50, nDCG@10; BM25 0.6759): at 800 steps L2 reached 0.2176 and L4 0.6582, both below BM25, and
-no KD student beat it either (best: 0.6756); L2 and a 3-layer cut stayed at 0.28-0.37 even after
-1,600-2,400 steps at lr 1e-4 to 3e-4, while L4 reached 0.7238 (0.7343 at seed 112) and L5 0.7267 after
-1,600 (README.md, "KD vs CL", has the whole probe).
-What the demo found (H100, bf16, seeds 12 and 13): each student, seed-averaged, beat BM25 on SciFact,
-but no distilled student beat its infonce in domain (KL from the large teacher was the worst, -0.042
-for L4); the large teacher (0.7316) was no stronger than the students' infonce (0.7305, 0.7328), so the
-demo cannot test the claim's premise (README.md, "KD vs CL", has the tables).
+How long it takes: --demo trains 3 teachers and 2 students x 5 methods x 1 seed = 10 student cells of
+1,600 steps, and each teacher scores 809 queries x ~100 passages (~82k pairs): about a quarter of an hour
+on one H100, most of a day on a 2-core CPU. README.md ("KD vs CL", "How long it takes") has the measured
+figures, why the demo's students are MiniLM-L4/-L5 at 1,600 steps, and what the demo found.
 Caveat: in paper mode the teachers score --teacher-queries (10,000) sampled training queries, so kl /
 margin_mse students see those only, while infonce samples every training query (the demo scores all
 809: same data for every method).
@@ -49,12 +34,15 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from tabulate import tabulate
 
 import common
+import cross_encoder
+import grid
+import paper_setup
+import tables
 
 # Per mode: students, large teacher, training queries scored by each teacher (None: all), depth scored,
-# training steps of every cell (None: the mode's recipe in common.RECIPES).
+# training steps of every cell (None: the mode's recipe in paper_setup.RECIPES).
 MODES = {"paper": (["ettin-17m", "ettin-32m", "ettin-68m"], "ettin-150m", 10_000, None, None),
          "demo": (["minilm-l4", "minilm-l5"], "minilm-l6", None, None, 1600),
          "smoke": (["tiny-bert"], "tiny-electra", 16, 8, None)}
@@ -69,7 +57,7 @@ class Args:
     """student backbones (default: Ettin-17M/32M/68M; --demo: minilm-l4/l5; --smoke: tiny-bert)"""
     teacher: str = "ettin-150m"
     """backbone of the large teacher (--demo: minilm-l6; --smoke: tiny-electra)"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_SEEDS))
     """student training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     teacher_seed: int = 12
     """training seed of the large teacher"""
@@ -84,7 +72,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell; teacher files in teachers/)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -92,7 +80,7 @@ class Args:
     steps: int | None = None
     """training steps of students and teachers (default: 200k for the paper, 1600 for --demo)"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
+    """peak learning rate (default: the backbone's, from paper_setup.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_queries: int | None = None
@@ -121,12 +109,11 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
-def teacher_files(cfg: common.TrainConfig, results: Path, device: str, setup: common.TrainingSetup,
+def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, setup: paper_setup.TrainingSetup,
                   n_queries: int | None, depth: int, batch_size: int, workers: int = 0) -> tuple[str, str]:
     """(TREC run of teacher scores, Hofstätter pairs file) of a trained teacher, computed once and reused:
     the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries."""
-    import transformers
-    folder = results / "teachers" / common.cell_dir(results, cfg).name
+    folder = results / "teachers" / grid.cell_dir(results, cfg).name
     scores_path = folder / f"scores_q{n_queries or 'all'}_d{depth}.run.gz"
     pairs_path = folder / f"pairs_q{n_queries or 'all'}_d{depth}.tsv"
     if scores_path.exists() and pairs_path.exists():
@@ -143,18 +130,15 @@ def teacher_files(cfg: common.TrainConfig, results: Path, device: str, setup: co
     candidates = {q: list(dict.fromkeys([*positives[q], *negatives[q]])) for q in eligible}
     print(f"teacher {cfg.backbone} (seed {cfg.seed}) scores {sum(map(len, candidates.values()))} pairs of "
           f"{len(eligible)} training queries -> {folder}")
-    model_dir = common.cell_dir(results, cfg) / "model"
-    transformers.logging.set_verbosity_error()
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
-    run = common.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
-                        batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
-                        workers=workers)
+    model, pair_tokenizer = cross_encoder.load_trained(grid.cell_dir(results, cfg) / "model", cfg.max_length,
+                                                       cfg.query_max_length, device)
+    run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
+                               batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
+                               workers=workers)
     lines = [f"{run[q][p]:.6f}\t{run[q][n]:.6f}\t{q}\t{p}\t{n}\n"
              for q in eligible for p in positives[q] for n in negatives[q]]
     common.atomic_write_text(pairs_path, "".join(lines))  # each file atomic: never read half-written
-    common.write_run(scores_path, run, f"teacher-{common._slug(cfg.backbone)}-s{cfg.seed}")
+    common.write_run(scores_path, run, f"teacher-{common.slug(cfg.backbone)}-s{cfg.seed}")
     return _portable(scores_path), _portable(pairs_path)
 
 
@@ -162,36 +146,28 @@ def main() -> None:
     args = common.parse_args(Args)
 
     # 1. Mode, device, students, teachers and collections -----------------------------------------
-    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
-                                         device)
+    mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     default_students, default_teacher, default_queries, default_depth, default_steps = MODES[mode]
     students = default_students if args.students == Args().students else args.students
     large = default_teacher if args.teacher == Args.teacher else args.teacher
-    seeds = common.seeds_for(mode, args.seeds)
     if args.same_size_seed in seeds:
         raise common.KitError(f"--same-size-seed {args.same_size_seed} is also a student seed: the same-size "
                               f"teacher would be the infonce student itself")
-    setup = {"demo": common.DEMO_TRAINING, "paper": common.PAPER_TRAINING}[common.RECIPES[mode]["training"]]
+    setup = paper_setup.TRAINING_SETUPS[paper_setup.RECIPES[mode]["training"]]
     n_queries = args.teacher_queries if args.teacher_queries is not None else default_queries
     teacher_depth = args.teacher_depth or default_depth or setup.candidate_depth
-    collections = common.select_collections(
-        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
-    results = common.open_results(Path(args.results))
+    results = grid.open_results(args.results)
     print(f"KD vs CL ({mode}): students {students}, large teacher {large}, seeds {seeds}, {precision} on {device}")
 
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
-        return common.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
-                                  learning_rate=args.learning_rate, **teachers)
+        return grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
+                                learning_rate=args.learning_rate, **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
     options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
     for cfg in teachers.values():
-        common.train_cell(cfg, results, device, **options)
+        grid.train_cell(cfg, results, device, **options)
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,
@@ -209,12 +185,12 @@ def main() -> None:
             extra = {} if source is None else {"teacher_scores": files[key][0]} if objective == "kl" \
                 else {"teacher_pairs": files[key][1]}
             configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
-    metrics, per_query = common.run_grid(configs, collections, results, device, run_dir=args.run_dir, depth=depth,
-                                         batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
-                                         **options)
+    metrics, per_query = grid.train_and_evaluate(configs, collections, results, device, run_dir=args.run_dir, depth=depth,
+                                                 batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
+                                                 **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
-    out = common.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args,
+    out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args,
                                already_in_name=["precision"])
     summary = []
     for s in students:
@@ -225,10 +201,10 @@ def main() -> None:
         for measure in ("nDCG@10", "RR@10"):
             if not any(measure in m for by_c in student_metrics.values() for ms in by_c.values() for m in ms):
                 continue
-            table = common.grid_table(student_metrics, student_pq, collections, measure, baseline=METHODS[0][0],
+            table = tables.grid_table(student_metrics, student_pq, collections, measure, baseline=METHODS[0][0],
                                       title=f"KD vs CL: student {s}, large teacher {large} ({mode}, {precision})",
                                       alpha=args.alpha)
-            common.write_table(table, out, f"kd_vs_cl_{common._slug(s)}_{measure.replace('@', '')}")
+            tables.write_table(table, out, f"kd_vs_cl_{common.slug(s)}_{measure.replace('@', '')}")
             print("\n" + table.console + "\n\n" + table.latex)
             if measure == "nDCG@10":
                 summary += [dict(r, student=s) for r in table.records]
@@ -252,16 +228,11 @@ def main() -> None:
     head = ["student", "method", *(f"Δ {g}" for g in groups), "W/T/L vs CL"]
     note = (f"Δ = nDCG@10 minus the student's infonce (means over seeds); W/T/L over collections: two-sided paired "
             f"t-test, Holm-Bonferroni per collection, alpha={args.alpha}")
-    escape = lambda text: common.latex_escape(text).replace("Δ", r"$\Delta$")
-    latex = [r"\begin{table}[t]", r"\centering", rf"\caption{{KD vs CL summary ({mode}, {precision}). {escape(note)}}}",
-             rf"\label{{tab:kd-vs-cl-summary-{mode}}}", rf"\begin{{tabular}}{{ll{'r' * (len(head) - 2)}}}", r"\toprule",
-             " & ".join(map(escape, head)) + r" \\", r"\midrule",
-             *(" & ".join(escape(str(v)) for v in row) + r" \\" for row in lines), r"\bottomrule", r"\end{tabular}",
-             r"\end{table}"]
-    table = common.Table(console="\n".join([f"KD vs CL summary ({mode}, {precision}, large teacher {large})",
-                                            tabulate(lines, headers=head, tablefmt="github", disable_numparse=True),
-                                            note]), latex="\n".join(latex) + "\n", records=records)
-    common.write_table(table, out, "kd_vs_cl_summary")
+    table = tables.make_table(f"KD vs CL summary ({mode}, {precision}, large teacher {large})", head, lines, note,
+                              records=records, caption=f"KD vs CL summary ({mode}, {precision}). "
+                                                       f"{tables.latex_escape(note)}",
+                              label=f"tab:kd-vs-cl-summary-{mode}", align="ll" + "r" * (len(head) - 2))
+    tables.write_table(table, out, "kd_vs_cl_summary")
     print("\n" + table.console + "\n\n" + table.latex + f"\ntables written to {out}")
 
 

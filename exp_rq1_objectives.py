@@ -15,21 +15,19 @@ Commands:
   # a tiny random model for a few steps (what the tests run)
   python exp_rq1_objectives.py --smoke
 
-Expected time, measured on a 2-core CPU in fp32 (no AVX512-BF16), idle: --demo trains 6 cells (one
-seed) of 800 steps, about 27 min each (2 s per step of 16 passages), and re-ranks the BM25 top-50 of
-the 4 test collections (~47k pairs, about 20 min per cell at ~37 pairs/s): about 45-50 min per cell,
-5 hours in all. Three of the six (bce, hinge, infonce) are the members of the demo's teacher ensemble,
-so after scripts/make_demo_teachers.py only three cells are left to train. CPUs with AVX512-BF16 run
-it about 2x faster in bf16. Measured on one H100 (bf16, --gpu 0): 22 s of training and ~20 s of re-ranking
-per cell; the teachers and this script from scratch took 6 min. The paper's setting is
-200k steps per cell, days of GPU time per backbone. Finished cells are reused by every script.
+How long it takes: --demo trains 6 cells of 800 steps (three of them are the demo's teacher ensemble,
+shared with scripts/make_demo_teachers.py) and re-ranks the 4 test collections with each: hours on a
+2-core CPU, minutes on a GPU (README.md, "How long it takes", has the measured figures). The paper's
+setting is 200k steps per cell, days of GPU time per backbone. Finished cells are reused by every script.
 """
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import common
+import grid
+import paper_setup
+import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
 
@@ -37,10 +35,10 @@ OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_m
 @dataclasses.dataclass
 class Args:
     backbone: str = "bert-base"
-    """backbone to train (a name from common.PAPER_BACKBONES, or a Hugging Face id / local path)"""
+    """backbone to train (a name from paper_setup.PAPER_BACKBONES, or a Hugging Face id / local path)"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
     """objectives to compare (names from losses.LOSSES); the first is the baseline of the t-tests"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_SEEDS))
     """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     demo: bool = False
     """run offline on the shipped demo set (train SciFact; test SciFact, NFCorpus, Vaswani, Cranfield)"""
@@ -51,7 +49,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -59,7 +57,7 @@ class Args:
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
+    """peak learning rate (default: the backbone's, from paper_setup.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_pairs: str | None = None
@@ -82,42 +80,35 @@ def main() -> None:
     args = common.parse_args(Args)
 
     # 1. Mode, device and collections ---------------------------------------------------------
-    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
+    mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbone = args.backbone
     if mode != "paper" and backbone == Args.backbone:  # the paper's default is not available offline
         backbone = "tiny-bert" if args.smoke else "minilm-l6"
-    seeds = common.seeds_for(mode, args.seeds)
-    collections = common.select_collections(
-        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
-    results = common.open_results(Path(args.results))
+    results = grid.open_results(args.results)
     print(f"RQ1 ({mode}): {backbone}, objectives {args.objectives}, seeds {seeds}, {precision} on {device}")
 
     # 2. One training configuration per (objective, seed) --------------------------------------
-    configs = {objective: [common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                              learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                                              teacher_lists=args.teacher_lists)
+    configs = {objective: [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                                            learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
+                                            teacher_lists=args.teacher_lists)
                            for seed in seeds]
                for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = common.run_grid(
+    metrics, per_query = grid.train_and_evaluate(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth,
         batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every)
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
-    out = common.tables_folder(results, f"rq1_{mode}_{common._slug(backbone)}", args,
+    out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args,
                                already_in_name=["backbone"])
     for measure in ("nDCG@10", "RR@10"):
         if not any(measure in m for by_c in metrics.values() for ms in by_c.values() for m in ms):
             continue
-        table = common.grid_table(metrics, per_query, collections, measure, baseline=args.objectives[0],
+        table = tables.grid_table(metrics, per_query, collections, measure, baseline=args.objectives[0],
                                   title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
-        common.write_table(table, out, f"rq1_{measure.replace('@', '').replace('(', '').replace(')', '')}")
+        tables.write_table(table, out, f"rq1_{tables.measure_file_name(measure)}")
         print("\n" + table.console + "\n\n" + table.latex)
     print(f"tables written to {out}")
 

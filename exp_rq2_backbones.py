@@ -19,25 +19,20 @@ Commands:
   # tiny random models for a few steps (what the tests run)
   python exp_rq2_backbones.py --smoke
 
-Expected time: --demo trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps and re-ranks
-the BM25 top-50 of 4 collections with each: on a 2-core CPU in fp32, about 45-50 min per minilm-l6
-cell (27 min training, ~20 min re-ranking; measured), roughly 2/3 and 1/3 of that for minilm-l4 and
--l2: about 9-10 hours in all; on one H100 in bf16 (measured) 35-45 s per
-cell, about 12 min for the grid. The paper's grid is 162 cells of 200k steps, each roughly a GPU-day for a base
-backbone (training, then re-ranking the top-1000 of 30 collections), less for the small ones. --smoke:
-under a minute on a 2-core CPU (12 cells of 4 steps, 30 queries per collection). Finished cells are reused by every script (RQ1
-and RQ3 read the same ones), and an interrupted run resumes where it stopped.
+How long it takes: --demo trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps and
+re-ranks 4 collections with each: most of a day on a 2-core CPU, minutes on a GPU (README.md, "How long
+it takes", has the measured figures); the paper's grid is 162 cells of 200k steps. --smoke: under a
+minute. Finished cells are reused by every script (RQ1 and RQ3 read the same ones), and an interrupted
+run resumes where it stopped.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-from pathlib import Path
-
-import numpy as np
-from tabulate import tabulate
 
 import common
+import grid
+import paper_setup
+import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
 SMOKE_BACKBONES = ["tiny-bert", "tiny-electra"]
@@ -45,11 +40,11 @@ SMOKE_BACKBONES = ["tiny-bert", "tiny-electra"]
 
 @dataclasses.dataclass
 class Args:
-    backbones: list[str] = dataclasses.field(default_factory=lambda: list(common.PAPER_BACKBONES))
-    """backbones (names from common.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
+    backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
+    """backbones (names from paper_setup.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
     """objectives to compare (names from losses.LOSSES); the first is the baseline of the t-tests"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_SEEDS))
     """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     demo: bool = False
     """run offline on the shipped demo set with the backbones minilm-l6, minilm-l4, minilm-l2"""
@@ -60,7 +55,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -68,7 +63,7 @@ class Args:
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
+    """peak learning rate (default: the backbone's, from paper_setup.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_pairs: str | None = None
@@ -87,7 +82,7 @@ class Args:
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
 
-def describe(members: list[str], collections: list[common.Collection]) -> str:
+def describe(members: list[str], collections: list[paper_setup.Collection]) -> str:
     """The collections by name when few, else by group with counts: 'BEIR 13, LoTTE 10, Robust04 1'."""
     if len(members) <= 5:
         return ", ".join(members)
@@ -95,97 +90,69 @@ def describe(members: list[str], collections: list[common.Collection]) -> str:
     return ", ".join(f"{g} {groups.count(g)}" for g in dict.fromkeys(groups))
 
 
-def pivot_table(rows: dict[str, dict[str, list[float]]], columns: list[str], title: str, note: str) -> common.Table:
+def pivot_table(rows: dict[str, dict[str, list[float]]], columns: list[str], title: str, note: str) -> tables.Table:
     """A table of mean (± std over seeds) per row and column; the best value of each ROW is starred
-    (console) / bold (LaTeX) and named in a last column 'best'."""
-    cells = {(r, c): (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
-             for r, row in rows.items() for c, v in row.items() if len(v)}
-    best = {r: max((c for c in columns if (r, c) in cells), key=lambda c: round(cells[r, c][0], 4), default=None)
-            for r in rows}
-    is_best = {(r, c): best[r] is not None and round(cells[r, c][0], 4) == round(cells[r, best[r]][0], 4)
-               for (r, c) in cells}
-
-    def text(r, c, latex=False):
-        if (r, c) not in cells:
-            return "--" if latex else "–"
-        mean, std, _ = cells[r, c]
-        value = rf"\textbf{{{mean:.4f}}}" if latex and is_best[r, c] else f"{mean:.4f}"
-        if std is not None:
-            value += rf"{{\scriptsize$\pm${std:.4f}}}" if latex else f" ± {std:.4f}"
-        return value + ("*" if is_best[r, c] and not latex else "")
-
-    console = "\n".join([title, tabulate([[r, *(text(r, c) for c in columns), best[r] or "–"] for r in rows],
-                                         headers=["backbone", *columns, "best"], tablefmt="github",
-                                         disable_numparse=True), "* best per row; " + note])
-    esc = common.latex_escape
-    label = re.sub("[^a-z0-9]+", "-", title.lower()).strip("-")
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(title)}. {esc(note)} Best per row in bold.}}",
-             rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{l{'r' * len(columns)}}}",
-             r"\toprule", " & ".join(["Backbone", *map(esc, columns)]) + r" \\", r"\midrule",
-             *[" & ".join([esc(r), *(text(r, c, latex=True) for c in columns)]) + r" \\" for r in rows],
-             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    records = [{"row": r, "column": c, "mean": m, "std": s, "n_seeds": n, "best_in_row": is_best[r, c]}
-               for (r, c), (m, s, n) in cells.items()]
-    return common.Table(console=console, latex="\n".join(lines) + "\n", records=records)
+    (console) / bold (LaTeX) and named in a last column 'best' (console only)."""
+    cells = tables.best_per_row(rows, columns)
+    best = {r: next((c for c in columns if (r, c) in cells and cells[r, c].best), None) for r in rows}
+    body = [[r, *(cells.get((r, c)) for c in columns)] for r in rows]
+    records = [{"row": r, "column": c, "mean": v.mean, "std": v.std, "n_seeds": len(rows[r][c]),
+                "best_in_row": v.best} for (r, c), v in cells.items()]
+    return tables.make_table(title, ["backbone", *columns, "best"], [[*row, best[row[0]] or "–"] for row in body],
+                             "* best per row; " + note, records=records, latex_head=["Backbone", *columns],
+                             latex_rows=body,
+                             caption=f"{tables.latex_escape(title)}. {tables.latex_escape(note)} Best per row in bold.")
 
 
 def main() -> None:
     args = common.parse_args(Args)
 
     # 1. Mode, device, backbones and collections -------------------------------------------------
-    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
-                                         device)
+    mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbones = list(args.backbones)
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
-        passed = [] if backbones == list(common.PAPER_BACKBONES) else backbones
-        backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else common.DEMO_BACKBONES), *passed]))
-    seeds = common.seeds_for(mode, args.seeds)
-    collections = common.select_collections(
-        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
-    first_stage = common.first_stage_label(collections, args.run_dir)
-    results = common.open_results(Path(args.results))
+        passed = [] if backbones == list(paper_setup.PAPER_BACKBONES) else backbones
+        backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
+    first_stage = grid.first_stage_label(collections, args.run_dir)
+    results = grid.open_results(args.results)
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
           f"{precision} on {device}")
 
     # 2. One training configuration per (backbone, objective, seed) ------------------------------
     configs = {f"{backbone}|{objective}": [
-        common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                           learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                           teacher_lists=args.teacher_lists) for seed in seeds]
+        grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                         learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
+                         teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
-    metrics, per_query = common.run_grid(
+    metrics, per_query = grid.train_and_evaluate(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=first_stage,
         batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
-    out = common.tables_folder(results, f"rq2_{mode}", args)
+    out = tables.tables_folder(results, f"rq2_{mode}", args)
     baseline = args.objectives[0]
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system
         sub_metrics = {row: metrics[s] for row, s in systems.items()}
         sub_per_query = {row: per_query[s] for row, s in systems.items()}
-        table = common.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
+        table = tables.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
                                   title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
-        common.write_table(table, out, f"rq2_{common._slug(backbone)}_nDCG10")
+        tables.write_table(table, out, f"rq2_{common.slug(backbone)}_nDCG10")
         print("\n" + table.console)
 
     # 5. Summary: backbones x objectives, mean nDCG@10 per collection group ----------------------
-    means = {backbone: {o: common.group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
+    means = {backbone: {o: tables.group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
              for backbone in backbones}
-    for group, members in common.group_members(collections).items():  # groups --collections left empty are skipped
+    for group, members in tables.group_members(collections).items():  # groups --collections left empty are skipped
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in backbones}
         note = (f"nDCG@10 averaged over the {len(members)} {group} collections ({describe(members, collections)}), "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = pivot_table(rows, args.objectives, f"RQ2 summary, {group}: backbones x objectives ({mode}, "
                                                    f"{precision})", note)
-        common.write_table(table, out, f"rq2_summary_{group}_nDCG10")
+        tables.write_table(table, out, f"rq2_summary_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
 

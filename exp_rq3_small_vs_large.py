@@ -17,22 +17,22 @@ Commands:
   # tiny random models for a few steps (what the tests run)
   python exp_rq3_small_vs_large.py --smoke
 
-Expected time: the same cells as exp_rq2_backbones.py (shared through --results; after RQ2 this script
-trains nothing and takes seconds): --demo about 9-10 hours on a 2-core CPU in fp32 (18 cells of 800
-steps, see exp_rq2_backbones.py), about 12 min on one H100 (measured); the paper's grid 162 cells of roughly a GPU-day each for a base backbone; --smoke
-under a minute on a 2-core CPU.
+How long it takes: the same cells as exp_rq2_backbones.py (shared through --results; after RQ2 this
+script trains nothing and takes seconds); README.md, "How long it takes", has the measured figures.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import numpy as np
-from tabulate import tabulate
 
 import common
+import cross_encoder
+import grid
+import paper_setup
+import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
 SMOKE_BACKBONES = ["tiny-bert", "tiny-deberta"]  # 1.011M and 1.018M parameters: two sizes, however close
@@ -40,11 +40,11 @@ SMOKE_BACKBONES = ["tiny-bert", "tiny-deberta"]  # 1.011M and 1.018M parameters:
 
 @dataclasses.dataclass
 class Args:
-    backbones: list[str] = dataclasses.field(default_factory=lambda: list(common.PAPER_BACKBONES))
-    """backbones (names from common.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
+    backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
+    """backbones (names from paper_setup.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
     """objectives (names from losses.LOSSES); the first is the weak one the larger backbones are trained with"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_SEEDS))
     """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     demo: bool = False
     """run offline on the shipped demo set with the backbones minilm-l6, minilm-l4, minilm-l2"""
@@ -55,7 +55,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -63,7 +63,7 @@ class Args:
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
+    """peak learning rate (default: the backbone's, from paper_setup.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_pairs: str | None = None
@@ -93,7 +93,7 @@ def label(system: str) -> str:
     return system.replace("|", " + ")
 
 
-def count_parameters(results: Path, cells: dict[str, common.TrainConfig]) -> dict[str, int]:
+def count_parameters(results: Path, cells: dict[str, cross_encoder.TrainConfig]) -> dict[str, int]:
     """{backbone: parameters of its trained model}, counted from the saved config on the meta device (no
     weights read) and cached in results/parameter_counts.json so that later summaries never reload."""
     import torch
@@ -103,7 +103,7 @@ def count_parameters(results: Path, cells: dict[str, common.TrainConfig]) -> dic
     missing = [b for b in cells if b not in cache]
     for backbone in missing:
         transformers.logging.set_verbosity_error()
-        config = transformers.AutoConfig.from_pretrained(common.cell_dir(results, cells[backbone]) / "model")
+        config = transformers.AutoConfig.from_pretrained(grid.cell_dir(results, cells[backbone]) / "model")
         with torch.device("meta"):
             cache[backbone] = transformers.AutoModelForSequenceClassification.from_config(config).num_parameters()
     if missing:
@@ -111,43 +111,18 @@ def count_parameters(results: Path, cells: dict[str, common.TrainConfig]) -> dic
     return {b: int(cache[b]) for b in cells}
 
 
-def latex_table(title: str, note: str, headers: list[str], rows: list[list[str]], align: str) -> str:
-    """A booktabs table; `headers` and `rows` are LaTeX already."""
-    esc, label = common.latex_escape, re.sub("[^a-z0-9]+", "-", title.lower()).strip("-")
-    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(title)}. {esc(note)}}}",
-                      rf"\label{{tab:{label}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-                      " & ".join(headers) + r" \\", r"\midrule",
-                      *[" & ".join(r) + r" \\" for r in rows], r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
-
-
 def size_table(rows: dict[str, dict[str, list[float]]], params: dict[str, int], columns: list[str], title: str,
-               note: str) -> common.Table:
+               note: str) -> tables.Table:
     """Backbones (rows, in the given order) x objectives: mean (± std over seeds); best per row starred/bold."""
-    cells = {(r, c): (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
-             for r, row in rows.items() for c, v in row.items() if len(v)}
-    best = {r: max((round(cells[r, c][0], 4) for c in columns if (r, c) in cells), default=None) for r in rows}
-
-    def text(r, c, latex=False):
-        if (r, c) not in cells:
-            return "--" if latex else "–"
-        mean, std, _ = cells[r, c]
-        top = round(mean, 4) == best[r]
-        value = rf"\textbf{{{mean:.4f}}}" if latex and top else f"{mean:.4f}"
-        if std is not None:
-            value += rf"{{\scriptsize$\pm${std:.4f}}}" if latex else f" ± {std:.4f}"
-        return value + ("*" if top and not latex else "")
-
+    cells = tables.best_per_row(rows, columns)
     size = {r: f"{params[r] / 1e6:.4g}M" for r in rows}
-    console = "\n".join([title, tabulate([[r, size[r], *(text(r, c) for c in columns)] for r in rows],
-                                         headers=["backbone", "params", *columns], tablefmt="github",
-                                         disable_numparse=True), "* best per row; " + note])
-    latex = latex_table(title, note + " Best per row in bold.",
-                        ["Backbone", "Params", *map(common.latex_escape, columns)],
-                        [[common.latex_escape(r), size[r], *(text(r, c, True) for c in columns)] for r in rows],
-                        "lr" + "r" * len(columns))
-    records = [{"backbone": r, "parameters": params[r], "objective": c, "mean": m, "std": s, "n_seeds": n}
-               for (r, c), (m, s, n) in cells.items()]
-    return common.Table(console=console, latex=latex, records=records)
+    records = [{"backbone": r, "parameters": params[r], "objective": c, "mean": v.mean, "std": v.std,
+                "n_seeds": len(rows[r][c])} for (r, c), v in cells.items()]
+    return tables.make_table(title, ["backbone", "params", *columns],
+                             [[r, size[r], *(cells.get((r, c)) for c in columns)] for r in rows],
+                             "* best per row; " + note, records=records, latex_head=["Backbone", "Params", *columns],
+                             caption=f"{tables.latex_escape(title)}. {tables.latex_escape(note)} Best per row in bold.",
+                             align="lr" + "r" * len(columns))
 
 
 def plot_sizes(path: Path, means: dict, params: dict[str, int], objectives: list[str], groups: list[str],
@@ -184,32 +159,24 @@ def main() -> None:
     args = common.parse_args(Args)
 
     # 1. Mode, device, backbones and collections -------------------------------------------------
-    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
-                                         device)
+    mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbones = list(args.backbones)
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
-        passed = [] if backbones == list(common.PAPER_BACKBONES) else backbones
-        backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else common.DEMO_BACKBONES), *passed]))
+        passed = [] if backbones == list(paper_setup.PAPER_BACKBONES) else backbones
+        backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
     weak, strong = args.objectives[0], args.objectives[1:]
-    seeds = common.seeds_for(mode, args.seeds)
-    collections = common.select_collections(
-        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    members = common.group_members(collections)
-    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
-    results = common.open_results(Path(args.results))
+    members = tables.group_members(collections)
+    results = grid.open_results(args.results)
     print(f"RQ3 ({mode}): backbones {backbones}, objectives {args.objectives} (large ones with {weak}), "
           f"seeds {seeds}, {precision} on {device}")
 
     # 2. Train (or reuse) every (backbone, objective, seed) cell and re-rank every collection ----
     configs = {f"{backbone}|{objective}": [
-        common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                           learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                           teacher_lists=args.teacher_lists) for seed in seeds]
+        grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                         learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
+                         teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
-    metrics, per_query = common.run_grid(
+    metrics, per_query = grid.train_and_evaluate(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=None,
         batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every)
@@ -220,14 +187,14 @@ def main() -> None:
     print("parameters: " + ", ".join(f"{b} {params[b]:,}" for b in order))
 
     # 4. Effectiveness by size: per group, backbones (by size) x objectives ----------------------
-    out = common.tables_folder(results, f"rq3_{mode}", args)
-    means = {b: {o: common.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
+    out = tables.tables_folder(results, f"rq3_{mode}", args)
+    means = {b: {o: tables.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
     for group in members:
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in order}
         note = (f"nDCG@10 averaged over the {len(members[group])} {group} collections, "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = size_table(rows, params, args.objectives, f"RQ3: effectiveness by size, {group} ({mode})", note)
-        common.write_table(table, out, f"rq3_size_{group}_nDCG10")
+        tables.write_table(table, out, f"rq3_size_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
 
     # 5. (small + X) vs (large + weak): paired t-tests, Holm over the pairs in each column -------
@@ -259,12 +226,9 @@ def main() -> None:
             f"group, alpha={args.alpha}; 'matches' = not significantly worse; (k/n): collections of the group "
             f"where it matches.")
     title = f"RQ3: small backbone + objective vs larger backbone + {weak} ({mode})"
-    console = "\n".join([title, tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), note])
-    tex_headers = [common.latex_escape(h).replace("Δ", r"$\Delta$") for h in headers]
-    latex = latex_table(title, note, tex_headers, [[common.latex_escape(c) for c in r] for r in body],
-                        "ll" + "rrl" * len(members))
-    common.write_table(common.Table(console=console, latex=latex, records=records), out, "rq3_pairs_nDCG10")
-    print("\n" + console + "\n\n" + latex)
+    table = tables.make_table(title, headers, body, note, records=records, align="ll" + "rrl" * len(members))
+    tables.write_table(table, out, "rq3_pairs_nDCG10")
+    print("\n" + table.console + "\n\n" + table.latex)
 
     # 6. Plot: nDCG@10 against parameter count, one line per objective ---------------------------
     plot_sizes(out / "rq3_size.png", means, params, args.objectives, list(members),

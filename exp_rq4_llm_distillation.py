@@ -17,36 +17,34 @@ Commands:
   # a tiny random model for a few steps (what the tests run)
   python exp_rq4_llm_distillation.py --smoke --teacher-pairs T.tsv --teacher-lists T.run
 
-Expected time: the grid is the one of exp_rq2_backbones.py (its finished cells are reused): --demo
-trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps (on a 2-core CPU in fp32 about
-27 min of training and ~20 min of re-ranking per minilm-l6 cell, less for l4/l2: 9-10 hours in all;
-about 12 min on one H100 in bf16, measured); --smoke about a minute on a 2-core CPU. The paper's setting is 9 x 6 x 3 = 162
-cells, about 6 GPU-days each for a base backbone.
+How long it takes: the grid is the one of exp_rq2_backbones.py, whose finished cells are reused
+(README.md, "How long it takes", has the measured figures); --smoke about a minute.
 """
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
-from tabulate import tabulate
 
 import common
+import grid
+import paper_setup
+import tables
 
 LLM_OBJECTIVES = ["distill_ranknet", "adr_mse"]
 OTHER_OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse"]
-MODE_BACKBONES = {"paper": list(common.PAPER_BACKBONES), "demo": list(common.DEMO_BACKBONES), "smoke": ["tiny-bert"]}
+MODE_BACKBONES = {"paper": list(paper_setup.PAPER_BACKBONES), "demo": list(paper_setup.DEMO_BACKBONES), "smoke": ["tiny-bert"]}
 
 
 @dataclasses.dataclass
 class Args:
-    backbones: list[str] = dataclasses.field(default_factory=lambda: list(common.PAPER_BACKBONES))
+    backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
     """backbones to train (default: the nine of the paper; --demo: minilm-l6/l4/l2; --smoke: tiny-bert)"""
     llm_objectives: list[str] = dataclasses.field(default_factory=lambda: list(LLM_OBJECTIVES))
     """objectives that distil an LLM's rankings (Rank-DistiLLM)"""
     other_objectives: list[str] = dataclasses.field(default_factory=lambda: list(OTHER_OBJECTIVES))
     """objectives every LLM objective is compared with"""
-    seeds: list[int] = dataclasses.field(default_factory=lambda: list(common.PAPER_SEEDS))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_SEEDS))
     """training seeds (the paper: 3 runs from seed 12); --demo runs seed 12 only unless seeds are given"""
     demo: bool = False
     """run offline on the shipped demo set (train SciFact; test SciFact, NFCorpus, Vaswani, Cranfield)"""
@@ -57,7 +55,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see common.PAPER_COLLECTIONS)"""
+    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -65,7 +63,7 @@ class Args:
     steps: int | None = None
     """training steps (default: 200k for the paper, 800 for --demo)"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
+    """peak learning rate (default: the backbone's, from paper_setup.PAPER_BACKBONES / DEMO_BACKBONES)"""
     precision: str = "auto"
     """bf16, fp32, or auto (bf16 where the hardware supports it); compare methods at one precision"""
     teacher_pairs: str | None = None
@@ -86,7 +84,7 @@ class Args:
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
 
-def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: str, note: str) -> common.Table:
+def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: str, note: str) -> tables.Table:
     """Win/tie/loss counts per comparison: one 'W/T/L' column per value of `by` (backbone or
     collection) plus the total, or (by=None) the totals with the mean difference."""
     comparisons = list(dict.fromkeys((t["llm"], t["other"]) for t in tests))
@@ -108,45 +106,30 @@ def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: 
             diff = float(np.mean([t["diff"] for t in mine]))
             rows.append([label, total["win"], total["tie"], total["loss"], len(mine), f"{diff:+.4f}"])
             records.append({"llm": llm, "other": other, **total, "cells": len(mine), "mean_diff": diff})
-    console = "\n".join([title, tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), note])
-    escape = common.latex_escape
-    latex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(title)}. {escape(note)}}}",
-             rf"\label{{tab:rq4-{by or 'counts'}}}", rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule",
-             " & ".join(map(escape, head)) + r" \\", r"\midrule",
-             *(" & ".join(escape(str(v)) for v in row) + r" \\" for row in rows),
-             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return common.Table(console=console, latex="\n".join(latex) + "\n", records=records)
+    return tables.make_table(title, head, rows, note, records=records, label=f"tab:rq4-{by or 'counts'}")
 
 
 def main() -> None:
     args = common.parse_args(Args)
 
     # 1. Mode, device, backbones and collections ----------------------------------------------
-    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
-                                         device)
+    mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbones = MODE_BACKBONES[mode] if args.backbones == Args().backbones else args.backbones
-    seeds = common.seeds_for(mode, args.seeds)
-    collections = common.select_collections(
-        common.PAPER_COLLECTIONS if mode == "paper" else common.DEMO_COLLECTIONS, args.collections)
-    depth = args.depth or common.RECIPES[mode]["rerank_depth"]
     objectives = list(dict.fromkeys([*args.llm_objectives, *args.other_objectives]))
     if not args.llm_objectives or not args.other_objectives:
         raise common.KitError("--llm-objectives and --other-objectives each need at least one objective")
-    results = common.open_results(Path(args.results))
+    results = grid.open_results(args.results)
     print(f"RQ4 ({mode}): backbones {backbones}, objectives {objectives}, seeds {seeds}, {precision} on {device}")
 
     # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
-    configs = {(backbone, objective): [common.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                                          learning_rate=args.learning_rate,
-                                                          teacher_pairs=args.teacher_pairs,
-                                                          teacher_lists=args.teacher_lists) for seed in seeds]
+    configs = {(backbone, objective): [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                                                        learning_rate=args.learning_rate,
+                                                        teacher_pairs=args.teacher_pairs,
+                                                        teacher_lists=args.teacher_lists) for seed in seeds]
                for backbone in backbones for objective in objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = common.run_grid(
+    metrics, per_query = grid.train_and_evaluate(
         {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
         depth=depth, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
@@ -172,9 +155,9 @@ def main() -> None:
             f"for the LLM objective (two-sided paired t-test over queries, seeds averaged per query, "
             f"Holm-Bonferroni within each backbone x collection, alpha={args.alpha})")
     tag = f"{mode}, {precision}, {len(seeds)} seed(s)"
-    out = common.tables_folder(results, f"rq4_{mode}_{precision}", args,
+    out = tables.tables_folder(results, f"rq4_{mode}_{precision}", args,
                                already_in_name=["precision"])
-    tables = {
+    made = {
         "rq4_counts": outcome_table(tests, None, [], f"RQ4: LLM distillation vs other objectives over "
                                     f"{len(backbones)} backbones x {len(collections)} collections ({tag})", note),
         "rq4_per_collection": outcome_table(tests, "collection", [c.name for c in collections], f"RQ4: W/T/L per "
@@ -182,8 +165,8 @@ def main() -> None:
         "rq4_per_backbone": outcome_table(tests, "backbone", backbones,
                                           f"RQ4: W/T/L per backbone over {len(collections)} collections ({tag})", note),
     }
-    for name, table in tables.items():
-        common.write_table(table, out, name)
+    for name, table in made.items():
+        tables.write_table(table, out, name)
         print("\n" + table.console + "\n\n" + table.latex)
     common.atomic_write_json(out / "rq4_tests.json", tests)  # every test, for other analyses
 

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import scipy.stats
-from tabulate import tabulate
 
 import common
+import grid
+import paper_setup
+import tables
 
 # The teacher file each objective family reads; the others do not change the model.
 TEACHER_FIELD = {"teacher-pairs": "teacher_pairs", "lists": "teacher_lists", "teacher-groups": "teacher_scores"}
@@ -62,7 +64,7 @@ class Args:
 
 def infer_mode(cfg: dict) -> str:
     """The recipe a cell was made with: smoke and demo cells share training="demo", not their lengths."""
-    for mode, recipe in common.RECIPES.items():
+    for mode, recipe in paper_setup.RECIPES.items():
         if (recipe["training"], recipe["max_length"], recipe["query_max_length"]) == \
                 (cfg.get("training"), cfg.get("max_length"), cfg.get("query_max_length")):
             return mode
@@ -79,12 +81,12 @@ def _short(value) -> str:
 
 def system_label(cfg: dict, mode: str) -> str:
     """The objective, plus every setting that makes this cell's model differ from the mode's recipe."""
-    family = common.OBJECTIVE_DATA.get(cfg["objective"])
+    family = paper_setup.OBJECTIVE_DATA.get(cfg["objective"])
     extra = [_short(cfg[TEACHER_FIELD[family]])] if family in TEACHER_FIELD and cfg.get(TEACHER_FIELD[family]) else []
     try:
-        default = dataclasses.asdict(common.make_config(mode, cfg["backbone"], cfg["objective"], cfg["seed"],
-                                                        cfg["precision"], steps=cfg["steps"]))
-        if cfg["steps"] != common.RECIPES[mode]["steps"]:
+        default = dataclasses.asdict(grid.make_config(mode, cfg["backbone"], cfg["objective"], cfg["seed"],
+                                                      cfg["precision"], steps=cfg["steps"]))
+        if cfg["steps"] != paper_setup.RECIPES[mode]["steps"]:
             extra.append(f"steps={cfg['steps']}")
     except (KeyError, common.KitError):  # a custom recipe: no defaults to compare with
         default = cfg
@@ -134,28 +136,16 @@ def scan(results: Path, measure: str):
     return groups, fingerprints, unfinished
 
 
-def make_table(head: list[str], rows: list[list], title: str, note: str, records: list[dict],
-               label: str) -> common.Table:
-    escape = common.latex_escape
-    console = "\n".join([title, tabulate(rows, headers=head, tablefmt="github", disable_numparse=True), note])
-    latex = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(title)}. {escape(note)}}}",
-             rf"\label{{tab:{label}}}",
-             rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule", " & ".join(map(escape, head)) + r" \\",
-             r"\midrule", *(" & ".join(escape(str(v)) for v in row) + r" \\" for row in rows),
-             r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return common.Table(console=console, latex="\n".join(latex) + "\n", records=records)
-
-
 def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     """The four RQ5 tables and the statements of one (mode, precision) group."""
-    slug = common._slug(tag.replace(", ", "-"))
+    slug = common.slug(tag.replace(", ", "-"))
     mean = {key: float(np.mean([v for v, _ in seeds.values()])) for key, seeds in cells.items()}
     backbones = sorted({b for b, _, _ in cells})
     labels = sorted({s for _, s, _ in cells}, key=lambda s: (s != args.baseline, s))
     names = {c: c.split("__")[0] for _, _, c in cells}
     clash = {n for n in names.values() if list(names.values()).count(n) > 1}
     order: dict = {}
-    for i, c in enumerate([*common.DEMO_COLLECTIONS, *common.PAPER_COLLECTIONS]):
+    for i, c in enumerate([*paper_setup.DEMO_COLLECTIONS, *paper_setup.PAPER_COLLECTIONS]):
         order.setdefault(c.name, i)
     columns = {c: (n if n not in clash else f"{n}#{c.split('__')[-1][:4]}")
                for c, n in sorted(names.items(), key=lambda item: (order.get(item[1], len(order)), item))}
@@ -196,8 +186,8 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     note = (f"Rank 1 = best mean {args.measure} within a backbone x collection cell (ties averaged). W/T/L: two-sided "
             f"paired t-test over queries, seeds averaged per query, Holm-Bonferroni within each backbone x collection, "
             f"alpha={args.alpha}")
-    objectives = make_table(head, rows, f"RQ5: objectives over {len(backbones)} backbones x {len(columns)} "
-                            f"collections ({tag})", note, records, f"rq5-objectives-{slug}")
+    objectives = tables.make_table(f"RQ5: objectives over {len(backbones)} backbones x {len(columns)} collections "
+                                   f"({tag})", head, rows, note, records=records, label=f"tab:rq5-objectives-{slug}")
 
     # The spread due to the objective against the spread due to the backbone -----------------
     def spread(keys):
@@ -214,10 +204,10 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
                         "max": stats[2]})
     ratio = (f"; objective / backbone = {np.mean(by_objective) / np.mean(by_backbone):.2f}"
              if by_objective and by_backbone and np.mean(by_backbone) > 0 else "")
-    spreads = make_table(["factor", "max - min within each", "units", "mean", "median", "max"], rows,
-                         f"RQ5: spread of {args.measure} due to the objective and to the backbone ({tag})",
-                         f"Spread = max - min of the seed-averaged {args.measure}{ratio}", records,
-                         f"rq5-spread-{slug}")
+    spreads = tables.make_table(f"RQ5: spread of {args.measure} due to the objective and to the backbone ({tag})",
+                                ["factor", "max - min within each", "units", "mean", "median", "max"], rows,
+                                f"Spread = max - min of the seed-averaged {args.measure}{ratio}", records=records,
+                                label=f"tab:rq5-spread-{slug}")
 
     # Per collection: the mean over backbones, with the candidates' own effectiveness --------------
     rows, records = [], []
@@ -230,9 +220,9 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
                 if values else []
         rows.append(row)
     rows.append(["first stage", *(f"{first_stage[c]:.4f}" if c in first_stage else "–" for c in columns)])
-    per_collection = make_table(["objective", *columns.values()], rows, f"RQ5: {args.measure} per collection, "
-                                f"mean over backbones ({tag})", "First stage = the re-ranked candidates", records,
-                                f"rq5-collections-{slug}")
+    per_collection = tables.make_table(f"RQ5: {args.measure} per collection, mean over backbones ({tag})",
+                                       ["objective", *columns.values()], rows, "First stage = the re-ranked candidates",
+                                       records=records, label=f"tab:rq5-collections-{slug}")
     return {"rq5_objectives": objectives, "rq5_spread": spreads, "rq5_collections": per_collection}, statements
 
 
@@ -242,7 +232,7 @@ def main() -> None:
     # 1. Scan the results folder ------------------------------------------------------------
     results = Path(args.results)
     if (results / "FORMAT").exists():
-        common.open_results(results)  # refuses a folder of another layout version
+        grid.open_results(results)  # refuses a folder of another layout version
     groups, fingerprints, unfinished = scan(results, args.measure)
     if not groups:
         raise common.KitError(f"no finished cell evaluated with {args.measure} in {results / 'cells'} (a cell "
@@ -269,10 +259,10 @@ def main() -> None:
     for mode, precision in chosen:
         cells = groups[mode, precision]
         tag = f"{mode}, {precision}"
-        tables, statements = summarise(cells, first_stage, args, tag)
-        out = results / "tables" / f"rq5_{common._slug(mode)}_{precision}"
-        for name, table in tables.items():
-            common.write_table(table, out, name)
+        made, statements = summarise(cells, first_stage, args, tag)
+        out = results / "tables" / f"rq5_{common.slug(mode)}_{precision}"
+        for name, table in made.items():
+            tables.write_table(table, out, name)
             print("\n" + table.console + "\n\n" + table.latex)
         header = f"Design choices against {args.baseline} ({tag}, {args.measure}, means over seeds):"
         common.atomic_write_text(out / "rq5_statements.txt", "\n".join([header, *statements]) + "\n")

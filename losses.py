@@ -31,6 +31,9 @@ kl                         teacher scores over a group (q, d+, D−)        not 
 =========================  =============================================  =======================
 
 Triples are laid out as ``[Q, 2]`` with the positive in column 0.
+
+Run this file (``python losses.py``) to see every objective on one small hand-made batch: each formula's
+terms computed step by step, and the value of the function above beside them.
 """
 
 import torch
@@ -253,3 +256,70 @@ def get_loss(name):
         return LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}") from None
+
+
+# ================================================================================================
+# python losses.py: every objective on one hand-made batch, term by term
+# ================================================================================================
+def _terms(name, s, labels, teacher):
+    """(targets, [(term name, tensor)], value) of `name`, computed by hand from the formula."""
+    if name in ("bce", "hinge", "infonce"):
+        t = labels
+    elif name in ("distill_ranknet", "adr_mse"):
+        t = 101.0 - _average_ranks(teacher)  # a teacher ranking as Rank-DistiLLM stores it: 101 - rank
+    else:
+        t = teacher
+    pairs = t[:, :, None] > t[:, None, :]
+    if name == "bce":
+        y = (t > 0).float()
+        entry = -(y * torch.log(torch.sigmoid(s)) + (1 - y) * torch.log(1 - torch.sigmoid(s)))
+        return t, [("y = 1[t > 0]", y), ("σ(s)", torch.sigmoid(s)), ("per entry", entry)], entry.mean()
+    if name in ("hinge", "distill_ranknet"):
+        margin = _pairwise_margins(s)[pairs]
+        each = F.relu(1.0 - margin) if name == "hinge" else torch.log1p(torch.exp(-margin))
+        return t, [("s_i − s_j over the pairs t_i > t_j", margin), ("per pair", each)], each.mean()
+    if name == "infonce":
+        p = torch.softmax(s, dim=1)
+        per_query = -torch.log((p * (t > 0)).sum(dim=1))
+        return t, [("softmax(s)", p), ("−log Σ_relevant softmax", per_query)], per_query.mean()
+    if name == "margin_mse":
+        student, teacher_margin = s[:, :1] - s[:, 1:], t[:, :1] - t[:, 1:]
+        squared = (student - teacher_margin) ** 2
+        return t, [("s_0 − s_j", student), ("t_0 − t_j", teacher_margin), ("squared difference", squared)], \
+            squared.mean()
+    if name == "adr_mse":
+        r = _average_ranks(t)
+        pi = 1 + (torch.sigmoid(s[:, None, :] - s[:, :, None]) * (1 - torch.eye(s.shape[1]))).sum(dim=2)
+        each = (pi - r) ** 2 / torch.log2(1 + r)
+        return t, [("teacher rank r", r), ("approximate rank π", pi), ("(π − r)² / log2(1 + r)", each)], each.mean()
+    p, log_q = torch.softmax(t, dim=1), torch.log_softmax(s, dim=1)
+    per_query = (p * (torch.log(p) - log_q)).sum(dim=1)
+    return t, [("p = softmax(t)", p), ("softmax(s)", log_q.exp()), ("KL per query", per_query)], per_query.mean()
+
+
+def main():
+    import inspect
+    torch.set_printoptions(precision=4, sci_mode=False)
+    # Two queries, four candidates each; column 0 holds a relevant passage for the pair objectives.
+    scores = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.3, 1.2, -0.4, 0.8]])
+    labels = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    teacher = torch.tensor([[3.0, 1.0, -2.0, 0.5], [2.5, 0.0, 1.0, -1.0]])
+    print(f"student scores s =\n{scores}\n")
+    mismatched = []
+    for name, loss in LOSSES.items():
+        targets, terms, by_hand = _terms(name, scores, labels, teacher)
+        value = float(loss(scores, targets))
+        formula = inspect.getdoc(loss).split("\n\n")[1].replace("\n", "\n    ")
+        print(f"{name}: {inspect.getdoc(loss).splitlines()[0]}\n    {formula}")
+        print(f"  targets t =\n{targets}")
+        for label, tensor in terms:
+            print(f"  {label} =\n{tensor}")
+        print(f"  by hand {float(by_hand):.6f}   {name}() {value:.6f}\n")
+        if abs(float(by_hand) - value) > 1e-5:
+            mismatched.append(name)
+    if mismatched:
+        raise SystemExit(f"error: the function and the formula disagree for {', '.join(mismatched)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
+import cross_encoder  # noqa: E402
+import paper_setup  # noqa: E402
 
 
 def add_threads_argument(parser) -> None:
@@ -39,7 +41,7 @@ def demo_pairs(n: int, collections=("scifact", "nfcorpus"), depth: int = 100, se
     """`n` (query text, doc text) pairs drawn at random (fixed seed) from the BM25 top-`depth` of the demo
     collections, an equal share from each; repeats pairs when the candidates run out."""
     rng = random.Random(seed)
-    by_name = {c.name: c for c in common.DEMO_COLLECTIONS}
+    by_name = {c.name: c for c in paper_setup.DEMO_COLLECTIONS}
     per = [n // len(collections) + (i < n % len(collections)) for i in range(len(collections))]
     pairs = []
     for name, k in zip(collections, per):
@@ -57,7 +59,7 @@ def demo_pairs(n: int, collections=("scifact", "nfcorpus"), depth: int = 100, se
 def save_shared_model(backbone: str = "minilm-l6", seed: int = 0) -> tuple[str, object]:
     """Load the kit's backbone once (random head under `seed`), save it to a temporary folder and return
     (folder, TemporaryDirectory): both systems then load the very same weights from there."""
-    model, tokenizer = common.load_backbone(common.get_backbone(backbone), seed=seed)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone(backbone), seed=seed)
     holder = tempfile.TemporaryDirectory(prefix="bench-model-")
     model.save_pretrained(holder.name)
     tokenizer.save_pretrained(holder.name)

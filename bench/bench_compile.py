@@ -11,7 +11,8 @@ the largest absolute difference between the two models' logits.
 import argparse
 import time
 
-from _util import add_threads_argument, common, demo_pairs, machine_line, median, print_table, set_threads
+from _util import add_threads_argument, demo_pairs, machine_line, median, print_table, set_threads
+import cross_encoder  # noqa: E402
 
 
 def main():
@@ -28,9 +29,9 @@ def main():
     set_threads(args.threads)
 
     import torch
-    device = common.choose_device(args.gpu)
-    model, tokenizer = common.load_backbone(common.get_backbone(args.backbone), seed=0, device=device)
-    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, args.max_length, 64)
+    device = cross_encoder.choose_device(args.gpu)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone(args.backbone), seed=0, device=device)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, args.max_length, 64)
     pairs = demo_pairs(max(args.score_batch, args.train_batch))
     inputs = pair_tokenizer([q for q, _ in pairs], [p for _, p in pairs])
     if inputs["input_ids"].shape[1] < args.max_length:  # pad to the full length: one shape, no recompiles
@@ -50,7 +51,7 @@ def main():
 
     def score(m):
         m.eval()
-        with torch.inference_mode(), common.autocast(device, args.precision):
+        with torch.inference_mode(), cross_encoder.autocast(device, args.precision):
             out = m(**score_inputs).logits.float()
         sync()
         return out
@@ -59,7 +60,7 @@ def main():
 
     def train_step(m):
         m.train()
-        with common.autocast(device, args.precision):
+        with cross_encoder.autocast(device, args.precision):
             loss = m(**train_inputs).logits.float().square().mean()
         loss.backward()
         optimizer.step()

@@ -4,7 +4,7 @@ A CPU has no published "peak" that torch reaches, so the reference is measured: 
 timed with torch's own kernels, (a) large and square, (b) the shape of MiniLM's feed-forward layer on one
 re-ranking batch. Then, on the same threads and the same model (the kit's backbone, fp32):
 - forward on full-length random tokens (no tokenizer, no padding): the model's best case;
-- `common.score_pairs` on real demo pairs (tokenizer, length-sorted batches, padding);
+- `cross_encoder.score_pairs` on real demo pairs (tokenizer, length-sorted batches, padding);
 - a training step (forward, bce loss, backward, clip, fused AdamW) on pre-tokenized real pairs.
 
 Model FLOPs per pair count the real (non-padding) tokens: per layer and token 2 x (4 d^2 + 2 d d_ff) for
@@ -18,7 +18,8 @@ of the loop (sentence-transformers' or the kit's) can run much faster in fp32 on
 import argparse
 import functools
 
-from _util import add_threads_argument, set_threads, common, demo_pairs, machine_line, median, print_table, timed
+from _util import add_threads_argument, set_threads, demo_pairs, machine_line, median, print_table, timed
+import cross_encoder  # noqa: E402
 from _util import forward_flops as model_forward_flops
 
 
@@ -41,7 +42,7 @@ def main():
     import losses
 
     set_threads(args.threads)
-    model, tokenizer = common.load_backbone(common.get_backbone(args.backbone), seed=0)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone(args.backbone), seed=0)
     config = model.config
     d, d_ff = config.hidden_size, config.intermediate_size
     forward_flops = functools.partial(model_forward_flops, config)
@@ -82,10 +83,10 @@ def main():
 
     pairs = demo_pairs(args.pairs)
     queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
-    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, args.max_length, 64)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, args.max_length, 64)
     real = pair_tokenizer(queries, passages)["attention_mask"].sum(1).tolist()
-    seconds = median_of_rounds(lambda: common.score_pairs(model, pair_tokenizer, queries, passages,
-                                                        batch_size=args.batch_size, device="cpu", precision="fp32"))
+    seconds = median_of_rounds(lambda: cross_encoder.score_pairs(model, pair_tokenizer, queries, passages,
+                                                                 batch_size=args.batch_size, device="cpu", precision="fp32"))
     row("re-rank: kit score_pairs (real pairs)", len(pairs) / seconds, forward_flops(real) / seconds / 1e9,
         f"mean {np.mean(real):.0f} real tokens/pair")
 

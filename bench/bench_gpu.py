@@ -3,11 +3,11 @@
 A random-initialised BERT-base cross-encoder (110M parameters; speed does not depend on the weights) with
 the demo tokenizer (bert-base-uncased's vocabulary) scores and trains on real (query, passage) pairs from
 the demo collections' BM25 candidates at each max length. For every length it prints:
-- re-ranking: `common.score_pairs` (length-sorted batches, tokenization overlapped with the GPU; tokenized
+- re-ranking: `cross_encoder.score_pairs` (length-sorted batches, tokenization overlapped with the GPU; tokenized
   in-process, then by --workers worker processes) and, with
   sentence-transformers installed, `CrossEncoder.predict` on the same pairs, batch and autocast; pairs/s,
   the kit/ST ratio and the largest score difference;
-- training: the body of `common.train`'s loop (pinned batches, non-blocking copies, bf16 autocast, fp32
+- training: the body of `cross_encoder.train`'s loop (pinned batches, non-blocking copies, bf16 autocast, fp32
   loss, backward, clipping, fused AdamW, loss read back every 10 steps) on pre-tokenized batches, as the
   DataLoader workers hand them over; pairs/s;
 - the same forward / training step on full-length batches of random tokens: what the GPU gives the model
@@ -27,7 +27,8 @@ import functools
 import tempfile
 import time
 
-from _util import common, demo_pairs, median, print_table
+from _util import demo_pairs, median, print_table
+import cross_encoder  # noqa: E402
 from _util import forward_flops as model_forward_flops
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0}
@@ -56,8 +57,8 @@ def main():
     import losses
 
     transformers.logging.set_verbosity_error()
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device)
+    device = cross_encoder.choose_device(args.gpu)
+    cross_encoder.setup_speed(device)
     on_gpu = device.startswith("cuda")
     kind = device.split(":")[0]
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU (--gpu -1: a check of this script, not a benchmark)"
@@ -65,7 +66,7 @@ def main():
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
     if not peak:
         raise SystemExit(f"--peak-tflops: no known bf16 peak for {name!r}; pass it")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer or common._minilm_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer or cross_encoder.minilm_path())
     config = transformers.BertConfig(vocab_size=len(tokenizer), num_labels=1, max_position_embeddings=512,
                                      num_hidden_layers=args.layers)
     torch.manual_seed(0)
@@ -102,7 +103,7 @@ def main():
 
     for length in args.lengths:
         model.load_state_dict(initial_weights)
-        pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, length, 64)
+        pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, length, 64)
         real = []  # non-padding tokens of every pair
         for i in range(0, len(pairs), 512):
             real += pair_tokenizer(queries[i:i + 512], passages[i:i + 512])["attention_mask"].sum(1).tolist()
@@ -110,8 +111,8 @@ def main():
 
         # Re-ranking: the kit, ST, and the GPU alone on full-length random tokens.
         def kit():
-            return common.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
-                                      device=device, precision="bf16")
+            return cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
+                                             device=device, precision="bf16")
         kit()  # warm-up: cuBLAS handles, SDPA kernels
         times = [cuda_time(kit) for _ in range(args.rounds)]
         kit_scores = kit()
@@ -119,8 +120,8 @@ def main():
             f"mean {np.mean(real):.0f} real tokens/pair")
         if args.workers:
             def kit_workers():
-                return common.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
-                                          device=device, precision="bf16", workers=args.workers)
+                return cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
+                                                 device=device, precision="bf16", workers=args.workers)
             kit_workers()
             worker_times = [cuda_time(kit_workers) for _ in range(args.rounds)]
             diff = float(np.max(np.abs(kit_workers() - kit_scores)))
@@ -161,7 +162,7 @@ def main():
         row("re-rank: forward, full-length random", length, args.batch_size, seconds, 20 * args.batch_size,
             20 * forward_flops([length] * args.batch_size))
 
-        # Training: common.train's loop body on pre-tokenized, pinned batches.
+        # Training: cross_encoder.train's loop body on pre-tokenized, pinned batches.
         bce = losses.LOSSES["bce"]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-8, fused=True)
         n_batches = (args.train_steps + 5) * args.rounds

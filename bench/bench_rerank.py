@@ -1,4 +1,4 @@
-"""Re-ranking throughput: the kit's common.score_pairs vs sentence_transformers.CrossEncoder.predict.
+"""Re-ranking throughput: the kit's cross_encoder.score_pairs vs sentence_transformers.CrossEncoder.predict.
 
 Both load the very same weights (the kit's minilm-l6 backbone with its seed-0 random head, saved once to a
 temporary folder), score the same (query, passage) pairs from the demo collections' BM25 candidates with
@@ -13,8 +13,9 @@ absolute difference between the two systems' raw logits.
 import argparse
 import contextlib
 
-from _util import (add_threads_argument, common, demo_pairs, load_kit_model, machine_line, median, print_table,
+from _util import (add_threads_argument, demo_pairs, load_kit_model, machine_line, median, print_table,
                    save_shared_model, set_threads, timed)
+import cross_encoder  # noqa: E402
 
 
 def main():
@@ -41,7 +42,7 @@ def main():
     folder, _holder = save_shared_model(args.backbone, seed=0)
 
     model, tokenizer = load_kit_model(folder)
-    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
     st = CrossEncoder(folder, num_labels=1, max_length=args.max_length, activation_fn=torch.nn.Identity(),
                       device="cpu")
     st_model = st[0].model if hasattr(st[0], "model") else st[0].auto_model
@@ -58,8 +59,8 @@ def main():
     print(f"queries: {max(q_lengths)} tokens at most; {fits}/{len(pairs)} pairs tokenize the same in both systems")
 
     def kit(lo, hi):
-        return common.score_pairs(model, pair_tokenizer, queries[lo:hi], passages[lo:hi], batch_size=args.batch_size,
-                                  device="cpu", precision=args.precision)
+        return cross_encoder.score_pairs(model, pair_tokenizer, queries[lo:hi], passages[lo:hi], batch_size=args.batch_size,
+                                         device="cpu", precision=args.precision)
 
     def sentence_transformers(lo, hi):
         cast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16"
@@ -68,7 +69,7 @@ def main():
             return st.predict(pairs[lo:hi], batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
 
     # Warm-up (one-off allocations, lazy imports) on a few batches, not timed.
-    common.score_pairs(model, pair_tokenizer, queries[:128], passages[:128], batch_size=args.batch_size)
+    cross_encoder.score_pairs(model, pair_tokenizer, queries[:128], passages[:128], batch_size=args.batch_size)
     st.predict(pairs[:128], batch_size=args.batch_size, show_progress_bar=False)
 
     # Each round scores all pairs with both systems. With --chunk C, a round walks the pairs C at a time and

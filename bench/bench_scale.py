@@ -1,13 +1,13 @@
-"""How common.rerank's time and memory grow with the number of candidate pairs.
+"""How cross_encoder.rerank's time and memory grow with the number of candidate pairs.
 
 For each size N (default 1k, 4k, 16k, 64k pairs) a fresh Python process loads the backbone, builds a
 candidate set of N (query, document id) pairs from the demo collections' BM25 top-100 (SciFact and
-NFCorpus test, 62,300 candidates; beyond that queries repeat under new ids), and runs common.rerank on
+NFCorpus test, 62,300 candidates; beyond that queries repeat under new ids), and runs cross_encoder.rerank on
 it, printing seconds, pairs/s, the time spent in document look-ups, and the peak resident memory
 (resource.getrusage ru_maxrss) before and after re-ranking. A fresh process per size keeps each peak
 its own (ru_maxrss only ever grows within a process).
 
-Documents are never all loaded: common.rerank looks them up through DocumentLookup (ir_datasets'
+Documents are never all loaded: cross_encoder.rerank looks them up through DocumentLookup (ir_datasets'
 docs_store) one chunk of `queries_per_chunk` queries at a time (default 256), so memory grows with the
 chunk (queries_per_chunk x depth pairs and their texts), not with the collection or the candidate count.
 
@@ -21,7 +21,10 @@ import subprocess
 import sys
 import time
 
-from _util import add_threads_argument, set_threads, common, machine_line, peak_rss_mb, print_table
+from _util import add_threads_argument, set_threads, machine_line, peak_rss_mb, print_table
+import common  # noqa: E402
+import cross_encoder  # noqa: E402
+import paper_setup  # noqa: E402
 
 COLLECTIONS = ("scifact", "nfcorpus")
 
@@ -49,7 +52,7 @@ class PrefixedLookup:
 def candidate_set(size: int):
     """(queries, candidates, lookup) with exactly `size` pairs: whole queries of the BM25 top-100 (the last
     one cut short), collections interleaved query by query, repeating queries under new ids if needed."""
-    by_name = {c.name: c for c in common.DEMO_COLLECTIONS}
+    by_name = {c.name: c for c in paper_setup.DEMO_COLLECTIONS}
     data = {name: common.load_eval_data(by_name[name], depth=100) for name in COLLECTIONS}
     lists = {name: list(d.candidates.items()) for name, d in data.items()}
     ordered = [(name, *lists[name][i]) for i in range(max(map(len, lists.values())))
@@ -69,14 +72,14 @@ def candidate_set(size: int):
 
 def one(size: int, args) -> dict:
     import torch
-    model, tokenizer = common.load_backbone(common.get_backbone(args.backbone), seed=0)
-    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone(args.backbone), seed=0)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
     queries, candidates, lookup, repeats = candidate_set(size)
-    common.score_pairs(model, pair_tokenizer, ["warm up"] * 8, ["a passage"] * 8)
+    cross_encoder.score_pairs(model, pair_tokenizer, ["warm up"] * 8, ["a passage"] * 8)
     rss_before = peak_rss_mb()
     start = time.perf_counter()
-    run = common.rerank(model, pair_tokenizer, queries, candidates, lookup, batch_size=args.batch_size,
-                        precision=args.precision, queries_per_chunk=args.queries_per_chunk)
+    run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, lookup, batch_size=args.batch_size,
+                               precision=args.precision, queries_per_chunk=args.queries_per_chunk)
     seconds = time.perf_counter() - start
     assert sum(map(len, run.values())) == size
     return {"size": size, "queries": len(queries), "repeats": repeats, "seconds": seconds,

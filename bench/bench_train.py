@@ -6,7 +6,7 @@ BM25 negative per query, [Q, 2] groups), flattened to 16 labelled pairs (8 queri
 192 (query budget 64), fp32, AdamW (eps 1e-8, no weight decay), lr 3e-5, linear schedule, grad-norm clip 1.
 
 What is timed, per window of N optimizer steps, alternating kit / ST W times in one process:
-- kit: the body of common.train's loop on pre-fetched text batches (Batch objects: document texts already
+- kit: the body of cross_encoder.train's loop on pre-fetched text batches (Batch objects: document texts already
   looked up, as the ST dataset holds its texts): PairTokenizer.batch -> autocast -> model(**inputs).logits
   .float() -> losses.LOSSES["bce"] -> backward -> clip_grad_norm_ -> AdamW step -> scheduler step ->
   zero_grad, plus the per-step loss read-back, for N steps after one untimed warm-up step.
@@ -24,7 +24,10 @@ import contextlib
 import tempfile
 import time
 
-from _util import add_threads_argument, set_threads, common, load_kit_model, machine_line, median, print_table, save_shared_model
+from _util import add_threads_argument, set_threads, load_kit_model, machine_line, median, print_table, save_shared_model
+import common  # noqa: E402
+import cross_encoder  # noqa: E402
+import paper_setup  # noqa: E402
 
 
 def main():
@@ -38,7 +41,7 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--kit-fused", action="store_true",
-                        help="give the kit fused AdamW (the proposed patch; common.train uses foreach on the CPU)")
+                        help="give the kit fused AdamW (the proposed patch; cross_encoder.train uses foreach on the CPU)")
     add_threads_argument(parser)
     args = parser.parse_args()
     set_threads(args.threads)
@@ -56,13 +59,13 @@ def main():
     transformers.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     pairs_per_step = 2 * args.batch_queries
-    data = common.build_training_data("bce", common.DEMO_TRAINING, args.batch_queries, 2, seed=0, log=lambda *_: None)
+    data = common.build_training_data("bce", paper_setup.DEMO_TRAINING, args.batch_queries, 2, seed=0, log=lambda *_: None)
     steps_per_window = args.steps + 1  # + 1 untimed warm-up step
     batches = [data.batch(k) for k in range(args.windows * steps_per_window)]  # text, looked up once
 
     folder, _holder = save_shared_model(args.backbone, seed=0)
     kit_model, tokenizer = load_kit_model(folder)
-    pair_tokenizer = common.make_pair_tokenizer(kit_model, tokenizer, args.max_length, args.query_max_length)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(kit_model, tokenizer, args.max_length, args.query_max_length)
     st = CrossEncoder(folder, num_labels=1, max_length=args.max_length, device="cpu")
     bce = losses.LOSSES["bce"]
     st_loss = BinaryCrossEntropyLoss(st)
@@ -89,20 +92,20 @@ def main():
     tokens = [len(t) for t in tokenizer([q for b in batches for q in b.queries], add_special_tokens=False)["input_ids"]]
     print(f"queries: {max(tokens)} tokens at most (budget {args.query_max_length}: both systems cut pairs alike)")
 
-    # ---------------------------------------------------------------- the kit: common.train's loop body
+    # ---------------------------------------------------------------- the kit: cross_encoder.train's loop body
     no_decay = [p for p in kit_model.parameters() if p.ndim < 2]
     decay = [p for p in kit_model.parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.learning_rate, eps=1e-8, fused=args.kit_fused)
     total = args.windows * steps_per_window
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, common._linear_warmup_decay(0, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cross_encoder.linear_warmup_decay(0, total))
 
     def kit_window(window: int) -> float:
         kit_model.train()
         start = None
         for k in range(window * steps_per_window, (window + 1) * steps_per_window):
             inputs, targets = pair_tokenizer.batch(batches[k])
-            with common.autocast("cpu", args.precision):
+            with cross_encoder.autocast("cpu", args.precision):
                 logits = kit_model(**inputs).logits
             loss = bce(logits.float().view(targets.shape), targets)
             loss.backward()
@@ -152,7 +155,7 @@ def main():
             raise RuntimeError(f"ST ran {len(clock.ends)} steps, expected {steps_per_window}")
         return clock.ends[-1] - clock.ends[0]
 
-    print(f"AdamW: kit {'fused (--kit-fused)' if args.kit_fused else 'foreach (as common.train on the CPU)'}, "
+    print(f"AdamW: kit {'fused (--kit-fused)' if args.kit_fused else 'foreach (as cross_encoder.train on the CPU)'}, "
           f"ST {getattr(training_args.optim, 'value', training_args.optim)} (its default)")
     rows, speeds = [], {"kit": [], "ST": []}
     for window in range(args.windows):

@@ -1,13 +1,13 @@
-"""Where common.score_pairs spends its time (tokenization vs model vs the rest), and what a proposed
+"""Where cross_encoder.score_pairs spends its time (tokenization vs model vs the rest), and what a proposed
 PairTokenizer patch (below, `ProposedPairTokenizer`) would save, measured against the kit's own.
 
     python bench/profile_score_pairs.py --backbone tiny-bert --pairs 2000 --rounds 5
     python bench/profile_score_pairs.py --backbone minilm-l6 --pairs 512 --rounds 3
 
 Part 1 wraps the kit's PairTokenizer.__call__ and the model's forward with timers and runs
-common.score_pairs once per round: tokenization / model / rest (sorting, slicing, tensor to numpy).
+cross_encoder.score_pairs once per round: tokenization / model / rest (sorting, slicing, tensor to numpy).
 Part 2 alternates the stock and the proposed tokenizer: first tokenization alone over the same batches
-(the length-sorted batches score_pairs makes), then common.score_pairs end to end with each, checking
+(the length-sorted batches score_pairs makes), then cross_encoder.score_pairs end to end with each, checking
 that both give identical input ids and scores.
 """
 import argparse
@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 
-from _util import add_threads_argument, set_threads, common, demo_pairs, machine_line, median, print_table
+from _util import add_threads_argument, set_threads, demo_pairs, machine_line, median, print_table
+import cross_encoder  # noqa: E402
 
 
-class ProposedPairTokenizer(common.PairTokenizer):
-    """The patch proposed for common.PairTokenizer (see bench/README.md), as a subclass so that it can be
+class ProposedPairTokenizer(cross_encoder.PairTokenizer):
+    """The patch proposed for cross_encoder.PairTokenizer (see bench/README.md), as a subclass so that it can be
     measured without touching common.py.
 
     1. Passages are cut at a space before tokenization. A fast tokenizer encodes the whole text and only
@@ -63,7 +64,7 @@ class ProposedPairTokenizer(common.PairTokenizer):
 
 
 def sorted_batches(queries, passages, batch_size):
-    """The batches common.score_pairs makes (same length sort)."""
+    """The batches cross_encoder.score_pairs makes (same length sort)."""
     lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
     order = np.argsort(-lengths, kind="stable")
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
@@ -84,8 +85,8 @@ def main():
 
     pairs = demo_pairs(args.pairs)
     queries, passages = [q for q, _ in pairs], [p for _, p in pairs]
-    model, tokenizer = common.load_backbone(common.get_backbone(args.backbone), seed=0)
-    stock = common.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone(args.backbone), seed=0)
+    stock = cross_encoder.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
     proposed = ProposedPairTokenizer(stock.tokenizer, stock.max_length, stock.query_max_length, stock.use_token_types)
     print(f"machine: {machine_line()}")
     print(f"model: {args.backbone}, {len(pairs)} pairs (scifact + nfcorpus BM25 top-100), batch {args.batch_size}, "
@@ -95,7 +96,7 @@ def main():
     # ------------------------------------------------------------------ part 1: where the time goes
     spent = {"tokenize": 0.0, "model": 0.0}
 
-    class TimedTokenizer(common.PairTokenizer):
+    class TimedTokenizer(cross_encoder.PairTokenizer):
         def __call__(self, q, p):
             start = time.perf_counter()
             try:
@@ -114,12 +115,12 @@ def main():
             spent["model"] += time.perf_counter() - start
 
     rows, shares = [], []
-    common.score_pairs(model, stock, queries[:128], passages[:128], batch_size=args.batch_size)  # warm-up
+    cross_encoder.score_pairs(model, stock, queries[:128], passages[:128], batch_size=args.batch_size)  # warm-up
     for round_ in range(args.rounds):
         spent.update(tokenize=0.0, model=0.0)
         model.forward = timed_forward
         start = time.perf_counter()
-        common.score_pairs(model, timed_tokenizer, queries, passages, batch_size=args.batch_size)
+        cross_encoder.score_pairs(model, timed_tokenizer, queries, passages, batch_size=args.batch_size)
         total = time.perf_counter() - start
         model.forward = forward
         rest = total - spent["tokenize"] - spent["model"]
@@ -127,7 +128,7 @@ def main():
         rows.append([round_ + 1, f"{total:.2f}", f"{spent['tokenize']:.2f} ({spent['tokenize'] / total:.0%})",
                      f"{spent['model']:.2f} ({spent['model'] / total:.0%})", f"{rest:.3f} ({rest / total:.1%})",
                      f"{len(pairs) / total:.1f}"])
-    print("\nPart 1: common.score_pairs, stock PairTokenizer")
+    print("\nPart 1: cross_encoder.score_pairs, stock PairTokenizer")
     print_table(["round", "total s", "tokenization s", "model s", "rest s", "pairs/s"], rows)
     print(f"median tokenization share {median(shares):.0%}")
 
@@ -154,7 +155,7 @@ def main():
             results[f"tokenize {name}"].append(len(pairs) / (time.perf_counter() - start))
         for name, pt in order:
             start = time.perf_counter()
-            scores[name] = common.score_pairs(model, pt, queries, passages, batch_size=args.batch_size)
+            scores[name] = cross_encoder.score_pairs(model, pt, queries, passages, batch_size=args.batch_size)
             results[f"score_pairs {name}"].append(len(pairs) / (time.perf_counter() - start))
     diff = float(np.max(np.abs(scores["stock"] - scores["proposed"])))
     print_table(["what", "median pairs/s", "per round"],

@@ -1,6 +1,6 @@
 """Where the kit's training step spends its time, and what fused AdamW on the CPU would save.
 
-common.train builds AdamW with fused=device.startswith("cuda"), so on the CPU it runs the foreach
+cross_encoder.train builds AdamW with fused=device.startswith("cuda"), so on the CPU it runs the foreach
 implementation; torch >= 2.4 also has a fused CPU AdamW (sentence-transformers' trainer uses it by default:
 optim="adamw_torch_fused"). This script times the parts of the kit's step (PairTokenizer.batch, forward,
 bce loss + backward, clip_grad_norm_, optimizer step + zero_grad) on the demo bce batches, alternating two
@@ -14,7 +14,10 @@ import argparse
 import copy
 import time
 
-from _util import add_threads_argument, set_threads, common, machine_line, median, print_table
+from _util import add_threads_argument, set_threads, machine_line, median, print_table
+import common  # noqa: E402
+import cross_encoder  # noqa: E402
+import paper_setup  # noqa: E402
 
 
 def main():
@@ -32,10 +35,10 @@ def main():
     import torch
     import losses
 
-    data = common.build_training_data("bce", common.DEMO_TRAINING, args.batch_queries, 2, seed=0, log=lambda *_: None)
+    data = common.build_training_data("bce", paper_setup.DEMO_TRAINING, args.batch_queries, 2, seed=0, log=lambda *_: None)
     batches = [data.batch(k) for k in range(args.steps * args.rounds + 1)]
-    model, tokenizer = common.load_backbone(common.get_backbone(args.backbone), seed=0)
-    pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone(args.backbone), seed=0)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, args.max_length, args.query_max_length)
     bce = losses.LOSSES["bce"]
     systems = {}
     for name, fused in (("foreach (kit now)", False), ("fused (proposed)", True)):

@@ -20,7 +20,7 @@ Commands (from the repository root):
   # a tiny random model on a handful of queries (tests); writes to <results>/smoke-teachers
   python scripts/make_demo_teachers.py --smoke --results /tmp/kit-teach-smoke
 
-What it writes to --out-dir (default data/teachers; names from common.DEMO_TRAINING):
+What it writes to --out-dir (default data/teachers; names from paper_setup.DEMO_TRAINING):
   scifact-train.ensemble-pairs.tsv     Hofstätter's format, `pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid`,
                                        for margin_mse: every positive of every training query with a
                                        positive, paired with up to 20 negatives sampled (fixed seed) from
@@ -33,13 +33,9 @@ What it writes to --out-dir (default data/teachers; names from common.DEMO_TRAIN
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
 files. Output is deterministic: sorted query ids, ties broken by doc id, a rerun gives identical bytes.
 
-Expected time on a 2-core CPU in fp32, measured: training is about 27 min per member on idle cores (800
-steps of 16 passages at 1.7 s per step; reused when the cells exist), and scoring is 809 queries x ~51
-candidates = 40,551 pairs per member at 192 tokens, about 37 pairs/s idle, so about 20 min per member.
-That is about 2.5 hours in all, and much more on shared cores: with the 2 cores shared by other jobs (load 9) we measured 11-14 s per
-training step (about 3 hours per member) and 8 pairs/s. On one H100 in bf16 (--gpu 0) it took 139 s
-(22 s of training and 18 s of scoring per member). --smoke takes
-under a minute. An interrupted run resumes: rerun the same command.
+How long it takes: three 800-step cells (reused when they exist), then each member scores about 41k
+pairs: about 2.5 hours on a 2-core CPU, about 2 minutes on one H100 (README.md, "The offline demo set"
+and "How long it takes"). --smoke takes under a minute. An interrupted run resumes: rerun the same command.
 """
 from __future__ import annotations
 
@@ -57,6 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+import cross_encoder  # noqa: E402
+import grid  # noqa: E402
+import paper_setup  # noqa: E402
 
 MEMBERS = ["bce", "hinge", "infonce"]  # the objectives that need no teacher
 SEED = 12                               # the first seed of the paper's (and the demo's) runs
@@ -83,7 +82,7 @@ class Args:
     steps: int | None = None
     """training steps of each member (default: the recipe's, 800 for the demo); changes the cells"""
     learning_rate: float | None = None
-    """peak learning rate (default: the backbone's, from common.PAPER_BACKBONES / DEMO_BACKBONES)"""
+    """peak learning rate (default: the backbone's, from paper_setup.PAPER_BACKBONES / DEMO_BACKBONES)"""
     num_workers: int = 0
     """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
     checkpoint_every: int = 200
@@ -98,17 +97,17 @@ def main() -> None:
 
     # 1. Mode, device, members -----------------------------------------------------------------
     mode = "smoke" if args.smoke else "demo"
-    device = common.choose_device(args.gpu)
-    common.setup_speed(device, threads=1 if args.smoke else None)
+    device = cross_encoder.choose_device(args.gpu)
+    cross_encoder.setup_speed(device, threads=1 if args.smoke else None)
     # As exp_rq1_objectives.py: smoke runs in fp32 unless told otherwise, so both scripts share the smoke cells.
-    precision = common.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
+    precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
     backbone = "tiny-bert" if args.smoke else "minilm-l6"
-    results = common.open_results(Path(args.results))
+    results = grid.open_results(Path(args.results))
     out_dir = Path(args.out_dir) if args.out_dir else \
         results / "smoke-teachers" if args.smoke else common.REPO / "data" / "teachers"
-    setup = common.DEMO_TRAINING
-    members = [common.make_config(mode, backbone, objective, SEED, precision, steps=args.steps,
-                                  learning_rate=args.learning_rate)
+    setup = paper_setup.DEMO_TRAINING
+    members = [grid.make_config(mode, backbone, objective, SEED, precision, steps=args.steps,
+                                learning_rate=args.learning_rate)
                for objective in MEMBERS]
     print(f"teachers ({mode}): ensemble of {backbone} x {MEMBERS}, seed {SEED}, {precision} on {device} "
           f"-> {out_dir}")
@@ -135,25 +134,21 @@ def main() -> None:
     # 3. Train (or reuse) each member, then score every candidate with it ----------------------
     member_runs = []
     for cfg in members:
-        model_dir = common.train_cell(cfg, results, device, num_workers=args.num_workers,
-                                      checkpoint_every=args.checkpoint_every)
-        cache = common.cell_dir(results, cfg) / "scores" / f"scifact-train__{pairs_key}.run.gz"
+        model_dir = grid.train_cell(cfg, results, device, num_workers=args.num_workers,
+                                    checkpoint_every=args.checkpoint_every)
+        cache = grid.cell_dir(results, cfg) / "scores" / f"scifact-train__{pairs_key}.run.gz"
         if not cache.exists():
             t0 = time.time()
-            import transformers
-            transformers.logging.set_verbosity_error()
-            model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-            pair_tokenizer = common.make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
+            model, pair_tokenizer = cross_encoder.load_trained(model_dir, cfg.max_length, cfg.query_max_length, device)
             # Score CHUNK_QUERIES queries at a time into parts/, so that a rerun after a kill resumes.
             parts, run = cache.parent / f"{cache.name}.parts", {}
             for start in range(0, len(qids), CHUNK_QUERIES):
                 part = parts / f"{start:06d}.run.gz"
                 chunk = qids[start:start + CHUNK_QUERIES]
                 if not part.exists():
-                    scored = common.rerank(model, pair_tokenizer, queries, {q: candidates[q] for q in chunk},
-                                           documents, batch_size=args.batch_size, device=device,
-                                           precision=cfg.precision, progress=True, workers=args.num_workers)
+                    scored = cross_encoder.rerank(model, pair_tokenizer, queries, {q: candidates[q] for q in chunk},
+                                                  documents, batch_size=args.batch_size, device=device,
+                                                  precision=cfg.precision, progress=True, workers=args.num_workers)
                     common.write_run(part, scored, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
                     print(f"{cfg.objective}: queries {start + len(chunk)}/{len(qids)} scored "
                           f"({time.time() - t0:.0f} s)", flush=True)

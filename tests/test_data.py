@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 
 import common
+import cross_encoder
+import grid
+import paper_setup
 from common import KitError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -32,8 +35,8 @@ CANDIDATES = FIXTURES / "scifact-train-candidates.run"
 SMALL_RUN = FIXTURES / "small.run"
 SMALL_QRELS = FIXTURES / "small.qrels"
 
-DEMO = {c.name: c for c in common.DEMO_COLLECTIONS}
-PAPER = {c.name: c for c in common.PAPER_COLLECTIONS}
+DEMO = {c.name: c for c in paper_setup.DEMO_COLLECTIONS}
+PAPER = {c.name: c for c in paper_setup.PAPER_COLLECTIONS}
 
 
 def gz_copy(source: Path, target: Path) -> Path:
@@ -164,11 +167,11 @@ def test_shipped_demo_teachers_match_the_training_data():
     top-50 lists scored 101 - rank, every SciFact training query with a positive covered."""
     dataset = common.load_dataset("beir/scifact/train")
     qrels = common.load_qrels(dataset)
-    pairs = list(common.iter_teacher_pairs(common.resolve_file(common.DEMO_TRAINING.teacher_pairs)))
+    pairs = list(common.iter_teacher_pairs(common.resolve_file(paper_setup.DEMO_TRAINING.teacher_pairs)))
     assert len(pairs) == 18380
     assert all(pos in qrels[qid] and neg not in qrels[qid] for qid, pos, neg, _, _ in pairs)
     assert {qid for qid, *_ in pairs} == {q for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
-    lists = common.read_run(common.resolve_file(common.DEMO_TRAINING.teacher_lists))
+    lists = common.read_run(common.resolve_file(paper_setup.DEMO_TRAINING.teacher_lists))
     assert set(lists) == {qid for qid, *_ in pairs}
     for ranked in lists.values():
         assert 1 <= len(ranked) <= 50
@@ -222,7 +225,7 @@ def test_install_demo_data_never_overwrites(tmp_path, monkeypatch):
 def test_shipped_bm25_runs_evaluate(tmp_path, name, ndcg10):
     data = common.load_eval_data(DEMO[name], depth=100)
     assert all(len(docs) == 100 for docs in data.candidates.values())
-    aggregate, per_query = common.evaluate_first_stage(data, tmp_path)
+    aggregate, per_query = grid.evaluate_first_stage(data, tmp_path)
     assert round(aggregate["nDCG@10"], 4) == ndcg10
     assert set(per_query["nDCG@10"]) == set(data.qrels)
 
@@ -232,7 +235,7 @@ def test_trec_dl_bm25_scoreddocs_evaluate(tmp_path, name, n_queries, ndcg10):
     data = common.load_eval_data(PAPER[name])  # no run: the dataset's scoreddocs (shipped ms.run)
     assert "scoreddocs@1000#" in data.candidates_name
     assert len(data.candidates) == n_queries and all(len(d) == 100 for d in data.candidates.values())
-    aggregate, _ = common.evaluate_first_stage(data, tmp_path)
+    aggregate, _ = grid.evaluate_first_stage(data, tmp_path)
     assert round(aggregate["nDCG@10"], 4) == ndcg10
     assert data.documents._store is None  # no MS MARCO document was touched
 
@@ -279,8 +282,8 @@ def external(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "ir_datasets_home", lambda: tmp_path)
 
     def register(md5):
-        spec = common.ExternalFile("pairs.tsv", "https://example.invalid/pairs.tsv", md5, "teacher-pairs", "test")
-        monkeypatch.setattr(common, "EXTERNAL_FILES", {spec.name: spec})
+        spec = paper_setup.ExternalFile("pairs.tsv", "https://example.invalid/pairs.tsv", md5, "teacher-pairs", "test")
+        monkeypatch.setattr(paper_setup, "EXTERNAL_FILES", {spec.name: spec})
         return spec
 
     return SimpleNamespace(fake=fake, register=register, md5=hashlib.md5(source).hexdigest(), source=source,
@@ -302,7 +305,8 @@ def test_fetch_external_deletes_a_file_with_the_wrong_md5(external):
     with pytest.raises(KitError, match="does not match") as error:
         common.fetch_external(spec.name)
     assert "pairs.tsv" in str(error.value)
-    assert not spec.path().exists() and not list(spec.path().parent.iterdir())
+    path = common.external_path(spec.name)
+    assert not path.exists() and not list(path.parent.iterdir())
     with pytest.raises(KitError):  # the next call downloads again (and fails again)
         common.fetch_external(spec.name)
     assert external.fake.calls == 2
@@ -327,7 +331,8 @@ def test_fetch_external_download_failure_is_a_kit_error(external, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     with pytest.raises(KitError, match="download it by hand"):
         common.fetch_external(spec.name)
-    assert not spec.path().exists() and not list(spec.path().parent.glob("*.partial"))
+    path = common.external_path(spec.name)
+    assert not path.exists() and not list(path.parent.glob("*.partial"))
 
 
 # ================================================================================================
@@ -351,7 +356,7 @@ def train_qrels():
     return common.load_qrels(common.load_dataset("beir/scifact/train"))
 
 
-def build(objective, setup=common.DEMO_TRAINING, batch_queries=4, group_size=2, seed=0, log=None, **kwargs):
+def build(objective, setup=paper_setup.DEMO_TRAINING, batch_queries=4, group_size=2, seed=0, log=None, **kwargs):
     notes = [] if log is None else log
     return common.build_training_data(objective, setup, batch_queries, group_size, seed, log=notes.append,
                                       **kwargs)
@@ -372,7 +377,7 @@ def test_pairs_batches_bce(train_qrels):
 
 
 def test_teacher_pairs_batches_margin_mse():
-    setup = dataclasses.replace(common.DEMO_TRAINING, teacher_pairs=str(TEACHER_PAIRS))
+    setup = dataclasses.replace(paper_setup.DEMO_TRAINING, teacher_pairs=str(TEACHER_PAIRS))
     data = by_ids(build("margin_mse", setup))
     assert len(data) == 12
     lines = {(q, p, n): (ps, ns) for q, p, n, ps, ns in common.iter_teacher_pairs(TEACHER_PAIRS)}
@@ -395,7 +400,7 @@ def test_pair_table_gives_back_every_id_exactly():
 
 def test_group_batches_infonce(train_qrels):
     data = by_ids(build("infonce", batch_queries=4, group_size=8))
-    bm25 = common.read_run(common.REPO / common.DEMO_TRAINING.candidates, 100)
+    bm25 = common.read_run(common.REPO / paper_setup.DEMO_TRAINING.candidates, 100)
     for step in range(20):
         batch = data.batch(step)
         assert batch.targets.shape == (4, 8)
@@ -411,7 +416,7 @@ def test_group_batches_infonce(train_qrels):
 
 def test_list_batches_adr_mse_and_skipped_lists():
     notes = []
-    setup = dataclasses.replace(common.DEMO_TRAINING, teacher_lists=str(TEACHER_LISTS))
+    setup = dataclasses.replace(paper_setup.DEMO_TRAINING, teacher_lists=str(TEACHER_LISTS))
     data = by_ids(build("adr_mse", setup, batch_queries=2, group_size=8, log=notes))
     assert data.qids == ["0", "10", "1000", "1003"]  # 1001 (1 doc) and 999999 (unknown) skipped
     assert any("skipped 2" in note for note in notes)
@@ -435,7 +440,7 @@ def test_batches_are_deterministic_in_seed_and_step():
 
 def test_queries_without_enough_negatives_are_skipped_and_counted():
     notes = []
-    setup = dataclasses.replace(common.DEMO_TRAINING, candidates=str(CANDIDATES))
+    setup = dataclasses.replace(paper_setup.DEMO_TRAINING, candidates=str(CANDIDATES))
     data = build("infonce", setup, batch_queries=2, group_size=8, log=notes)
     # 1003 has 3 positives among its 8 candidates: only 5 negatives for a group of 8
     assert data.qids == ["0", "10", "1000"]
@@ -487,7 +492,7 @@ def segments(tokenizer, ids):
 
 
 def test_long_query_is_cut_to_its_budget_and_passage_gets_the_rest(minilm_tokenizer):
-    pairs = common.make_pair_tokenizer(fake_model(2), minilm_tokenizer, max_length=64, query_max_length=16)
+    pairs = cross_encoder.make_pair_tokenizer(fake_model(2), minilm_tokenizer, max_length=64, query_max_length=16)
     query = "what are the long term effects of vitamin supplementation on cardiovascular outcomes " * 6
     passage = "randomised trials of vitamin d supplementation found no effect on mortality " * 20
     encoded = pairs([query, "short query"], [passage, passage])
@@ -501,7 +506,7 @@ def test_long_query_is_cut_to_its_budget_and_passage_gets_the_rest(minilm_tokeni
 
 
 def test_short_pairs_pad_to_the_longest_in_the_batch(minilm_tokenizer):
-    pairs = common.make_pair_tokenizer(fake_model(2), minilm_tokenizer, max_length=192, query_max_length=64)
+    pairs = cross_encoder.make_pair_tokenizer(fake_model(2), minilm_tokenizer, max_length=192, query_max_length=64)
     encoded = pairs(["vitamin d", "aspirin"], ["a short passage about vitamin d", "short"])
     lengths = encoded["attention_mask"].sum(dim=1).tolist()
     assert encoded["input_ids"].shape[1] == max(lengths) < 192
@@ -510,21 +515,21 @@ def test_short_pairs_pad_to_the_longest_in_the_batch(minilm_tokenizer):
 
 
 def test_token_type_ids_only_where_the_model_has_two_segments(minilm_tokenizer):
-    with_types = common.make_pair_tokenizer(fake_model(2), minilm_tokenizer, 64, 16)
+    with_types = cross_encoder.make_pair_tokenizer(fake_model(2), minilm_tokenizer, 64, 16)
     encoded = with_types(["a query"], ["a passage"])
     assert "token_type_ids" in encoded
     assert encoded["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1]
     for size in (0, 1):
-        assert "token_type_ids" not in common.make_pair_tokenizer(fake_model(size), minilm_tokenizer, 64, 16)(
+        assert "token_type_ids" not in cross_encoder.make_pair_tokenizer(fake_model(size), minilm_tokenizer, 64, 16)(
             ["a query"], ["a passage"])
     import transformers
     roberta = SimpleNamespace(config=transformers.RobertaConfig(type_vocab_size=1))
-    assert not common.make_pair_tokenizer(roberta, minilm_tokenizer, 64, 16).use_token_types
+    assert not cross_encoder.make_pair_tokenizer(roberta, minilm_tokenizer, 64, 16).use_token_types
 
 
 def test_pair_tokenizer_batch_repeats_each_query_for_its_passages(minilm_tokenizer):
     import torch
-    pairs = common.make_pair_tokenizer(fake_model(2), minilm_tokenizer, 64, 16)
+    pairs = cross_encoder.make_pair_tokenizer(fake_model(2), minilm_tokenizer, 64, 16)
     batch = common.Batch(["alpha", "beta"], [["one", "two", "three"], ["four", "five", "six"]],
                          torch.zeros(2, 3))
     inputs, targets = pairs.batch(batch)

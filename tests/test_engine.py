@@ -19,12 +19,15 @@ import pytest
 import torch
 
 import common
+import cross_encoder
+import grid
 import losses
+import paper_setup
 from common import KitError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CANDIDATES = FIXTURES / "scifact-train-candidates.run"  # BM25 top-8 of 4 training queries
-VASWANI = next(c for c in common.DEMO_COLLECTIONS if c.name == "vaswani")
+VASWANI = next(c for c in paper_setup.DEMO_COLLECTIONS if c.name == "vaswani")
 ARCHITECTURES = ["bert", "roberta", "electra", "deberta", "modernbert"]
 
 
@@ -39,8 +42,8 @@ def one_thread():
 @pytest.fixture
 def small_data(monkeypatch):
     """The demo training setup with the fixture run as candidates: 4 training queries, quick to build."""
-    monkeypatch.setattr(common, "DEMO_TRAINING",
-                        dataclasses.replace(common.DEMO_TRAINING, candidates=str(CANDIDATES)))
+    monkeypatch.setitem(paper_setup.TRAINING_SETUPS, "demo",
+                        dataclasses.replace(paper_setup.DEMO_TRAINING, candidates=str(CANDIDATES)))
 
 
 def quiet(*args, **kwargs):
@@ -48,7 +51,7 @@ def quiet(*args, **kwargs):
 
 
 def smoke(backbone="tiny-bert", objective="bce", seed=0, precision="fp32", steps=2, learning_rate=None):
-    return common.make_config("smoke", backbone, objective, seed, precision, steps=steps, learning_rate=learning_rate)
+    return grid.make_config("smoke", backbone, objective, seed, precision, steps=steps, learning_rate=learning_rate)
 
 
 def read_log(folder: Path) -> list[dict]:
@@ -69,7 +72,7 @@ def load_trained(model_dir: Path, max_length=64, query_max_length=16):
     import transformers
     model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    return model, common.make_pair_tokenizer(model, tokenizer, max_length, query_max_length)
+    return model, cross_encoder.make_pair_tokenizer(model, tokenizer, max_length, query_max_length)
 
 
 # ================================================================================================
@@ -79,9 +82,9 @@ def test_tiny_model_loss_goes_down(tmp_path, small_data):
     # A random 2-layer model learns nothing general in 30 steps of one query each, so it trains on the
     # four queries of the fixture run (BM25 top-8): 30 steps at lr 1e-2 memorise their positives. Over
     # seeds 0-5 the mean of the last 5 losses ended between 0.02 and 0.55, from ln 4 = 1.386.
-    cfg = common.make_config("smoke", "tiny-bert", "infonce", 0, "fp32", steps=30, learning_rate=1e-2)
+    cfg = grid.make_config("smoke", "tiny-bert", "infonce", 0, "fp32", steps=30, learning_rate=1e-2)
     assert (cfg.batch_queries, cfg.group_size) == (1, 4)
-    common.train(cfg, tmp_path, log_every=1, progress=False, log=quiet)
+    cross_encoder.train(cfg, tmp_path, log_every=1, progress=False, log=quiet)
     log = read_log(tmp_path)
     assert [r["step"] for r in log] == list(range(1, 31))
     values = [r["loss"] for r in log]
@@ -114,7 +117,7 @@ def stalled_training(cfg, out_dir: Path) -> int:
             return real_batch(self, step)
 
         common.TrainingData.batch = stall
-        common.train(cfg, out_dir, checkpoint_every=2, log_every=1, progress=False, log=quiet)
+        cross_encoder.train(cfg, out_dir, checkpoint_every=2, log_every=1, progress=False, log=quiet)
         code = 0
     except BaseException:
         import traceback
@@ -127,10 +130,10 @@ def stalled_training(cfg, out_dir: Path) -> int:
 def resumed(tmp_path_factory):
     if not hasattr(os, "fork"):
         pytest.skip("needs os.fork")
-    cfg = common.make_config("smoke", "tiny-bert", "infonce", 0, "fp32", steps=8, learning_rate=1e-2)
+    cfg = grid.make_config("smoke", "tiny-bert", "infonce", 0, "fp32", steps=8, learning_rate=1e-2)
     straight, killed = tmp_path_factory.mktemp("uninterrupted"), tmp_path_factory.mktemp("killed")
     # The uninterrupted run first: it also builds the scifact docs store, which the child then only reads.
-    common.train(cfg, straight, log_every=1, progress=False, log=quiet)
+    cross_encoder.train(cfg, straight, log_every=1, progress=False, log=quiet)
 
     pid = stalled_training(cfg, killed)
     try:
@@ -154,7 +157,7 @@ def resumed(tmp_path_factory):
     state = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)
     killed_at, logged_before = state["step"], [r["step"] for r in read_log(killed)]
     notes = []
-    common.train(cfg, killed, checkpoint_every=2, log_every=1, progress=False, log=notes.append)
+    cross_encoder.train(cfg, killed, checkpoint_every=2, log_every=1, progress=False, log=notes.append)
     return SimpleNamespace(cfg=cfg, straight=straight, killed=killed, killed_at=killed_at,
                            logged_before=logged_before, notes=notes)
 
@@ -194,7 +197,7 @@ def test_resumed_model_reranks_like_the_uninterrupted_one(resumed):
     results = []
     for folder in (resumed.straight, resumed.killed):
         model, pair_tokenizer = load_trained(folder / "model")
-        run = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents)
+        run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents)
         results.append((run, common.evaluate(run, data.qrels, list(VASWANI.measures))[0]))
     (run_a, metrics_a), (run_b, metrics_b) = results
     assert sum(len(d) for d in run_a.values()) == 200
@@ -205,7 +208,7 @@ def test_resumed_model_reranks_like_the_uninterrupted_one(resumed):
 def test_tokenizing_in_worker_processes_gives_the_same_run(resumed, monkeypatch):
     data = common.load_eval_data(VASWANI, depth=10, max_queries=20)
     model, pair_tokenizer = load_trained(resumed.straight / "model")
-    in_process = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8)
+    in_process = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8)
     loaders = []
 
     class RecordingLoader(torch.utils.data.DataLoader):
@@ -214,7 +217,7 @@ def test_tokenizing_in_worker_processes_gives_the_same_run(resumed, monkeypatch)
             super().__init__(*args, **kwargs)
     monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingLoader)
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
-    in_workers = common.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8,
+    in_workers = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=8,
                                workers=2)
     assert loaders == [2]  # one chunk of 20 queries, tokenized by two worker processes
     assert sum(len(d) for d in in_workers.values()) == 200
@@ -227,25 +230,25 @@ def test_tokenizing_in_worker_processes_gives_the_same_run(resumed, monkeypatch)
 # ================================================================================================
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_tiny_architecture_trains_and_scores(tmp_path, small_data, arch):
-    model, _ = common.load_backbone(common.get_backbone(f"tiny-{arch}"), 0)
+    model, _ = cross_encoder.load_backbone(cross_encoder.get_backbone(f"tiny-{arch}"), 0)
     assert model.config.num_hidden_layers == 2 and model.config.num_labels == 1
-    model_dir = common.train(smoke(f"tiny-{arch}"), tmp_path, log_every=1, progress=False, log=quiet)
+    model_dir = cross_encoder.train(smoke(f"tiny-{arch}"), tmp_path, log_every=1, progress=False, log=quiet)
     assert [r["step"] for r in read_log(tmp_path)] == [1, 2]
     model, pair_tokenizer = load_trained(model_dir)
     queries = ["vitamin d and bone density", "does aspirin prevent stroke in adults", "sleep"]
     passages = ["a long passage " * 12, "aspirin", "a study of sleep quality in older adults"]
-    scores = common.score_pairs(model, pair_tokenizer, queries, passages, batch_size=2)
+    scores = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=2)
     assert scores.dtype == np.float32 and scores.shape == (3,) and np.isfinite(scores).all()
     # scores come back in input order, and do not depend on what else was in the (padded) batch
-    alone = [common.score_pairs(model, pair_tokenizer, [q], [p])[0] for q, p in zip(queries, passages)]
+    alone = [cross_encoder.score_pairs(model, pair_tokenizer, [q], [p])[0] for q, p in zip(queries, passages)]
     np.testing.assert_allclose(scores, alone, rtol=1e-4, atol=1e-5)
 
 
 def test_keep_layers_cuts_minilm_to_four_layers():
-    model, tokenizer = common.load_backbone(common.get_backbone("minilm-l4"), 0)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("minilm-l4"), 0)
     assert model.config.num_hidden_layers == 4
     assert len(model.base_model.encoder.layer) == 4
-    inputs = common.make_pair_tokenizer(model, tokenizer, 32, 8)(["a query"], ["a passage"])
+    inputs = cross_encoder.make_pair_tokenizer(model, tokenizer, 32, 8)(["a query"], ["a passage"])
     with torch.inference_mode():
         assert torch.isfinite(model(**inputs).logits).all()
 
@@ -259,7 +262,7 @@ def test_bf16_training_gives_fp32_logits_to_the_loss(tmp_path, small_data, monke
         return real(scores, targets, **kwargs)
 
     monkeypatch.setitem(losses.LOSSES, "bce", spy)
-    common.train(smoke(precision="bf16"), tmp_path, log_every=1, progress=False, log=quiet)
+    cross_encoder.train(smoke(precision="bf16"), tmp_path, log_every=1, progress=False, log=quiet)
     assert seen == [(torch.float32, True)] * 2
     assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path))
 
@@ -277,7 +280,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     monkeypatch.setitem(losses.LOSSES, "bce", poisoned)
     cfg = smoke(steps=5)
     with pytest.raises(KitError, match=r"loss became non-finite at step 3"):
-        common.train(cfg, tmp_path, checkpoint_every=2, log_every=log_every, progress=False, log=quiet)
+        cross_encoder.train(cfg, tmp_path, checkpoint_every=2, log_every=log_every, progress=False, log=quiet)
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 2
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
@@ -285,22 +288,22 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert not (tmp_path / "model").exists()
     # a checkpoint of another configuration is refused, not silently mixed in
     with pytest.raises(KitError, match="another configuration"):
-        common.train(dataclasses.replace(cfg, seed=1), tmp_path, progress=False, log=quiet)
+        cross_encoder.train(dataclasses.replace(cfg, seed=1), tmp_path, progress=False, log=quiet)
 
 
 def test_unknown_backbone_lists_the_valid_names():
     with pytest.raises(KitError) as error:
-        common.get_backbone("no-such-backbone")
+        cross_encoder.get_backbone("no-such-backbone")
     for name in ("tiny-bert", "minilm-l6", "minilm-l4", "bert-base", "ettin-17m"):
         assert name in str(error.value)
 
 
 def test_choose_device():
-    assert common.choose_device(None) == common.choose_device(-1) == "cpu"
+    assert cross_encoder.choose_device(None) == cross_encoder.choose_device(-1) == "cpu"
     if torch.cuda.is_available() and torch.cuda.device_count() > 3:
         pytest.skip("this machine has a fourth GPU")
     with pytest.raises(KitError, match="--gpu 3"):
-        common.choose_device(3)
+        cross_encoder.choose_device(3)
 
 
 # ================================================================================================
@@ -308,10 +311,10 @@ def test_choose_device():
 # ================================================================================================
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
-    results = common.open_results(tmp_path_factory.mktemp("results"))
+    results = grid.open_results(tmp_path_factory.mktemp("results"))
     cfg = smoke()
     seen = {}
-    real_train = common.train
+    real_train = cross_encoder.train
 
     def watched(cfg, out_dir, *args, **kwargs):
         model_dir = real_train(cfg, out_dir, *args, **kwargs)
@@ -319,8 +322,8 @@ def cell(tmp_path_factory):
         return model_dir
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "train", watched)
-        model_dir = common.train_cell(cfg, results, "cpu", log=quiet, progress=False)
+        mp.setattr(cross_encoder, "train", watched)
+        model_dir = grid.train_cell(cfg, results, "cpu", log=quiet, progress=False)
     return SimpleNamespace(results=results, cfg=cfg, model_dir=model_dir, seen=seen)
 
 
@@ -329,19 +332,19 @@ def refuse(*args, **kwargs):
 
 
 def test_train_cell_writes_done_last_and_is_reused(cell, monkeypatch):
-    folder = common.cell_dir(cell.results, cell.cfg)
+    folder = grid.cell_dir(cell.results, cell.cfg)
     assert cell.model_dir == folder / "model" and cell.model_dir.is_dir()
     assert cell.seen == {"done_when_train_returned": False}
     assert (folder / "DONE").exists()
     assert json.loads((folder / "config.json").read_text()) == dataclasses.asdict(cell.cfg)
-    assert (cell.results / "FORMAT").read_text().strip() == str(common.RESULTS_FORMAT)
-    monkeypatch.setattr(common, "train", refuse)
-    assert common.train_cell(cell.cfg, cell.results, "cpu", log=quiet) == folder / "model"
+    assert (cell.results / "FORMAT").read_text().strip() == str(grid.RESULTS_FORMAT)
+    monkeypatch.setattr(cross_encoder, "train", refuse)
+    assert grid.train_cell(cell.cfg, cell.results, "cpu", log=quiet) == folder / "model"
 
 
 def test_cell_without_done_is_trained_again(tmp_path, monkeypatch):
     cfg = smoke(seed=7)
-    folder = common.cell_dir(tmp_path, cfg)
+    folder = grid.cell_dir(tmp_path, cfg)
     (folder / "model").mkdir(parents=True)  # an interrupted cell: a model folder, but no DONE
     calls = []
 
@@ -350,8 +353,8 @@ def test_cell_without_done_is_trained_again(tmp_path, monkeypatch):
         assert not (out_dir / "DONE").exists()
         return out_dir / "model"
 
-    monkeypatch.setattr(common, "train", fake_train)
-    assert common.train_cell(cfg, tmp_path, "cpu", log=quiet) == folder / "model"
+    monkeypatch.setattr(cross_encoder, "train", fake_train)
+    assert grid.train_cell(cfg, tmp_path, "cpu", log=quiet) == folder / "model"
     assert calls == [folder] and (folder / "DONE").exists()
 
 
@@ -362,39 +365,39 @@ def test_cell_key_follows_the_teacher_file_content_not_its_folder(tmp_path):
     for folder in (here, moved):
         folder.mkdir(parents=True)
         (folder / "scores.run").write_text("q1 Q0 d1 1 3.5 t\nq1 Q0 d2 2 1.0 t\n")
-    keyed = lambda path: dataclasses.replace(smoke(objective="kl"), teacher_scores=str(path)).key()
+    keyed = lambda path: grid.cell_key(dataclasses.replace(smoke(objective="kl"), teacher_scores=str(path)))
     assert keyed(here / "scores.run") == keyed(moved / "scores.run")
     (moved / "scores.run").write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 1.0 t\n")
     assert keyed(here / "scores.run") != keyed(moved / "scores.run")
 
 
 def test_open_results_refuses_another_format(tmp_path):
-    (tmp_path / "FORMAT").write_text(f"{common.RESULTS_FORMAT + 1}\n")
+    (tmp_path / "FORMAT").write_text(f"{grid.RESULTS_FORMAT + 1}\n")
     with pytest.raises(KitError, match="incompatible version"):
-        common.open_results(tmp_path)
+        grid.open_results(tmp_path)
     fresh = tmp_path / "fresh"
-    assert common.open_results(fresh) == fresh
-    assert (fresh / "FORMAT").read_text() == f"{common.RESULTS_FORMAT}\n"
-    assert common.open_results(fresh) == fresh  # its own format is accepted
+    assert grid.open_results(fresh) == fresh
+    assert (fresh / "FORMAT").read_text() == f"{grid.RESULTS_FORMAT}\n"
+    assert grid.open_results(fresh) == fresh  # its own format is accepted
 
 
 def test_evaluate_cell_results_are_reused(cell, monkeypatch):
     data = common.load_eval_data(VASWANI, depth=5, max_queries=10)
     calls = []
-    real_rerank = common.rerank
+    real_rerank = cross_encoder.rerank
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real_rerank(*args, **kwargs)
 
-    monkeypatch.setattr(common, "rerank", counted)
-    first = common.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False)
+    monkeypatch.setattr(cross_encoder, "rerank", counted)
+    first = grid.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False)
     assert len(calls) == 1
     aggregate, per_query = first
     assert set(aggregate) == set(VASWANI.measures) and all(math.isfinite(v) for v in aggregate.values())
     assert set(per_query["nDCG@10"]) == set(data.qrels)
-    folder = next((common.cell_dir(cell.results, cell.cfg) / "eval").iterdir())
+    folder = next((grid.cell_dir(cell.results, cell.cfg) / "eval").iterdir())
     assert {p.name for p in folder.iterdir()} >= {"run.trec.gz", "per_query.json", "metrics.json"}
     assert len(common.read_run(folder / "run.trec.gz")) == 10
-    monkeypatch.setattr(common, "rerank", refuse)
-    assert common.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False) == first
+    monkeypatch.setattr(cross_encoder, "rerank", refuse)
+    assert grid.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False) == first

@@ -113,8 +113,9 @@ def test_killed_run_resumes_to_the_same_metrics_and_reruns_are_identical(tmp_pat
 
 def test_a_cell_in_use_by_another_process_is_refused(tmp_path):
     import common
-    cfg = common.make_config("smoke", "tiny-bert", "bce", 12, "fp32")
-    folder = common.cell_dir(tmp_path, cfg)
+    import grid
+    cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32")
+    folder = grid.cell_dir(tmp_path, cfg)
     folder.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); "
@@ -122,7 +123,7 @@ def test_a_cell_in_use_by_another_process_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(common.KitError, match="in use by another process"):
-            common.train_cell(cfg, tmp_path, "cpu", progress=False)
+            grid.train_cell(cfg, tmp_path, "cpu", progress=False)
         assert not (folder / "DONE").exists()
     finally:
         holder.kill()

@@ -3,8 +3,6 @@ import csv
 import dataclasses
 import json
 import math
-import sys
-from pathlib import Path
 
 import ir_measures
 import numpy as np
@@ -13,9 +11,9 @@ import os
 import pytest
 import scipy.stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (Comparison, atomic_write_text, compare_to_baseline,  # noqa: E402
-                          evaluate, holm, paired_ttest, results_table, write_table)
+import tables
+from common import Comparison, atomic_write_text, compare_to_baseline, evaluate, holm, paired_ttest
+from tables import results_table, write_table
 
 # ----------------------------------------------------------------------------- evaluate
 QRELS = {
@@ -238,22 +236,21 @@ class _GridArgs:
 
 
 def test_tables_folder_tags_options_that_change_the_grid(tmp_path):
-    import common
-    full = common.tables_folder(tmp_path, "rq2_demo", _GridArgs(gpu=0, num_workers=4))
+    full = tables.tables_folder(tmp_path, "rq2_demo", _GridArgs(gpu=0, num_workers=4))
     assert full == tmp_path / "tables" / "rq2_demo"   # how to run is not part of the name
     assert json.loads((full / "options.json").read_text())["changed_options"] == {}
-    partial = common.tables_folder(tmp_path, "rq2_demo", _GridArgs(seeds=[12, 13], collections=["scifact"]))
+    partial = tables.tables_folder(tmp_path, "rq2_demo", _GridArgs(seeds=[12, 13], collections=["scifact"]))
     assert partial.name == "rq2_demo__seeds-12-13_collections-scifact"
     assert json.loads((partial / "options.json").read_text())["changed_options"] == {
         "seeds": [12, 13], "collections": ["scifact"]}
     # A name that already says the precision does not repeat it.
-    assert common.tables_folder(tmp_path, "rq4_demo_fp32", _GridArgs(precision="fp32"),
+    assert tables.tables_folder(tmp_path, "rq4_demo_fp32", _GridArgs(precision="fp32"),
                                 already_in_name=["precision"]).name == "rq4_demo_fp32"
     many = _GridArgs(collections=["scifact", "nfcorpus", "vaswani", "cranfield", "trec-dl-2019"], steps=1600)
-    long = common.tables_folder(tmp_path, "rq2_demo", many)
+    long = tables.tables_folder(tmp_path, "rq2_demo", many)
     assert long.name.startswith("rq2_demo__opts-") and len(long.name) == len("rq2_demo__opts-") + 8
-    assert common.tables_folder(tmp_path, "rq2_demo", many) == long   # stable: a rerun finds its tables
-    assert common.tables_folder(tmp_path, "rq2_demo", _GridArgs(collections=["scifact", "nfcorpus", "vaswani",
+    assert tables.tables_folder(tmp_path, "rq2_demo", many) == long   # stable: a rerun finds its tables
+    assert tables.tables_folder(tmp_path, "rq2_demo", _GridArgs(collections=["scifact", "nfcorpus", "vaswani",
                                 "cranfield", "trec-dl-2020"], steps=1600)) != long
 
 

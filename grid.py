@@ -1,0 +1,284 @@
+"""The results store and the grid runner: every script trains and evaluates through here.
+
+A grid is a set of cells, one trained model per (backbone, objective, seed, recipe). Each cell has a
+folder in the results store, named by the hash of its full training configuration, so a finished cell
+is reused by every script and an interrupted one resumes from its checkpoint.
+
+Sections, read top to bottom:
+  1. what a script's flags resolve to: mode, device, precision, seeds, test collections
+  2. the configuration of one cell, and the checks made before the first cell trains
+  3. the results store: cells, keys, locks
+  4. evaluations, cached beside their cell
+  5. the grid: train (or reuse) every cell, re-rank every collection
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import common
+import cross_encoder
+import paper_setup
+from common import EvalData, KitError
+from cross_encoder import TrainConfig
+from paper_setup import Collection
+
+RESULTS_FORMAT = 1  # bump when the layout of a results folder changes incompatibly
+
+
+# ================================================================================================
+# 1. What a script's flags resolve to
+# ================================================================================================
+class Setting(NamedTuple):
+    """What the flags every experiment script shares resolve to."""
+    mode: str                      # "paper", "demo" or "smoke"
+    device: str                    # "cpu" or "cuda:N"
+    precision: str                 # "bf16" or "fp32"
+    seeds: list[int]
+    collections: list[Collection]  # the test collections to re-rank
+    depth: int                     # candidates re-ranked per test query
+
+
+def resolve_setting(args) -> Setting:
+    """Mode, device, precision, seeds, collections and depth from a script's Args; bad values are KitErrors."""
+    mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
+    device = cross_encoder.choose_device(args.gpu)
+    cross_encoder.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
+    precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
+                                                device)
+    seeds = seeds_for(mode, args.seeds)
+    collections = select_collections(
+        paper_setup.PAPER_COLLECTIONS if mode == "paper" else paper_setup.DEMO_COLLECTIONS, args.collections)
+    depth = args.depth or paper_setup.RECIPES[mode]["rerank_depth"]
+    return Setting(mode, device, precision, seeds, collections, depth)
+
+
+def seeds_for(mode: str, seeds: list[int]) -> list[int]:
+    """The paper runs 3 seeds; --demo and --smoke run the first only, unless other seeds were asked for."""
+    return seeds[:1] if mode != "paper" and seeds == paper_setup.PAPER_SEEDS or mode == "smoke" else seeds
+
+
+def select_collections(collections: list[Collection], names: list[str] | None) -> list[Collection]:
+    """The collections named by --collections (all when none are named); an unknown name is a KitError."""
+    if not names:
+        return collections
+    known = {c.name: c for c in collections}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise KitError(f"unknown collection {unknown[0]!r}; valid here: {', '.join(known)}")
+    return [known[name] for name in names]
+
+
+# ================================================================================================
+# 2. The configuration of one cell, and the checks before the first cell trains
+# ================================================================================================
+def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
+                learning_rate: float | None = None, **teachers) -> TrainConfig:
+    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke")."""
+    recipe, spec = paper_setup.RECIPES[mode], cross_encoder.get_backbone(backbone)
+    if objective not in paper_setup.OBJECTIVE_DATA:
+        raise KitError(f"unknown objective {objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
+    family, pairs = paper_setup.OBJECTIVE_DATA[objective], recipe["pairs"][spec.size]
+    # Keep only the teacher file this objective reads, so that naming a teacher does not re-key other cells.
+    uses = {"teacher-pairs": "teacher_pairs", "lists": "teacher_lists", "teacher-groups": "teacher_scores"}.get(family)
+    teachers = {name: path for name, path in teachers.items() if name == uses}
+    if family in ("pairs", "teacher-pairs"):
+        batch_queries, group_size = pairs, 2
+    elif family == "lists":
+        batch_queries, group_size = 1, recipe["list_depth"]
+    else:
+        batch_queries, group_size = recipe["group_queries"][spec.size], recipe["group_size"]
+    if mode == "paper" and family in ("pairs", "teacher-pairs"):
+        # Each triple once: the first steps x batch lines of the (shuffled) published files, not all 40M.
+        teachers["max_examples"] = (steps or recipe["steps"]) * batch_queries
+    return TrainConfig(backbone=backbone, objective=objective, seed=seed, steps=steps or recipe["steps"],
+                       learning_rate=learning_rate or spec.learning_rate,
+                       warmup_steps=min(recipe["warmup_steps"], max(1, (steps or recipe["steps"]) // 10)),
+                       batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
+                       query_max_length=recipe["query_max_length"], precision=precision,
+                       training=recipe["training"], **teachers)
+
+
+def preflight(configs: dict[str, list[TrainConfig]]) -> None:
+    """Check names and files before the first cell trains: a typo must not surface after hours of training."""
+    for cfg in (c for seeds in configs.values() for c in seeds):
+        cross_encoder.get_backbone(cfg.backbone)
+        kind = paper_setup.OBJECTIVE_DATA.get(cfg.objective)
+        if kind is None:
+            raise KitError(f"unknown objective {cfg.objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
+        needed = cfg.teacher_file()
+        if kind == "teacher-groups" and not needed:
+            raise KitError(f"objective {cfg.objective!r} needs teacher scores (--teacher-scores)")
+        if needed and not common.resolve_file(needed).is_file():
+            raise KitError(f"{common.resolve_file(needed)}: no such file (needed by {cfg.objective}); check the flag "
+                           f"that names it, or rebuild the demo teachers with scripts/make_demo_teachers.py")
+
+# ================================================================================================
+# 3. The results store: one folder per trained cell, keyed by its full training configuration
+# ================================================================================================
+# results/FORMAT                                    layout version (RESULTS_FORMAT)
+# results/cells/<backbone>__<objective>__seed<k>__<config hash>/
+#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE
+#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  metrics.json (written last)
+# results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
+# A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
+# after everything else, so an interrupted cell is resumed, never read as finished.
+def open_results(results: Path) -> Path:
+    results = Path(results)
+    marker = results / "FORMAT"
+    if marker.exists():
+        found = marker.read_text().strip()
+        if found != str(RESULTS_FORMAT):
+            raise KitError(f"{results} was written by an incompatible version of the kit (format {found}, this "
+                           f"version writes {RESULTS_FORMAT}); pass another --results folder")
+    else:
+        common.atomic_write_text(marker, f"{RESULTS_FORMAT}\n")
+    return results
+
+
+def cell_key(cfg: TrainConfig) -> str:
+    """The hash of everything that determines the trained model, and of the store's layout version."""
+    fields = dataclasses.asdict(cfg)
+    used = cfg.teacher_file()
+    # A local teacher file is keyed by its content and name, not its folder: a rebuilt teacher must
+    # not reuse old cells, while a results store that moved (or another spelling of --results)
+    # must still find its own.
+    if used and used not in paper_setup.EXTERNAL_FILES and common.resolve_file(used).is_file():
+        fields["teacher_md5"] = common.md5_of(common.resolve_file(used))
+        for name in ("teacher_scores", "teacher_pairs", "teacher_lists"):
+            if fields[name] == used:
+                fields[name] = Path(used).name
+    text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def cell_dir(results: Path, cfg: TrainConfig) -> Path:
+    return Path(results) / "cells" / f"{common.slug(cfg.backbone)}__{cfg.objective}__seed{cfg.seed}__{cell_key(cfg)}"
+
+
+class _CellLock:
+    """An exclusive lock on a cell folder, so that two processes never train the same cell at once."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+
+    def __enter__(self):
+        import fcntl
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            self.handle.close()
+            import errno
+            if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise KitError(f"{self.path.parent} is in use by another process; wait for it or use another "
+                           f"--results folder") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, **train_options) -> Path:
+    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted."""
+    folder = cell_dir(results, cfg)
+    if (folder / "DONE").exists():
+        return folder / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _CellLock(folder):
+        if (folder / "DONE").exists():  # finished by another process while we waited
+            return folder / "model"
+        common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
+        started = time.time()
+        model_dir = cross_encoder.train(cfg, folder, device, log=log, **train_options)
+        common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1)})
+    return model_dir
+
+
+# ================================================================================================
+# 4. Evaluations, cached beside their cell
+# ================================================================================================
+def _load_metrics(folder: Path):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return metrics, json.loads((folder / "per_query.json").read_text())
+
+
+def _save_metrics(folder: Path, run, data: EvalData, tag: str):
+    aggregate, per_query = common.evaluate(run, data.qrels, list(data.collection.measures))
+    common.write_run(folder / "run.trec.gz", run, tag)
+    common.atomic_write_json(folder / "per_query.json", per_query)
+    common.atomic_write_json(folder / "metrics.json", aggregate)  # last: its presence marks the folder finished
+    return aggregate, per_query
+
+
+def evaluate_first_stage(data: EvalData, results: Path):
+    """The candidates' own effectiveness, as the row every re-ranker must beat."""
+    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.candidates_name,
+                                   data.collection.measures]).encode()).hexdigest()[:10]
+    folder = Path(results) / "first-stage" / f"{data.collection.name}__{key}"
+    if (folder / "metrics.json").exists():
+        return _load_metrics(folder)
+    run = {qid: {d: -float(rank) for rank, d in enumerate(docs)} for qid, docs in data.candidates.items()}
+    return _save_metrics(folder, run, data, "first-stage")
+
+
+def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, batch_size: int = 64,
+                  progress: bool = True, workers: int = 0):
+    """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed.
+    `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key."""
+    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.collection.relevance, data.candidates_name,
+                                   data.collection.measures, cfg.max_length, cfg.query_max_length,
+                                   cfg.precision]).encode()).hexdigest()[:10]
+    folder = cell_dir(results, cfg) / "eval" / f"{data.collection.name}__{key}"
+    if (folder / "metrics.json").exists():
+        return _load_metrics(folder)
+    model, pair_tokenizer = cross_encoder.load_trained(cell_dir(results, cfg) / "model", cfg.max_length,
+                                                       cfg.query_max_length, device)
+    run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
+                               device=device, precision=cfg.precision, progress=progress, workers=workers)
+    return _save_metrics(folder, run, data, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
+
+
+# ================================================================================================
+# 5. The grid
+# ================================================================================================
+def first_stage_label(collections: list[Collection], run_dir: str | None) -> str:
+    """The name of the candidates' own row: the run folder, BM25 for the shipped runs, else 'first stage'."""
+    if run_dir:
+        return Path(run_dir).name
+    return "BM25" if all(c.run and "bm25" in c.run for c in collections) else "first stage"
+
+
+def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
+                       device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
+                       first_stage: str | None = "auto", max_queries: int | None = None, progress: bool = True,
+                       log=print, **train_options):
+    """Train (or reuse) every cell and re-rank every collection with it.
+
+    configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
+    {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
+    {measure: {qid: value}}; the candidates themselves appear as the system `first_stage`."""
+    preflight(configs)
+    metrics: dict = {}
+    per_query: dict = {}
+    datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries) for c in collections}
+    if first_stage == "auto":
+        first_stage = first_stage_label(collections, run_dir)
+    if first_stage:
+        for name, data in datasets.items():
+            aggregate, pq = evaluate_first_stage(data, results)
+            metrics.setdefault(first_stage, {})[name], per_query.setdefault(first_stage, {})[name] = [aggregate], [pq]
+    for system, seeds in configs.items():
+        for cfg in seeds:
+            train_cell(cfg, results, device, log=log, progress=progress, **train_options)
+            for name, data in datasets.items():
+                aggregate, pq = evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress,
+                                              workers=train_options.get("num_workers", 0))
+                metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
+                per_query.setdefault(system, {}).setdefault(name, []).append(pq)
+    return metrics, per_query
