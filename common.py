@@ -342,12 +342,23 @@ def iter_teacher_pairs(path: Path) -> Iterator[tuple[str, str, str, float, float
                            f"'pos_score neg_score qid pos_pid neg_pid'): {line.strip()[:80]!r}") from None
 
 
+def write_teacher_pairs(path: Path, rows: Iterable[tuple[float, float, str, str, str]], seed: int = 0) -> int:
+    """Write (pos_score, neg_score, qid, pos_id, neg_id) rows in Hofstätter's format, scores in full, in a
+    seeded shuffled order: a run that reads only the first lines (paper mode reads steps x batch of them)
+    then sees every query, not the first ones. Returns the number of lines."""
+    lines = [f"{float(p)!r}\t{float(n)!r}\t{qid}\t{pos}\t{neg}\n" for p, n, qid, pos, neg in rows]
+    atomic_write_text(path, "".join(lines[i] for i in np.random.default_rng(seed).permutation(len(lines))))
+    return len(lines)
+
+
 def write_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
-    """Write {qid: {docid: score}} as a TREC run, 6 decimals (so trec_eval's docid tie-break rarely fires)."""
+    """Write {qid: {docid: score}} as a TREC run in trec_eval's order. Scores are written in full (the
+    shortest text that reads back as the same float): rounding them would create ties the model did not
+    make, and the file would no longer evaluate to the metrics computed from the scores."""
     lines = []
     for qid in sorted(run):
         ranked = trec_order(run[qid].items())
-        lines += [f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n" for rank, (docid, score) in enumerate(ranked, 1)]
+        lines += [f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n" for rank, (docid, score) in enumerate(ranked, 1)]
     data = "".join(lines).encode()
     atomic_write_bytes(path, gzip.compress(data, mtime=0) if str(path).endswith(".gz") else data)
 
@@ -363,8 +374,11 @@ class Batch:
 
 
 class TrainingData:
-    """Draws the batch of step k from (seed, k) alone, so that a resumed run sees exactly the batches
-    an uninterrupted one would, and two runs with one seed see the same data."""
+    """The batches of a training run, as the paper's epochs: each epoch visits every training unit (a triple,
+    or a query) once, in a seeded permutation of its own, and step k takes the next `batch_queries` units.
+    Batch k is a pure function of (seed, k): a resumed run sees exactly the batches an uninterrupted one
+    would, and two runs with one seed see the same data. The negatives of a group are drawn from
+    (seed, k) too."""
 
     def __init__(self, kind: str, queries: dict[str, str], documents: DocumentLookup, batch_queries: int,
                  seed: int, examples=None, positives=None, candidates=None, teacher=None, group_size: int = 2):
@@ -372,30 +386,41 @@ class TrainingData:
         self.batch_queries, self.seed, self.group_size = batch_queries, seed, group_size
         self.examples, self.positives, self.candidates, self.teacher = examples, positives, candidates, teacher
         self.qids = sorted(positives) if kind == "groups" else sorted(candidates or {}) if kind == "lists" else None
+        self._epoch, self._order = None, None
 
     def __len__(self) -> int:  # distinct training units (triples or queries)
         return len(self.examples) if self.kind == "pairs" else len(self.qids)
+
+    def units(self, step: int) -> list[int]:
+        """Indices of the training units of step `step`: positions step*B .. step*B+B-1 of the epoch sequence."""
+        chosen = []
+        for position in range(step * self.batch_queries, (step + 1) * self.batch_queries):
+            epoch, offset = divmod(position, len(self))
+            if epoch != self._epoch:  # one permutation per epoch, kept while the steps stay in it
+                self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self))
+            chosen.append(int(self._order[offset]))
+        return chosen
 
     def batch(self, step: int) -> Batch:
         import torch
         rng = np.random.default_rng([self.seed, step])
         rows: list[tuple[str, list[str], list[float]]] = []
-        if self.kind == "pairs":
-            for index in rng.choice(len(self.examples), self.batch_queries, replace=False):
+        for index in self.units(step):
+            if self.kind == "pairs":
                 qid, pos, neg, pos_target, neg_target = self.examples[index]
                 rows.append((qid, [pos, neg], [pos_target, neg_target]))
-        else:
-            for qid in (self.qids[i] for i in rng.choice(len(self.qids), self.batch_queries, replace=False)):
-                if self.kind == "lists":
-                    ranked = self.candidates[qid]
-                    rows.append((qid, [d for d, _ in ranked], [s for _, s in ranked]))
-                    continue
-                positive = self.positives[qid][rng.integers(len(self.positives[qid]))]
-                pool = self.candidates[qid]
-                negatives = [str(pool[i]) for i in rng.choice(len(pool), self.group_size - 1, replace=False)]
-                group = [positive, *negatives]
-                targets = [self.teacher[qid][d] for d in group] if self.teacher else [1.0] + [0.0] * len(negatives)
-                rows.append((qid, group, targets))
+                continue
+            qid = self.qids[index]
+            if self.kind == "lists":
+                ranked = self.candidates[qid]
+                rows.append((qid, [d for d, _ in ranked], [s for _, s in ranked]))
+                continue
+            positive = self.positives[qid][rng.integers(len(self.positives[qid]))]
+            pool = self.candidates[qid]
+            negatives = [str(pool[i]) for i in rng.choice(len(pool), self.group_size - 1, replace=False)]
+            group = [positive, *negatives]
+            targets = [self.teacher[qid][d] for d in group] if self.teacher else [1.0] + [0.0] * len(negatives)
+            rows.append((qid, group, targets))
         texts = self.documents.get_many({d for _, group, _ in rows for d in group})
         return Batch([self.queries[qid] for qid, _, _ in rows], [[texts[d] for d in group] for _, group, _ in rows],
                      torch.tensor([targets for _, _, targets in rows], dtype=torch.float32))
@@ -582,7 +607,8 @@ def evaluate(run, qrels, measures):
       pytrec_eval provider reports them as 0), so ``aggregate`` equals
       ``ir_measures.calc_aggregate`` on the same inputs. Filter such queries out of the qrels
       beforehand if a collection's convention is to drop them.
-    Ties in score are broken as trec_eval does (by docid), so avoid ties where order matters.
+    Ties in score are broken as trec_eval does (by docid, descending) for every measure, whichever
+    provider ir_measures picks; ties are still worth avoiding, as they rank by docid, not by the model.
     """
     if not qrels:
         raise ValueError("qrels is empty: there is no query to average over")
@@ -592,7 +618,11 @@ def evaluate(run, qrels, measures):
         names_of[ir_measures.parse_measure(name)].append(name)
     # pytrec_eval insists on str ids, float scores and int grades (np.int64 is a TypeError).
     qrels = {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items()}
-    run = {str(q): {str(d): float(s) for d, s in ranking.items()}
+    # One tie order for every measure: ir_measures computes nDCG and R through pytrec_eval (ties by docid
+    # descending, as trec_eval) but RR through its own code (docid ascending). Each provider gets the rank
+    # in trec_eval's order as a distinct score instead, so none of them meets a tie.
+    run = {str(q): {str(d): float(len(ranking) - rank) for rank, (d, _) in
+                    enumerate(trec_order((str(d), float(s)) for d, s in ranking.items()))}
            for q, ranking in run.items() if str(q) in qrels and ranking}
     # Start every judged query at 0, then overwrite with what ir_measures reports: this makes the
     # "missing counts 0" rule hold whatever provider ir_measures picks.

@@ -88,7 +88,33 @@ def load_backbone(backbone: Backbone, seed: int, device: str = "cpu"):
         _keep_first_layers(model, backbone.keep_layers)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device), tokenizer
+    return score_head_in_fp32(model).to(device), tokenizer
+
+
+def score_head_in_fp32(model):
+    """Make the layer that produces the score run in fp32 under any autocast, and return the model.
+
+    bf16 keeps 8 bits of mantissa: a head that returns bf16 logits puts many candidates of a query on the
+    same score, and then the document id, not the model, decides their order (.float() afterwards cannot
+    bring the lost digits back). The head is a small part of the model, so fp32 costs nothing noticeable.
+    The weights and their names are untouched: save_pretrained and from_pretrained work as before."""
+    import torch
+    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    if head is None:
+        raise KitError(f"{type(model).__name__} has no 'classifier' or 'score' head; the kit needs a one-logit "
+                       f"sequence-classification model")
+    if getattr(head, "runs_in_fp32", False):
+        return model
+    bf16_forward = head.forward
+
+    def forward(*args, **kwargs):
+        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        device_type = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return bf16_forward(*args, **kwargs)
+
+    head.forward, head.runs_in_fp32 = forward, True
+    return model
 
 
 def _keep_first_layers(model, k: int) -> None:
@@ -105,7 +131,7 @@ def load_trained(model_dir: Path, max_length: int, query_max_length: int, device
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # per-file loading bars would drown ours
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).to(device)
+    model = score_head_in_fp32(transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)).to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     return model, make_pair_tokenizer(model, tokenizer, max_length, query_max_length)
 
@@ -331,7 +357,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         targets = targets.to(device, non_blocking=True)
         with autocast(device, cfg.precision):
             logits = model(**inputs).logits
-        # Losses run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
+        # The head and the loss run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
         loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
         loss.backward()
         running.append(loss.detach())
@@ -407,7 +433,8 @@ class _PairBatches:
 def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], *,
                 batch_size: int = 64, device: str = "cpu", precision: str = "fp32", bar=None,
                 workers: int = 0) -> np.ndarray:
-    """Cross-encoder scores of (query, passage) pairs, in fp32. Pairs are batched by length (longest
+    """Cross-encoder scores of (query, passage) pairs, in fp32 (the head runs in fp32 under any precision,
+    see score_head_in_fp32). Pairs are batched by length (longest
     first, so a too-large batch fails at once) so that a batch pads to similar lengths. `workers` > 0
     tokenizes in that many DataLoader worker processes: on a GPU one tokenizing process can be slower than the
     model (bench/README.md). On a CPU keep 0: the workers would take cores from the model."""
@@ -432,6 +459,7 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
             else:
                 os.environ["TOKENIZERS_PARALLELISM"] = previous
     on_gpu = device.startswith("cuda")
+    score_head_in_fp32(model)
     was_training = model.training
     model.eval()
 

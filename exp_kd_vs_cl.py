@@ -135,9 +135,8 @@ def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, se
     run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
                                batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
                                workers=workers)
-    lines = [f"{run[q][p]:.6f}\t{run[q][n]:.6f}\t{q}\t{p}\t{n}\n"
-             for q in eligible for p in positives[q] for n in negatives[q]]
-    common.atomic_write_text(pairs_path, "".join(lines))  # each file atomic: never read half-written
+    common.write_teacher_pairs(pairs_path, ((run[q][p], run[q][n], q, p, n) for q in eligible
+                                            for p in positives[q] for n in negatives[q]))  # atomic, shuffled
     common.write_run(scores_path, run, f"teacher-{common.slug(cfg.backbone)}-s{cfg.seed}")
     return _portable(scores_path), _portable(pairs_path)
 

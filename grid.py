@@ -27,7 +27,9 @@ from common import EvalData, KitError
 from cross_encoder import TrainConfig
 from paper_setup import Collection
 
-RESULTS_FORMAT = 1  # bump when the layout of a results folder changes incompatibly
+RESULTS_FORMAT = 2  # bump when a results folder's cells or layout would no longer be reproduced
+# What each bump changed, so that a refused folder says why.
+FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models score with an fp32 head"}
 
 
 # ================================================================================================
@@ -134,7 +136,8 @@ def open_results(results: Path) -> Path:
         found = marker.read_text().strip()
         if found != str(RESULTS_FORMAT):
             raise KitError(f"{results} was written by an incompatible version of the kit (format {found}, this "
-                           f"version writes {RESULTS_FORMAT}); pass another --results folder")
+                           f"version writes {RESULTS_FORMAT}: {FORMAT_CHANGES[RESULTS_FORMAT]}); pass another "
+                           f"--results folder")
     else:
         common.atomic_write_text(marker, f"{RESULTS_FORMAT}\n")
     return results

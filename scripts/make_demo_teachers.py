@@ -24,14 +24,15 @@ What it writes to --out-dir (default data/teachers; names from paper_setup.DEMO_
   scifact-train.ensemble-pairs.tsv     Hofstätter's format, `pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid`,
                                        for margin_mse: every positive of every training query with a
                                        positive, paired with up to 20 negatives sampled (fixed seed) from
-                                       the query's BM25 top-50, judged positives excluded
+                                       the query's BM25 top-50, judged positives excluded; lines in a
+                                       seeded shuffled order, scores in full
   scifact-train.ensemble-top50.run     Rank-DistiLLM's format, TREC run `qid Q0 docid rank 101-rank rank`,
                                        for distill_ranknet / adr_mse: the ensemble's ordering of each
                                        training query's BM25 top-50 plus its positives, top 50
-  scifact-train.ensemble-scores.run.gz the ensemble's scores (6 decimals, tag ensemble) of the same
+  scifact-train.ensemble-scores.run.gz the ensemble's scores (in full, tag ensemble) of the same
                                        candidates, for kl (exp_rq1_objectives.py --teacher-scores)
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
-files. Output is deterministic: sorted query ids, ties broken by doc id, a rerun gives identical bytes.
+files. Output is deterministic: a fixed shuffle, ties broken by doc id, a rerun gives identical bytes.
 
 How long it takes: three 800-step cells (reused when they exist), then each member scores about 41k
 pairs: about 2.5 hours on a 2-core CPU, about 2 minutes on one H100 (README.md, "The offline demo set"
@@ -157,20 +158,20 @@ def main() -> None:
             shutil.rmtree(parts)
             print(f"{cfg.objective}: scored {n_pairs} pairs in {time.time() - t0:.0f} s")
             del model
-        # Always read the scores back from the (6-decimal) file: a rerun computes the same mean.
+        # Always read the scores back from the file (written in full): a rerun computes the same mean.
         run = {qid: dict(docs) for qid, docs in common.read_run(cache).items()}
         values = np.array([s for docs in run.values() for s in docs.values()])
         print(f"{cfg.objective}: scores mean {values.mean():.4g}, std {values.std():.4g} ({cache})")
         member_runs.append(run)
 
     # 4. The ensemble: mean of the members' logits ---------------------------------------------
-    # Rounded to the 6 decimals written, so the three files agree on every score and every tie.
-    ensemble = {qid: {d: round(float(np.mean([run[qid][d] for run in member_runs])), 6) for d in candidates[qid]}
+    # Scores are written in full, so the three files agree on every score and every tie.
+    ensemble = {qid: {d: float(np.mean([run[qid][d] for run in member_runs])) for d in candidates[qid]}
                 for qid in qids}
     ranked = {qid: common.trec_order(scores.items()) for qid, scores in ensemble.items()}
 
     # 5. Hofstätter-format pairs: each positive with up to 20 sampled BM25 negatives ------------
-    pair_lines = []
+    pair_rows = []
     for qid in qids:
         judged = qrels.get(qid, {})
         negatives = [d for d, _ in bm25[qid] if judged.get(d, 0) <= 0]  # BM25 order
@@ -179,8 +180,7 @@ def main() -> None:
         rng = np.random.default_rng([SAMPLE_SEED, zlib.crc32(qid.encode())])  # per query: stable under subsets
         for pos in positives[qid]:
             chosen = sorted(rng.choice(len(negatives), min(NEGATIVES_PER_POSITIVE, len(negatives)), replace=False))
-            pair_lines += [f"{ensemble[qid][pos]:.6f}\t{ensemble[qid][negatives[i]]:.6f}\t{qid}\t{pos}\t{negatives[i]}\n"
-                           for i in chosen]
+            pair_rows += [(ensemble[qid][pos], ensemble[qid][negatives[i]], qid, pos, negatives[i]) for i in chosen]
 
     # 6. Rank-DistiLLM-format lists: the ensemble's top 50, score = 101 - rank -----------------
     list_lines = [f"{qid} Q0 {docid} {rank} {101 - rank} rank\n"
@@ -190,10 +190,10 @@ def main() -> None:
     paths = {"pairs": out_dir / Path(setup.teacher_pairs).name,
              "lists": out_dir / Path(setup.teacher_lists).name,
              "scores": out_dir / "scifact-train.ensemble-scores.run.gz"}
-    common.atomic_write_text(paths["pairs"], "".join(pair_lines))
+    common.write_teacher_pairs(paths["pairs"], pair_rows)  # shuffled, scores in full
     common.atomic_write_text(paths["lists"], "".join(list_lines))
     common.write_run(paths["scores"], ensemble, "ensemble")
-    counts = {"pairs": len(pair_lines), "lists": len(list_lines), "scores": n_pairs}
+    counts = {"pairs": len(pair_rows), "lists": len(list_lines), "scores": n_pairs}
     for name, path in paths.items():
         print(f"{path}: {counts[name]} lines")
     print(f"done in {time.time() - started:.0f} s")

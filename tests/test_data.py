@@ -438,6 +438,32 @@ def test_batches_are_deterministic_in_seed_and_step():
     assert key(data.batch(5)) != key(other_seed.batch(5))
 
 
+def test_each_epoch_visits_every_training_unit_once_in_its_own_seeded_order():
+    setup = dataclasses.replace(paper_setup.DEMO_TRAINING, teacher_pairs=str(TEACHER_PAIRS))
+    data = build("margin_mse", setup, batch_queries=4)  # 12 triples: 3 steps an epoch
+    steps = [data.units(step) for step in range(9)]
+    seen = [unit for units in steps for unit in units]
+    epochs = [seen[12 * k:12 * (k + 1)] for k in range(3)]
+    assert all(sorted(epoch) == list(range(12)) for epoch in epochs)  # each triple once per epoch
+    assert epochs[0] != epochs[1] != epochs[2]  # each epoch its own order
+    # a pure function of (seed, step): a fresh object asked the steps backwards gives the same units
+    fresh = build("margin_mse", setup, batch_queries=4)
+    assert [fresh.units(step) for step in reversed(range(9))][::-1] == steps
+    assert build("margin_mse", setup, batch_queries=4, seed=1).units(0) != steps[0]
+    # and the batch holds exactly those triples
+    triples = {tuple(data.examples[i][:3]) for i in steps[4]}
+    batch = by_ids(data).batch(4)
+    assert {(q, pos, neg) for q, (pos, neg) in zip(batch.queries, batch.docs)} == triples
+
+
+def test_one_epoch_of_query_groups_sees_every_training_query():
+    data = by_ids(build("infonce", batch_queries=2, group_size=8))
+    n = len(data)
+    queries = [q for step in range(n // 2) for q in data.batch(step).queries]
+    assert len(queries) == len(set(queries)) == 2 * (n // 2)  # no query twice, none left out but the odd one
+    assert n - len(queries) <= 1
+
+
 def test_queries_without_enough_negatives_are_skipped_and_counted():
     notes = []
     setup = dataclasses.replace(paper_setup.DEMO_TRAINING, candidates=str(CANDIDATES))

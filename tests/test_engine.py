@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import time
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -265,6 +266,28 @@ def test_bf16_training_gives_fp32_logits_to_the_loss(tmp_path, small_data, monke
     cross_encoder.train(smoke(precision="bf16"), tmp_path, log_every=1, progress=False, log=quiet)
     assert seen == [(torch.float32, True)] * 2
     assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path))
+
+
+def test_bf16_scores_keep_the_order_the_model_gives():
+    """On real demo pairs (the BM25 top-25 of 8 SciFact test queries, all-MiniLM-L6-v2 with its seed-0 head),
+    bf16 scoring must not put candidates of a query on one score where fp32 tells them apart: a tie is
+    ordered by the document id, not by the model."""
+    scifact = next(c for c in paper_setup.DEMO_COLLECTIONS if c.name == "scifact")
+    data = common.load_eval_data(scifact, depth=25, max_queries=8)
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("minilm-l6"), 0)
+    pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, 128, 32)
+    pairs = [(q, d) for q in sorted(data.candidates) for d in data.candidates[q]]
+    texts = data.documents.get_many({d for _, d in pairs})
+    queries, passages = [data.queries[q] for q, _ in pairs], [texts[d] for _, d in pairs]
+    distinct = {}
+    for precision in ("fp32", "bf16"):
+        scores = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, precision=precision)
+        per_query = defaultdict(set)
+        for (q, _), score in zip(pairs, scores.tolist()):
+            per_query[q].add(score)
+        distinct[precision] = sum(map(len, per_query.values()))
+    assert distinct["fp32"] == len(pairs) == 200
+    assert distinct["bf16"] >= distinct["fp32"] - 3, distinct
 
 
 @pytest.mark.parametrize("log_every", [1, 4])  # 4: the loss of step 3 is only read back at step 4

@@ -11,6 +11,7 @@ import os
 import pytest
 import scipy.stats
 
+import common
 import tables
 from common import Comparison, atomic_write_text, compare_to_baseline, evaluate, holm, paired_ttest
 from tables import results_table, write_table
@@ -72,6 +73,32 @@ def test_queries_without_relevant_docs_count_zero_like_ir_measures():
         assert pq[m]["q5"] == 0.0 and len(pq[m]) == len(qrels)
         assert agg[m] == pytest.approx(reference[ir_measures.parse_measure(m)]), m
     assert pq["RR(rel=2)@10"]["q6"] == 0.0 and pq["nDCG@10"]["q6"] == 1.0
+
+
+def test_every_measure_breaks_ties_as_trec_eval_does():
+    # trec_eval orders equal scores by docid descending: z before a. pytrec_eval (nDCG, R) does so, and
+    # ir_measures' own RR provider (docid ascending) must not put a first.
+    run, qrels = {"q": {"a": 1.0, "z": 1.0}}, {"q": {"a": 1}}
+    agg, _ = evaluate(run, qrels, ["nDCG@10", "RR@10", "R@1", "P@1"])
+    assert agg["nDCG@10"] == pytest.approx(1 / math.log2(3))  # a at rank 2
+    assert agg["RR@10"] == pytest.approx(0.5)
+    assert agg["R@1"] == 0.0 and agg["P@1"] == 0.0
+    # a distinct score decides as usual
+    agg, _ = evaluate({"q": {"a": 1.0000001, "z": 1.0}}, qrels, ["nDCG@10", "RR@10", "R@1"])
+    assert agg == {"nDCG@10": 1.0, "RR@10": 1.0, "R@1": 1.0}
+
+
+def test_a_written_run_evaluates_to_the_metrics_of_its_scores(tmp_path):
+    # Scores 1e-7 apart: 6 decimals would tie them and let the docid decide.
+    rng = np.random.default_rng(0)
+    run = {f"q{i}": {f"d{j}": float(np.float32(0.5 + 1e-7 * rng.integers(0, 50))) for j in range(30)}
+           for i in range(20)}
+    qrels = {q: {f"d{j}": int(rng.integers(0, 3)) for j in range(30)} for q in run}
+    measures = ["nDCG@10", "RR@10", "R@5"]
+    common.write_run(tmp_path / "run.trec.gz", run, "t")
+    back = {q: dict(docs) for q, docs in common.read_run(tmp_path / "run.trec.gz").items()}
+    assert back == run  # every score reads back exactly
+    assert evaluate(back, qrels, measures) == evaluate(run, qrels, measures)
 
 
 # ----------------------------------------------------------------------------- t-test
