@@ -236,7 +236,7 @@ def load_qrels(dataset, relevance: tuple = ()) -> dict[str, dict[str, int]]:
 
 class DocumentLookup:
     """Document texts by id through ir_datasets' docs_store(): nothing is loaded into memory up front
-    (MS MARCO has 8.8M passages). A document's text is its title (when it has one) then its body."""
+    (MS MARCO has 8.8M passages). A document's text is doc_text()'s."""
 
     def __init__(self, dataset):
         self.dataset, self._store = dataset, None
@@ -257,13 +257,18 @@ class DocumentLookup:
         if missing:
             raise KitError(f"{len(missing)} document ids are not in the collection, e.g. {sorted(missing)[0]!r}; "
                            f"check that the run file belongs to this collection")
-        return {doc_id: _doc_text(doc) for doc_id, doc in docs.items()}
+        return {doc_id: doc_text(doc) for doc_id, doc in docs.items()}
 
 
-def _doc_text(doc) -> str:
-    title, text = getattr(doc, "title", "") or "", doc.text or ""
-    # Cranfield repeats the title at the start of the body; do not feed it twice.
-    return text if not title or text.startswith(title) else f"{title} {text}"
+def doc_text(doc) -> str:
+    """A document's text as ir_datasets' default_text() gives it, stripped: title and body for BEIR's,
+    NFCorpus's and TREC parsed documents (Robust04's have no `.text` field), the text for MS MARCO and LoTTE
+    passages. A body that begins with its title (Cranfield's do) does not get the title twice."""
+    title = getattr(doc, "title", "") or ""
+    text = doc.default_text() if hasattr(doc, "default_text") else doc.text
+    if title and text.startswith(f"{title} {title}"):
+        text = text[len(title) + 1:]
+    return text.strip()
 
 
 def _fields(path: Path) -> Iterator[tuple[int, str, list[str]]]:
@@ -655,13 +660,9 @@ def _mean_over_seeds(per_query: SeedRuns, side: str) -> dict[str, float]:
     return {q: float(np.mean([seed[q] for seed in seeds])) for q in seeds[0]}
 
 
-def paired_ttest(per_query_a: SeedRuns, per_query_b: SeedRuns) -> TTest:
-    """Two-sided paired t-test of A against B over queries, aligned by query id.
-
-    Each side is {qid: value} or a list of those (one per seed), averaged per query first, so the
-    test's unit is the query, not the (query, seed) pair. Both sides must cover the same queries:
-    silently intersecting would hide a run that lost queries.
-    """
+def _paired_values(per_query_a: SeedRuns, per_query_b: SeedRuns) -> tuple[np.ndarray, np.ndarray]:
+    """The seed-averaged per-query values of A and B, aligned by query id; both must cover the same queries:
+    silently intersecting would hide a run that lost queries."""
     a, b = _mean_over_seeds(per_query_a, "A"), _mean_over_seeds(per_query_b, "B")
     differ = sorted(set(a) ^ set(b))
     if differ:
@@ -670,13 +671,66 @@ def paired_ttest(per_query_a: SeedRuns, per_query_b: SeedRuns) -> TTest:
     if len(a) < 2:
         raise ValueError(f"a paired t-test needs at least 2 queries, got {len(a)}")
     qids = sorted(a)
-    x, y = np.array([a[q] for q in qids]), np.array([b[q] for q in qids])
+    return np.array([a[q] for q in qids]), np.array([b[q] for q in qids])
+
+
+def paired_ttest(per_query_a: SeedRuns, per_query_b: SeedRuns) -> TTest:
+    """Two-sided paired t-test of A against B over queries, aligned by query id.
+
+    Each side is {qid: value} or a list of those (one per seed), averaged per query first, so the
+    test's unit is the query, not the (query, seed) pair.
+    """
+    x, y = _paired_values(per_query_a, per_query_b)
     diff = x - y
     if np.all(diff == 0):
         # scipy returns nan for a zero-variance zero-mean difference; "no difference" is p = 1.
-        return TTest(0.0, 1.0, 0.0, len(qids))
+        return TTest(0.0, 1.0, 0.0, len(x))
     res = scipy.stats.ttest_rel(x, y, alternative="two-sided")
-    return TTest(float(res.statistic), float(res.pvalue), float(diff.mean()), len(qids))
+    return TTest(float(res.statistic), float(res.pvalue), float(diff.mean()), len(x))
+
+
+class Difference(NamedTuple):
+    """The mean per-query difference A - B of each collection, averaged over collections with equal
+    weights (as the tables average collections), with its standard error and Welch-Satterthwaite degrees
+    of freedom. With one collection it is the paired t-test's difference."""
+    mean: float
+    se: float
+    df: float
+    n: int  # queries, over all collections
+
+    def pvalue(self) -> float:
+        """Two-sided p of H0: the difference is 0."""
+        if self.se == 0:
+            return 1.0 if self.mean == 0 else 0.0
+        return float(2 * scipy.stats.t.sf(abs(self.mean) / self.se, self.df))
+
+    def equivalence_pvalue(self, margin: float) -> float:
+        """Two one-sided tests (Schuirmann 1987) of H0: |difference| >= margin; a small p shows that the
+        difference lies within (-margin, +margin)."""
+        if self.se == 0:
+            return 0.0 if abs(self.mean) < margin else 1.0
+        below = scipy.stats.t.sf((self.mean + margin) / self.se, self.df)  # H0: difference <= -margin
+        above = scipy.stats.t.cdf((self.mean - margin) / self.se, self.df)  # H0: difference >= +margin
+        return float(max(below, above))
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        half = float(scipy.stats.t.ppf(0.5 + level / 2, self.df) * self.se) if self.se else 0.0
+        return self.mean - half, self.mean + half
+
+
+def macro_difference(collections: Sequence[tuple[SeedRuns, SeedRuns]]) -> Difference:
+    """Difference of A and B over several collections, one (A, B) pair of per-query values per collection."""
+    means, variances, counts = [], [], []
+    for per_query_a, per_query_b in collections:
+        x, y = _paired_values(per_query_a, per_query_b)
+        means.append(float((x - y).mean()))
+        variances.append(float((x - y).var(ddof=1)) / len(x))  # the squared standard error of this mean
+        counts.append(len(x))
+    k = len(means)
+    variance = sum(variances) / k ** 2
+    parts = [(v / k ** 2) ** 2 / (n - 1) for v, n in zip(variances, counts)]
+    df = variance ** 2 / sum(parts) if variance > 0 else float("inf")
+    return Difference(float(np.mean(means)), float(np.sqrt(variance)), float(df), sum(counts))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -198,8 +198,8 @@ def main() -> None:
         student_metrics = {rows[k]: v for k, v in metrics.items() if k in rows}
         student_pq = {label: per_query[f"{s} | {label}"] for label, _, _ in METHODS}
         for measure in ("nDCG@10", "RR@10"):
-            if not any(measure in m for by_c in student_metrics.values() for ms in by_c.values() for m in ms):
-                continue
+            if not any(tables.measure_of(c, measure) in c.measures for c in collections):
+                continue  # no collection reports this measure, in any form
             table = tables.grid_table(student_metrics, student_pq, collections, measure, baseline=METHODS[0][0],
                                       title=f"KD vs CL: student {s}, large teacher {large} ({mode}, {precision})",
                                       alpha=args.alpha)

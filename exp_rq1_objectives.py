@@ -104,8 +104,8 @@ def main() -> None:
     out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args,
                                already_in_name=["backbone"])
     for measure in ("nDCG@10", "RR@10"):
-        if not any(measure in m for by_c in metrics.values() for ms in by_c.values() for m in ms):
-            continue
+        if not any(tables.measure_of(c, measure) in c.measures for c in collections):
+            continue  # no collection reports this measure, in any form
         table = tables.grid_table(metrics, per_query, collections, measure, baseline=args.objectives[0],
                                   title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
         tables.write_table(table, out, f"rq1_{tables.measure_file_name(measure)}")

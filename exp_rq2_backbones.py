@@ -137,7 +137,7 @@ def main() -> None:
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system
         sub_metrics = {row: metrics[s] for row, s in systems.items()}
-        sub_per_query = {row: per_query[s] for row, s in systems.items()}
+        sub_per_query = {row: per_query[s] for row, s in systems.items() if s in per_query}
         table = tables.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
                                   title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
         tables.write_table(table, out, f"rq2_{common.slug(backbone)}_nDCG10")

@@ -3,11 +3,15 @@
 Morand et al. (2026) conclude that "objective choice can yield gains comparable to scaling the backbone
 architecture". This script trains (or reuses) the grid backbones x objectives x seeds, counts each
 backbone's parameters, and tabulates mean nDCG@10 per collection group (in-domain, out-of-domain)
-against model size. It then tests every pair (smaller backbone + objective X) vs (larger backbone +
-BCE): two-sided paired t-test over queries (seeds averaged per query), Holm-Bonferroni over the family
-of pairs within each collection, and within each group on the concatenated per-query values of its
-collections. A pair "matches" when the small model is NOT significantly worse. When matplotlib is
-installed it also draws nDCG@10 against parameter count, one line per objective (rq3_size.png).
+against model size. It then compares every pair (smaller backbone + objective X) with (larger backbone +
+BCE), per collection and per group of collections (the group's collections weighted equally, as in the
+size table), on per-query values averaged over seeds:
+  * "matches": equivalence shown by two one-sided t-tests against a margin of --margin nDCG@10 (0.01 by
+    default): the difference lies within +-margin. Not finding a difference is not enough.
+  * "worse" / "better": a two-sided paired t-test finds a difference, and equivalence is not shown.
+  * "inconclusive": neither.
+Holm-Bonferroni corrects each kind of test over the pairs of one column. When matplotlib is installed it
+also draws nDCG@10 against parameter count, one line per objective (rq3_size.png).
 
 Commands:
   # the paper's nine backbones x six objectives x 3 seeds, SPLADE-v3 top-1000 candidates from --run-dir
@@ -78,14 +82,33 @@ class Args:
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    margin: float = 0.01
+    """equivalence margin: a small model "matches" when its nDCG@10 is shown to lie within +-margin of the large one's"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
 
-def concat_queries(by_collection: dict, names: list[str], measure: str) -> list[dict[str, float]]:
-    """Per seed, the per-query values of several collections as one {"collection/qid": value}."""
-    seeds = min(len(by_collection[n]) for n in names)
-    return [{f"{n}/{q}": v for n in names for q, v in by_collection[n][k][measure].items()} for k in range(seeds)]
+def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[str, list[str]], measure: str,
+                  alpha: float, margin: float) -> dict:
+    """{(pair, column): record} for every (small, large) system pair and column (a collection, or a group of
+    them weighted equally): the difference, its 95% interval, two-sided and equivalence p-values (each
+    Holm-corrected over the pairs of the column) and the verdict."""
+    out = {}
+    for column, names in columns.items():
+        found = [common.macro_difference([([pq[measure] for pq in per_query[a][n]],
+                                            [pq[measure] for pq in per_query[b][n]]) for n in names])
+                 for a, b in pairs]
+        differ = common.holm([d.pvalue() for d in found]) if found else []
+        equal = common.holm([d.equivalence_pvalue(margin) for d in found]) if found else []
+        for (a, b), d, p_differ, p_equal in zip(pairs, found, differ, equal):
+            verdict = "matches" if p_equal < alpha else ("better" if d.mean > 0 else "worse") if p_differ < alpha \
+                else "inconclusive"
+            low, high = d.interval()
+            out[(a, b), column] = {"small": label(a), "large": label(b), "column": column, "n_queries": d.n,
+                                   "delta": d.mean, "ci95_low": low, "ci95_high": high, "pvalue": d.pvalue(),
+                                   "pvalue_holm": p_differ, "pvalue_equivalence": d.equivalence_pvalue(margin),
+                                   "pvalue_equivalence_holm": p_equal, "verdict": verdict}
+    return out
 
 
 def label(system: str) -> str:
@@ -197,36 +220,30 @@ def main() -> None:
         tables.write_table(table, out, f"rq3_size_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
 
-    # 5. (small + X) vs (large + weak): paired t-tests, Holm over the pairs in each column -------
+    # 5. (small + X) vs (large + weak): equivalence and difference tests, Holm over the pairs of a column --
     pairs = [(f"{small}|{x}", f"{large}|{weak}") for i, small in enumerate(order) for x in strong
              for large in order[i + 1:]]
-    columns = {**{c.name: [c.name] for c in collections}, **members}  # a collection, or a group's concatenation
-    tests: dict = {}
-    for column, names in columns.items():
-        found = [common.paired_ttest(concat_queries(per_query[a], names, "nDCG@10"),
-                                     concat_queries(per_query[b], names, "nDCG@10")) for a, b in pairs]
-        for pair, t, p_holm in zip(pairs, found, common.holm([t.pvalue for t in found]) if found else []):
-            tests[pair, column] = (t, p_holm, "worse" if p_holm < args.alpha and t.mean_diff < 0 else "matches")
-    records = []
-    for ((a, b), column), (t, p, verdict) in tests.items():
-        records.append({"small": label(a), "large": label(b), "column": column, "n_queries": t.n,
-                        "delta": t.mean_diff, "pvalue": t.pvalue, "pvalue_holm": p, "verdict": verdict})
+    columns = {**{c.name: [c.name] for c in collections}, **members}  # a collection, or a group of them
+    tests = compare_pairs(per_query, pairs, columns, "nDCG@10", args.alpha, args.margin)
     body = []
     for a, b in pairs:
         row = [label(a), label(b)]
         for group, names in members.items():
-            t, p, verdict = tests[(a, b), group]
-            matched = sum(tests[(a, b), n][2] == "matches" for n in names)
-            row += [f"{t.mean_diff:+.4f}", f"{p:.3g}", f"{verdict} ({matched}/{len(names)})"]
+            test = tests[(a, b), group]
+            matched = sum(tests[(a, b), n]["verdict"] == "matches" for n in names)
+            row += [f"{test['delta']:+.4f} [{test['ci95_low']:+.4f}, {test['ci95_high']:+.4f}]",
+                    f"{test['verdict']} ({matched}/{len(names)})"]
         body.append(row)
-    headers = ["small + objective", f"large + {weak}",
-               *(h for g in members for h in (f"Δ {g}", "p (Holm)", "verdict"))]
-    note = (f"Delta: mean nDCG@10 difference over the queries of the group's collections (seeds averaged per "
-            f"query); two-sided paired t-test, Holm-Bonferroni over the {len(pairs)} pairs per collection and per "
-            f"group, alpha={args.alpha}; 'matches' = not significantly worse; (k/n): collections of the group "
-            f"where it matches.")
+    headers = ["small + objective", f"large + {weak}", *(h for g in members for h in (f"Δ {g} [95% CI]", "verdict"))]
+    note = (f"Δ: nDCG@10 of the small model minus the large one's, mean over the group's collections (each "
+            f"weighted equally) of the mean over queries (seeds averaged per query), with its 95% confidence "
+            f"interval. 'matches': equivalence within ±{args.margin} shown by two one-sided t-tests; 'worse' / "
+            f"'better': a two-sided t-test finds a difference and equivalence is not shown; 'inconclusive': "
+            f"neither. Holm-Bonferroni over the {len(pairs)} pairs of each collection and group, alpha={args.alpha}; "
+            f"(k/n): collections of the group where the pair matches.")
     title = f"RQ3: small backbone + objective vs larger backbone + {weak} ({mode})"
-    table = tables.make_table(title, headers, body, note, records=records, align="ll" + "rrl" * len(members))
+    table = tables.make_table(title, headers, body, note, records=list(tests.values()),
+                              align="ll" + "rl" * len(members))
     tables.write_table(table, out, "rq3_pairs_nDCG10")
     print("\n" + table.console + "\n\n" + table.latex)
 

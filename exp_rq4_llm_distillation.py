@@ -84,6 +84,26 @@ class Args:
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
 
+def llm_tests(per_query: dict, backbones: list[str], collections: list, llm_objectives: list[str],
+              other_objectives: list[str], measure: str, alpha: float) -> list[dict]:
+    """One record per (backbone, collection, LLM objective, other objective): the paired t-test of the LLM
+    objective against the other, Holm-corrected within the family of one backbone on one collection, and
+    its outcome: win / loss (significant, by the sign of the difference) or tie."""
+    tests = []
+    for backbone in backbones:
+        for c in collections:
+            own = tables.measure_of(c, measure)
+            seeds_of = lambda o: [pq[own] for pq in per_query[f"{backbone}/{o}"].get(c.name, []) if own in pq]
+            pairs = [(llm, other) for llm in llm_objectives for other in other_objectives
+                     if llm != other and seeds_of(llm) and seeds_of(other)]
+            family = [common.paired_ttest(seeds_of(llm), seeds_of(other)) for llm, other in pairs]
+            for (llm, other), t, p_holm in zip(pairs, family, common.holm([t.pvalue for t in family])):
+                outcome = "tie" if p_holm >= alpha else "win" if t.mean_diff > 0 else "loss"
+                tests.append({"backbone": backbone, "collection": c.name, "llm": llm, "other": other,
+                              "diff": t.mean_diff, "pvalue": t.pvalue, "pvalue_holm": p_holm, "outcome": outcome})
+    return tests
+
+
 def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: str, note: str) -> tables.Table:
     """Win/tie/loss counts per comparison: one 'W/T/L' column per value of `by` (backbone or
     collection) plus the total, or (by=None) the totals with the mean difference."""
@@ -135,18 +155,8 @@ def main() -> None:
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
 
     # 4. Paired t-tests: one Holm family per (backbone, collection) ---------------------------
-    tests = []
-    for backbone in backbones:
-        for c in collections:
-            seeds_of = lambda o: [pq[args.measure] for pq in per_query[f"{backbone}/{o}"].get(c.name, [])
-                                  if args.measure in pq]
-            pairs = [(llm, other) for llm in args.llm_objectives for other in args.other_objectives
-                     if llm != other and seeds_of(llm) and seeds_of(other)]
-            family = [common.paired_ttest(seeds_of(llm), seeds_of(other)) for llm, other in pairs]
-            for (llm, other), t, p_holm in zip(pairs, family, common.holm([t.pvalue for t in family])):
-                outcome = "tie" if p_holm >= args.alpha else "win" if t.mean_diff > 0 else "loss"
-                tests.append({"backbone": backbone, "collection": c.name, "llm": llm, "other": other,
-                              "diff": t.mean_diff, "pvalue": t.pvalue, "pvalue_holm": p_holm, "outcome": outcome})
+    tests = llm_tests(per_query, backbones, collections, args.llm_objectives, args.other_objectives, args.measure,
+                      args.alpha)
     if not tests:
         raise common.KitError(f"no collection reports {args.measure}; pick another --measure")
 

@@ -7,8 +7,9 @@ summarises, per (mode, precision) — demo and paper cells, or bf16 and fp32 one
   * the mean rank of each objective over the (backbone x collection) cells (rank 1 = best mean);
   * wins / ties / losses against bce: two-sided paired t-test over queries, seeds averaged per query,
     Holm–Bonferroni within each (backbone, collection) over the objectives tested against bce;
-  * the spread due to the objective (max - min over objectives, per backbone x collection, averaged)
-    against the spread due to the backbone (max - min over backbones, per objective x collection);
+  * how much of the variation of the cell means the objective explains, and how much the backbone: a
+    two-way decomposition per collection (variance components, which do not grow with the number of
+    objectives or backbones compared), and the mean gap between two objectives / two backbones;
   * design choices that hold everywhere: "X >= bce in k of N cells", flagged when k = N.
 Cells are labelled by objective; a cell trained with non-default settings that change the model
 (its own teacher file, other steps or learning rate, ...) gets them appended, e.g.
@@ -136,6 +137,45 @@ def scan(results: Path, measure: str):
     return groups, fingerprints, unfinished
 
 
+def factor_shares(mean: dict, backbones: list[str], objectives: list[str], columns: list[str]) -> dict:
+    """How much of the variation of the cell means m[backbone, objective] (one matrix per column) the
+    objective and the backbone explain. Per column, on the backbones and objectives present in full, a
+    two-way ANOVA without replication gives the mean squares MS_o, MS_b, MS_e; the variance components
+    (MS_o - MS_e) / B and (MS_b - MS_e) / O (at least 0) and MS_e estimate the variance among objective
+    effects, among backbone effects and of the residual, whatever the number of levels. Returns, per factor,
+    the components averaged over columns (std = their square root, share = part of the three) and the mean
+    absolute gap between two levels of the factor with the other fixed."""
+    components, gaps = defaultdict(list), defaultdict(list)
+    for c in columns:
+        present = [o for o in objectives if all((b, o, c) in mean for b in backbones)]
+        rows = [b for b in backbones if all((b, o, c) in mean for o in present)]
+        for b in backbones:  # gaps between two objectives of one backbone, two backbones of one objective
+            values = [mean[b, o, c] for o in objectives if (b, o, c) in mean]
+            gaps["objective"] += [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
+        for o in objectives:
+            values = [mean[b, o, c] for b in backbones if (b, o, c) in mean]
+            gaps["backbone"] += [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
+        if len(present) < 2 or len(rows) < 2:
+            continue
+        m = np.array([[mean[b, o, c] for o in present] for b in rows])
+        n_b, n_o = m.shape
+        grand, by_b, by_o = m.mean(), m.mean(axis=1, keepdims=True), m.mean(axis=0, keepdims=True)
+        ms_b = n_o * ((by_b - grand) ** 2).sum() / (n_b - 1)
+        ms_o = n_b * ((by_o - grand) ** 2).sum() / (n_o - 1)
+        ms_e = ((m - by_b - by_o + grand) ** 2).sum() / ((n_b - 1) * (n_o - 1))
+        components["objective"].append(max(0.0, (ms_o - ms_e) / n_b))
+        components["backbone"].append(max(0.0, (ms_b - ms_e) / n_o))
+        components["residual"].append(ms_e)
+    total = sum(np.mean(components[f]) for f in components) if components else 0.0
+    out = {"collections": len(components["objective"])}
+    for factor in ("objective", "backbone", "residual"):
+        value = float(np.mean(components[factor])) if components[factor] else None
+        out[factor] = {"component": value, "std": float(np.sqrt(value)) if value is not None else None,
+                       "share": value / total if value is not None and total > 0 else None,
+                       "gap": float(np.mean(gaps[factor])) if gaps[factor] else None}
+    return out
+
+
 def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     """The four RQ5 tables and the statements of one (mode, precision) group."""
     slug = common.slug(tag.replace(", ", "-"))
@@ -189,25 +229,28 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     objectives = tables.make_table(f"RQ5: objectives over {len(backbones)} backbones x {len(columns)} collections "
                                    f"({tag})", head, rows, note, records=records, label=f"tab:rq5-objectives-{slug}")
 
-    # The spread due to the objective against the spread due to the backbone -----------------
-    def spread(keys):
-        values = [[mean[k] for k in group if k in mean] for group in keys]
-        return [max(v) - min(v) for v in values if len(v) >= 2]
-    by_objective = spread([[(b, s, c) for s in labels] for b, c in units])
-    by_backbone = spread([[(b, s, c) for b in backbones] for s in labels for c in columns])
+    # How much of the variation the objective explains, and how much the backbone ------------------
+    shares = factor_shares(mean, backbones, labels, list(columns))
     rows, records = [], []
-    for what, gaps, unit in [("objective", by_objective, "backbone x collection"),
-                             ("backbone", by_backbone, "objective x collection")]:
-        stats = [float(f(gaps)) if gaps else None for f in (np.mean, np.median, np.max)]
-        rows.append([what, unit, len(gaps), *(f"{v:.4f}" if gaps else "–" for v in stats)])
-        records.append({"factor": what, "unit": unit, "units": len(gaps), "mean": stats[0], "median": stats[1],
-                        "max": stats[2]})
-    ratio = (f"; objective / backbone = {np.mean(by_objective) / np.mean(by_backbone):.2f}"
-             if by_objective and by_backbone and np.mean(by_backbone) > 0 else "")
-    spreads = tables.make_table(f"RQ5: spread of {args.measure} due to the objective and to the backbone ({tag})",
-                                ["factor", "max - min within each", "units", "mean", "median", "max"], rows,
-                                f"Spread = max - min of the seed-averaged {args.measure}{ratio}", records=records,
-                                label=f"tab:rq5-spread-{slug}")
+    for factor in ("objective", "backbone", "residual"):
+        part = shares[factor]
+        rows.append([factor, *(f"{part[k]:.4f}" if part[k] is not None else "–" for k in ("std", "gap")),
+                     f"{part['share']:.0%}" if part["share"] is not None else "–"])
+        records.append({"factor": factor, **part, "collections": shares["collections"]})
+    note = (f"Per collection, the seed-averaged {args.measure} of the backbones x objectives present in full is split "
+            f"by a two-way analysis of variance without replication into a component due to the objective, one due "
+            f"to the backbone and a residual (interaction and noise); each component is (MS_factor - MS_residual) / "
+            f"(levels of the other factor), at least 0, so it does not grow with the number of levels compared. std "
+            f"= the component's square root, share = its part of the three; both averaged over the "
+            f"{shares['collections']} collection(s) with a full grid of at least 2 x 2. gap = mean |difference| "
+            f"between two objectives of one backbone (or two backbones of one objective), over every collection.")
+    decomposition = tables.make_table(f"RQ5: how much of {args.measure} the objective and the backbone explain "
+                                      f"({tag})", ["factor", "std", "gap", "share"], rows, note, records=records,
+                                      label=f"tab:rq5-factors-{slug}")
+    if shares["objective"]["share"] is not None:
+        statements.append(f"the objective explains {shares['objective']['share']:.0%} of the variance of the cell "
+                          f"means, the backbone {shares['backbone']['share']:.0%} (two-way decomposition, mean over "
+                          f"{shares['collections']} collections)")
 
     # Per collection: the mean over backbones, with the candidates' own effectiveness --------------
     rows, records = [], []
@@ -223,7 +266,8 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     per_collection = tables.make_table(f"RQ5: {args.measure} per collection, mean over backbones ({tag})",
                                        ["objective", *columns.values()], rows, "First stage = the re-ranked candidates",
                                        records=records, label=f"tab:rq5-collections-{slug}")
-    return {"rq5_objectives": objectives, "rq5_spread": spreads, "rq5_collections": per_collection}, statements
+    return {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}, \
+        statements
 
 
 def main() -> None:

@@ -265,17 +265,16 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
-    {measure: {qid: value}}; the candidates themselves appear as the system `first_stage`."""
+    {measure: {qid: value}}; the candidates themselves appear in metrics (only) as the system `first_stage`."""
     preflight(configs)
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries) for c in collections}
     if first_stage == "auto":
         first_stage = first_stage_label(collections, run_dir)
-    if first_stage:
+    if first_stage:  # shown beside the re-rankers, never tested: its per-query values are not returned
         for name, data in datasets.items():
-            aggregate, pq = evaluate_first_stage(data, results)
-            metrics.setdefault(first_stage, {})[name], per_query.setdefault(first_stage, {})[name] = [aggregate], [pq]
+            metrics.setdefault(first_stage, {})[name] = [evaluate_first_stage(data, results)[0]]
     for system, seeds in configs.items():
         for cfg in seeds:
             train_cell(cfg, results, device, log=log, progress=progress, **train_options)

@@ -65,12 +65,12 @@ class Value(NamedTuple):
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}", "Δ": r"$\Delta$"}
+                  "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:
     # One pass, so the backslashes introduced by replacements are not escaped again.
-    return re.sub(r"[\\&%$#_{}~^Δ]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
+    return re.sub(r"[\\&%$#_{}~^Δ±]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
 
 
 def latex_label(title: str) -> str:
@@ -152,9 +152,11 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
     rows = [[s, *(marked.get((s, c)) for c in columns)] for s in values]
 
     legend = "* best per column"
+    reference = [s for s in values if s != baseline and s not in comparisons]
     if comparisons:
         legend += (f"; † significant vs {baseline} (two-sided paired t-test, "
                    f"Holm-Bonferroni per column, alpha={alpha})")
+        legend += f"; not tested (reference): {', '.join(reference)}" if reference else ""
     seed_counts = list(n_seeds.values())
     caption = f"{latex_escape(title)}. {latex_escape(measure)}"
     if seed_counts and max(seed_counts) > 1:
@@ -167,7 +169,9 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
                     rf"{latex_escape(baseline)} by a two-sided paired t-test over queries "
                     rf"(per-query values averaged over seeds) at $\alpha={alpha}$ after "
                     rf"Holm--Bonferroni correction within each column "
-                    rf"(family of {_span(family)} systems compared with the baseline).")
+                    rf"(family of {_span(family)} system{'s' if max(family) > 1 else ''} compared with the baseline).")
+        if reference:
+            caption += f" Shown for reference, not tested: {latex_escape(', '.join(reference))}."
 
     # Records: untested cells (baseline, no comparison) carry None, not False.
     records = []
@@ -201,26 +205,40 @@ def group_means(by_collection: dict, collections: list[Collection], measure: str
     return out
 
 
+def measure_of(collection: Collection, measure: str) -> str:
+    """The collection's own form of `measure`: TREC DL reports RR(rel=2)@10 where others report RR@10."""
+    if measure in collection.measures:
+        return measure
+    base = re.sub(r"\(.*\)", "", measure)
+    return next((m for m in collection.measures if re.sub(r"\(.*\)", "", m) == base), measure)
+
+
 def grid_table(metrics, per_query, collections: list[Collection], measure: str, baseline: str, title: str,
                alpha: float = 0.05, averages: bool = True) -> Table:
     """One results table for `measure`: a column per collection (tested against `baseline`) and, when
-    asked, the mean over each group of collections (in-domain, out-of-domain, ...) per seed."""
+    asked, the mean over each group of collections (in-domain, out-of-domain, ...) per seed. Each
+    collection gives its own form of the measure (measure_of). Systems without per-query values (the
+    first stage) are shown, never tested: the Holm family of a column is the trained systems compared
+    with the baseline."""
+    own = {c.name: measure_of(c, measure) for c in collections}
     values: dict = {}
     for system, by_collection in metrics.items():
         row = values.setdefault(system, {})
         for c in collections:
-            if c.name in by_collection and measure in by_collection[c.name][0]:
-                row[c.name] = [m[measure] for m in by_collection[c.name]]
+            if c.name in by_collection and own[c.name] in by_collection[c.name][0]:
+                row[c.name] = [m[own[c.name]] for m in by_collection[c.name]]
         groups = dict.fromkeys(c.group for c in collections)
         for group in groups if averages and len(collections) > 1 else ():
             members = [row[c.name] for c in collections if c.group == group and c.name in row]
             if members and len(members) == sum(c.group == group for c in collections):
                 seeds = min(len(m) for m in members)
                 row[f"avg {group}"] = [float(np.mean([m[k] for m in members])) for k in range(seeds)]
-    tested = {s: {c.name: pq[c.name] and [p[measure] for p in pq[c.name]] for c in collections if c.name in pq}
+    tested = {s: {c.name: pq[c.name] and [p[own[c.name]] for p in pq[c.name]] for c in collections if c.name in pq}
               for s, pq in per_query.items()}
     comparisons = common.compare_to_baseline(tested, baseline, alpha) if baseline in tested and len(tested) > 1 else {}
-    return results_table(values, comparisons, baseline=baseline, measure=measure, title=title, alpha=alpha)
+    variants = {m: [c for c, o in own.items() if o == m] for m in dict.fromkeys(own.values()) if m != measure}
+    label = measure + "".join(f" ({m} on {', '.join(names)})" for m, names in variants.items())
+    return results_table(values, comparisons, baseline=baseline, measure=label, title=title, alpha=alpha)
 
 
 # ================================================================================================

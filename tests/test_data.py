@@ -188,6 +188,27 @@ def test_cranfield_text_does_not_repeat_its_title():
     assert text.startswith(doc.title) and text.count(doc.title) == 1
 
 
+def test_documents_of_every_class_the_paper_reads_give_their_text(tmp_path):
+    """One document of each class the paper's collections use, parsed by ir_datasets from small local files in
+    their published formats: BEIR with titles (corpus.jsonl), MS MARCO and LoTTE passages (TSV, GenericDoc)
+    and TREC disks 4&5 documents as Robust04 parses them (SGML, TrecParsedDoc: no `.text` field)."""
+    from ir_datasets.datasets.beir import BeirDocs, BeirTitleDoc
+    from ir_datasets.formats import TrecDocs, TsvDocs
+    from ir_datasets.util import LocalDownload
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "title": "Aspirin", "text": "It lowers the risk of '
+                                           'stroke."}\n{"_id": "d2", "title": "", "text": "No title here."}\n')
+    (tmp_path / "collection.tsv").write_text("7\tThe passage text.\n")
+    (tmp_path / "la.sgml").write_text("<DOC>\n<DOCNO> LA010189-0001 </DOCNO>\n<HEADLINE>\n<P>Hospital Fire</P>\n"
+                                      "</HEADLINE>\n<TEXT>\n<P>A fire broke out.</P>\n</TEXT>\n</DOC>\n")
+    beir = list(BeirDocs("t", LocalDownload(tmp_path / "corpus.jsonl"), BeirTitleDoc)._docs_iter())
+    passage, = TsvDocs(LocalDownload(tmp_path / "collection.tsv")).docs_iter()
+    trec, = TrecDocs(LocalDownload(tmp_path / "la.sgml"), parser="sax").docs_iter()
+    assert type(trec).__name__ == "TrecParsedDoc" and not hasattr(trec, "text")
+    assert [common.doc_text(d) for d in beir] == ["Aspirin It lowers the risk of stroke.", "No title here."]
+    assert common.doc_text(passage) == "The passage text."
+    assert common.doc_text(trec) == "Hospital Fire A fire broke out."
+
+
 def test_cranfield_relevance_is_remapped():
     gains = dict(DEMO["cranfield"].relevance)
     assert gains[1] == 4 and gains[-1] == 0
