@@ -15,14 +15,17 @@ Sections, read top to bottom:
 """
 from __future__ import annotations
 
+import argparse
 import array
 import ast
+import contextlib
 import dataclasses
 import functools
 import gzip
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -75,25 +78,76 @@ def field_default(field: dataclasses.Field):
     return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage block + message becomes the kit's one line
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(cls, argv: list[str] | None = None):
-    """Parse `--field value` flags into the dataclass `cls`; lists take several values, bools are switches."""
-    import argparse
-    parser = argparse.ArgumentParser(description=(sys.modules[cls.__module__].__doc__ or "").split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Parse `--field value` flags into the dataclass `cls`; lists take several values, bools are switches.
+    The flags the command line named are kept in `args.given` (a default may differ per mode, an explicit
+    value never does), and every value is checked against FLAG_RULES before anything runs."""
+    parser = _OneLineParser(description=(sys.modules[cls.__module__].__doc__ or "").split("\n\n")[0])
     docs = _field_docs(cls)
     for field in dataclasses.fields(cls):
         default = field_default(field)
-        flag, help_text = "--" + field.name.replace("_", "-"), docs.get(field.name, "")
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        flag, help_text = "--" + field.name.replace("_", "-"), f"{docs.get(field.name, '')} (default: {shown})"
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif kind.startswith("list"):
             item = float if "float" in kind else int if "int" in kind else str
-            parser.add_argument(flag, nargs="+", type=item, default=default, help=help_text)
+            parser.add_argument(flag, nargs="+", type=item, default=argparse.SUPPRESS, help=help_text)
         else:
             item = {"int": int, "float": float}.get(kind.replace(" | None", "").replace("Optional[", "").rstrip("]"), str)
-            parser.add_argument(flag, type=item, default=default, help=help_text)
-    return cls(**vars(parser.parse_args(argv)))
+            parser.add_argument(flag, type=item, default=argparse.SUPPRESS, help=help_text)
+    given = vars(parser.parse_args(argv))
+    args = cls(**{**{f.name: field_default(f) for f in dataclasses.fields(cls)}, **given})
+    args.given = frozenset(given)
+    check_flags(args)
+    return args
+
+
+def _at_least(low):
+    return lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v >= low)
+
+
+# What each flag accepts (None: the mode's default), whichever script has it.
+FLAG_RULES = {
+    "steps": (_at_least(1), "a whole number of training steps, at least 1"),
+    "learning_rate": (lambda v: v is None or (math.isfinite(v) and v > 0), "a learning rate above 0"),
+    "depth": (_at_least(1), "the number of candidates re-ranked per query, at least 1"),
+    "eval_batch_size": (_at_least(1), "pairs per re-ranking batch, at least 1"),
+    "checkpoint_every": (_at_least(1), "steps between checkpoints, at least 1"),
+    "num_workers": (_at_least(0), "a number of worker processes, 0 or more"),
+    "gpu": (_at_least(-1), "a CUDA device index, or -1 for the CPU"),
+    "alpha": (lambda v: 0 < v < 1, "a significance level between 0 and 1"),
+    "margin": (lambda v: math.isfinite(v) and v > 0, "an equivalence margin above 0"),
+    "teacher_queries": (_at_least(0), "a number of training queries, 0 for all"),
+    "teacher_depth": (_at_least(1), "a number of candidates per query, at least 1"),
+    "teacher_seed": (_at_least(0), "a seed, 0 or more"),
+    "same_size_seed": (_at_least(0), "a seed, 0 or more"),
+    "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
+    "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+}
+
+
+def check_flags(args) -> None:
+    """One line for the first flag whose value cannot be honoured, before any data is read."""
+    def show(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else value
+    for name in [f.name for f in dataclasses.fields(args)]:
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if name in FLAG_RULES and not FLAG_RULES[name][0](value):
+            raise KitError(f"{flag} {show(value)}: expected {FLAG_RULES[name][1]}")
+        if isinstance(value, list) and len(set(value)) < len(value):
+            twice = next(v for v in value if value.count(v) > 1)
+            raise KitError(f"{flag} {show(value)}: {twice} is named twice; name each once"
+                           + (" (a seed repeated is not a second replicate)" if name == "seeds" else ""))
+    if getattr(args, "demo", False) and getattr(args, "smoke", False):
+        raise KitError("--demo and --smoke together: pass one of them")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -152,14 +206,41 @@ def _md5_cached(path: str, mtime_ns: int, size: int) -> str:
 # ================================================================================================
 # 1. ir_datasets and the published files it does not know
 # ================================================================================================
-def ir_datasets_home() -> Path:
-    return Path(os.environ.get("IR_DATASETS_HOME", Path.home() / ".ir_datasets"))
+def kit_cache() -> Path:
+    """The kit's own cache, shared by every results folder: published files, the demo's private ir_datasets
+    home. $KIT_CACHE, else $XDG_CACHE_HOME/cross-encoder-kit, else ~/.cache/cross-encoder-kit."""
+    if os.environ.get("KIT_CACHE"):
+        return Path(os.environ["KIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cross-encoder-kit"
 
 
-def install_demo_data() -> None:
-    """Copy the repo's demo files into the ir_datasets home where missing (never overwriting), so that
-    the demo ids resolve offline exactly as they would after ir_datasets downloaded them."""
-    home = ir_datasets_home()
+def user_ir_datasets_home() -> Path:
+    """The user's own ir_datasets home, where ir_datasets downloads the official collections."""
+    return Path(os.environ.get("IR_DATASETS_HOME") or Path.home() / ".ir_datasets")
+
+
+_chosen_home: list[Path] = []  # the ir_datasets home of this process, once chosen
+
+
+def choose_ir_datasets_home(demo: bool) -> Path:
+    """Where this process reads its collections. The demo (and the smoke test) read the collections shipped
+    in data/ from a private ir_datasets home in the kit's cache: the user's own home is shared by every
+    program on the machine, and the demo's cut-down TREC DL files (43 queries, a BM25 top-100 as
+    scoreddocs) must not stand there for the official ids. Paper mode reads the user's home, where
+    ir_datasets downloads the official data, and never the demo's files. ir_datasets reads its home once,
+    when first imported, so a process chooses once."""
+    home = (kit_cache() / "ir_datasets_demo" if demo else user_ir_datasets_home()).resolve()
+    if _chosen_home and _chosen_home[0] != home:
+        raise RuntimeError(f"this process reads collections from {_chosen_home[0]} already; it cannot switch to {home}")
+    if not _chosen_home:
+        _chosen_home.append(home)
+        os.environ["IR_DATASETS_HOME"] = str(home)  # before ir_datasets is imported (load_dataset imports it)
+    return home
+
+
+def install_demo_data(home: Path) -> None:
+    """Copy the repo's demo files into `home` where missing (never overwriting), so that the demo ids resolve
+    offline exactly as they would after ir_datasets downloaded them."""
     for source in SHIPPED_IR_DATASETS_HOME.rglob("*"):
         target = home / source.relative_to(SHIPPED_IR_DATASETS_HOME)
         if source.is_file() and not target.exists():
@@ -167,11 +248,16 @@ def install_demo_data() -> None:
 
 
 def load_dataset(dataset_id: str):
-    """The ir_datasets dataset; an unknown id is a KitError."""
-    install_demo_data()
+    """The ir_datasets dataset, from the home choose_ir_datasets_home() picked; an unknown id is a KitError."""
+    if not _chosen_home:
+        raise RuntimeError("call common.choose_ir_datasets_home(demo=...) before loading a collection")
+    if _chosen_home[0] == (kit_cache() / "ir_datasets_demo").resolve():
+        install_demo_data(_chosen_home[0])
     import ir_datasets  # imported late: it reads IR_DATASETS_HOME when imported
     import logging
-    logging.disable(logging.INFO)  # ir_datasets' INFO lines (one logger per module) drown the progress bars
+    # ir_datasets logs each step (one logger per module) and each failed download attempt: the progress bars
+    # and the kit's one-line errors say what matters.
+    logging.disable(logging.WARNING)
     try:
         return ir_datasets.load(dataset_id)
     except KeyError:
@@ -179,12 +265,12 @@ def load_dataset(dataset_id: str):
 
 
 def external_path(name: str) -> Path:
-    """Where a published file lives once fetched: beside ir_datasets' own downloads."""
-    return ir_datasets_home() / "kit-external" / name
+    """Where a published file lives once fetched: in the kit's cache, not in the user's ir_datasets home."""
+    return kit_cache() / "published" / name
 
 
 def fetch_external(name: str) -> Path:
-    """Path of a published file, downloading it once into the ir_datasets home and checking its md5.
+    """Path of a published file, downloading it once into the kit's cache and checking its md5.
     A file that fails the check is deleted, never kept."""
     spec = paper_setup.EXTERNAL_FILES[name]
     path = external_path(spec.name)
@@ -223,14 +309,31 @@ def resolve_file(name: str) -> Path:
 # ================================================================================================
 # 2. Readers: queries, qrels, documents, runs and teacher files
 # ================================================================================================
+@contextlib.contextmanager
+def reading(dataset, what: str):
+    """Turn ir_datasets' failures while reading (or first downloading) part of a collection into one line:
+    a failed download, files that must be placed by hand (licensed collections), a malformed file."""
+    try:
+        yield
+    except OSError as error:  # requests' ConnectionError is one; so is a licensed collection's missing folder
+        raise KitError(f"{dataset.dataset_id()}: its {what} could not be read or downloaded ({type(error).__name__}: "
+                       f"{str(error).splitlines()[0][:160]}); check the network, or see "
+                       f"https://ir-datasets.com for where to place the files by hand") from None
+    except ValueError as error:
+        raise KitError(f"{dataset.dataset_id()}: its {what} could not be parsed ({error}); check the files in "
+                       f"{user_ir_datasets_home() if not _chosen_home else _chosen_home[0]}") from None
+
+
 def load_queries(dataset) -> dict[str, str]:
-    return {query.query_id: query.text.strip() for query in dataset.queries_iter()}
+    with reading(dataset, "queries"):
+        return {query.query_id: query.text.strip() for query in dataset.queries_iter()}
 
 
 def load_qrels(dataset, relevance: tuple = ()) -> dict[str, dict[str, int]]:
     remap, qrels = dict(relevance), {}
-    for qrel in dataset.qrels_iter():
-        qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = remap.get(qrel.relevance, qrel.relevance)
+    with reading(dataset, "qrels (relevance grades must be whole numbers)"):
+        for qrel in dataset.qrels_iter():
+            qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = remap.get(qrel.relevance, qrel.relevance)
     return qrels
 
 
@@ -238,25 +341,27 @@ class DocumentLookup:
     """Document texts by id through ir_datasets' docs_store(): nothing is loaded into memory up front
     (MS MARCO has 8.8M passages). A document's text is doc_text()'s."""
 
-    def __init__(self, dataset):
-        self.dataset, self._store = dataset, None
+    def __init__(self, dataset, source: str = "the run"):
+        self.dataset, self.source, self._store = dataset, source, None  # source: the file that names the ids
 
     def __getstate__(self):  # DataLoader workers reopen the store themselves
-        return {"dataset": self.dataset, "_store": None}
+        return {"dataset": self.dataset, "source": self.source, "_store": None}
 
     def get_many(self, doc_ids) -> dict[str, str]:
-        if self._store is None:
-            self._store = self.dataset.docs_store()
-            # Close before interpreter shutdown: ir_datasets' own finaliser fails once modules are torn down.
-            lookup = getattr(self._store, "lookup", None)
-            if hasattr(lookup, "close"):
-                import atexit
-                atexit.register(lookup.close)
-        docs = self._store.get_many(set(doc_ids))
+        with reading(self.dataset, "documents"):
+            if self._store is None:
+                self._store = self.dataset.docs_store()
+                # Close before interpreter shutdown: ir_datasets' own finaliser fails once modules are torn down.
+                lookup = getattr(self._store, "lookup", None)
+                if hasattr(lookup, "close"):
+                    import atexit
+                    atexit.register(lookup.close)
+            docs = self._store.get_many(set(doc_ids))
         missing = set(doc_ids) - docs.keys()
         if missing:
-            raise KitError(f"{len(missing)} document ids are not in the collection, e.g. {sorted(missing)[0]!r}; "
-                           f"check that the run file belongs to this collection")
+            raise KitError(f"{self.source}: {len(missing)} of its document ids are not in "
+                           f"{self.dataset.dataset_id()}, e.g. {sorted(missing)[0]!r}; check that the file belongs "
+                           f"to this collection")
         return {doc_id: doc_text(doc) for doc_id, doc in docs.items()}
 
 
@@ -280,13 +385,24 @@ def _fields(path: Path) -> Iterator[tuple[int, str, list[str]]]:
                 yield number, line, parts
 
 
+def finite(text: str) -> float:
+    """A score read from a file: a finite number that fits the 32-bit floats the kit trains with, or a
+    ValueError that says what was found."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"score {text!r} is not a finite number")
+    if abs(value) > np.finfo(np.float32).max:
+        raise ValueError(f"score {text!r} is beyond the range of a 32-bit float")
+    return value
+
+
 def iter_run(path: Path) -> Iterator[tuple[str, str, float]]:
     """Stream (qid, docid, score) from a TREC run file `qid Q0 docid rank score tag` (.gz allowed)."""
     for number, line, parts in _fields(path):
         try:
             if len(parts) != 6:
                 raise ValueError(f"expected 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
-            yield parts[0], parts[2], float(parts[4])
+            yield parts[0], parts[2], finite(parts[4])
         except ValueError as error:
             raise KitError(f"{path}, line {number}: malformed run line ({error}): {line.strip()[:80]!r}") from None
 
@@ -341,7 +457,7 @@ def iter_teacher_pairs(path: Path) -> Iterator[tuple[str, str, str, float, float
         try:
             if len(parts) != 5:
                 raise ValueError(f"expected 5 fields, found {len(parts)}")
-            yield parts[2], parts[3], parts[4], float(parts[0]), float(parts[1])
+            yield parts[2], parts[3], parts[4], finite(parts[0]), finite(parts[1])
         except ValueError as error:
             raise KitError(f"{path}, line {number}: malformed teacher line ({error}; expected "
                            f"'pos_score neg_score qid pos_pid neg_pid'): {line.strip()[:80]!r}") from None
@@ -360,7 +476,7 @@ def write_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
     """Write {qid: {docid: score}} as a TREC run in trec_eval's order. Scores are written in full (the
     shortest text that reads back as the same float): rounding them would create ties the model did not
     make, and the file would no longer evaluate to the metrics computed from the scores."""
-    lines = []
+    lines, tag = [], re.sub(r"\s+", "_", tag)  # a run line has 6 fields: no white space in the tag
     for qid in sorted(run):
         ranked = trec_order(run[qid].items())
         lines += [f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n" for rank, (docid, score) in enumerate(ranked, 1)]
@@ -440,14 +556,18 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
     if kind is None:
         raise KitError(f"unknown objective {objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
     dataset = load_dataset(setup.queries)
-    queries, documents = load_queries(dataset), DocumentLookup(dataset)
+    source = {"teacher-pairs": setup.teacher_pairs, "lists": setup.teacher_lists, "teacher-groups": teacher_scores,
+              "pairs": setup.triples or setup.candidates, "groups": setup.candidates}[kind]
+    queries, documents = load_queries(dataset), DocumentLookup(dataset, source=str(source))
     common = dict(queries=queries, documents=documents, batch_queries=batch_queries, seed=seed)
     if kind == "teacher-pairs" or (kind == "pairs" and setup.triples):
+        triples = load_dataset(setup.triples) if kind == "pairs" else None
         if kind == "pairs":  # the official triples, labels (1, 0)
-            source = ((p.query_id, p.doc_id_a, p.doc_id_b, 1.0, 0.0) for p in load_dataset(setup.triples).docpairs_iter())
+            rows = ((p.query_id, p.doc_id_a, p.doc_id_b, 1.0, 0.0) for p in triples.docpairs_iter())
         else:
-            source = iter_teacher_pairs(resolve_file(setup.teacher_pairs))
-        examples = PairTable(example for _, example in zip(range(max_examples or sys.maxsize), source))
+            rows = iter_teacher_pairs(resolve_file(setup.teacher_pairs))
+        with reading(triples or dataset, "training triples"):
+            examples = PairTable(example for _, example in zip(range(max_examples or sys.maxsize), rows))
         if len(examples) < batch_queries:
             raise KitError(f"only {len(examples)} training pairs found, fewer than one batch of {batch_queries}")
         return TrainingData("pairs", examples=examples, **common)
@@ -563,13 +683,16 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
     elif collection.run:
         path = REPO / collection.run
     if path is not None:
-        ranked, name = read_run(path, depth), f"{path.name}@{depth}"
+        ranked, name, source = read_run(path, depth), f"{path.name}@{depth}", str(path)
+        if not ranked:
+            raise KitError(f"{path}: the run is empty; write the candidates of {collection.name} into it")
     elif dataset.has_scoreddocs():
         scored: dict[str, dict[str, float]] = {}
-        for sd in dataset.scoreddocs_iter():
-            scored.setdefault(sd.query_id, {})[sd.doc_id] = sd.score
+        with reading(dataset, "scoreddocs"):
+            for sd in dataset.scoreddocs_iter():
+                scored.setdefault(sd.query_id, {})[sd.doc_id] = sd.score
         ranked = {q: trec_order(d.items())[:depth] for q, d in scored.items()}
-        name = f"{collection.dataset_id}/scoreddocs@{depth}"
+        name = source = f"{collection.dataset_id}/scoreddocs@{depth}"
     else:
         raise KitError(f"no candidates for {collection.name} ({collection.dataset_id} has no scoreddocs): pass "
                        f"--run-dir with {collection.name}.run; see the README section 'Candidates'")
@@ -578,12 +701,12 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
         name += f"/first-{max_queries}-queries"
     candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
     if not candidates:
-        raise KitError(f"the candidates {name} share no query id with the qrels of {collection.dataset_id} "
-                       f"(e.g. run {next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); "
-                       f"is it the run of another collection?")
+        raise KitError(f"{source}: none of its query ids is a judged query of {collection.dataset_id} (e.g. run "
+                       f"{next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); is it the run of another "
+                       f"collection?")
     # The evaluation caches are keyed by the candidates' content, not only their file name.
     name += "#" + hashlib.sha1(json.dumps(candidates, sort_keys=True).encode()).hexdigest()[:8]
-    return EvalData(collection, queries, qrels, DocumentLookup(dataset), candidates, name)
+    return EvalData(collection, queries, qrels, DocumentLookup(dataset, source=source), candidates, name)
 
 
 # ================================================================================================

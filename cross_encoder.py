@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,23 @@ class TrainConfig:
                 "teacher-groups": self.teacher_scores}.get(paper_setup.OBJECTIVE_DATA.get(self.objective))
 
 
+def _read_checkpoint(path: Path) -> dict | None:
+    """The state saved in `path`, or None when the file cannot be read (a disk that filled up, a copy cut
+    short): it is moved aside to <name>.unreadable, kept for inspection, and the cell starts over."""
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("not a checkpoint of the kit")
+        return state
+    except Exception as error:  # torch raises many kinds for a damaged file
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        print(f"note: {path} could not be read ({type(error).__name__}: {str(error).splitlines()[0][:100]}); "
+              f"moved to {aside.name}, and the cell starts again from step 0", file=sys.stderr)
+        return None
+
+
 class _StepBatches:
     """Map-style dataset over micro-steps: item k is the tokenized batch of micro-step k. Tokenizing here
     lets DataLoader workers do it off the training loop."""
@@ -308,8 +326,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
     step, best = 0, {"value": -float("inf"), "step": None}
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    state = _read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    if state is not None:
         if state["config"] != dataclasses.asdict(cfg):
             raise KitError(f"{checkpoint_path} was written with another configuration; delete it to start over")
         model.load_state_dict(state["model"])
@@ -330,7 +348,10 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
         tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
         os.replace(tmp, checkpoint_path)
 
     def save_model(folder: Path):
@@ -381,9 +402,10 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         if not all(np.isfinite(values)):
             bar.close()
             bad = step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
+            kept = (f"the last good checkpoint is kept in {checkpoint_path}" if checkpoint_path.exists() else
+                    f"no checkpoint was written before it, so a rerun starts {out_dir.name} from step 0")
             raise KitError(f"the loss became non-finite at step {bad} ({cfg.objective}, lr {cfg.learning_rate}); "
-                           f"the last good checkpoint is kept in {checkpoint_path}; lower the learning rate or "
-                           f"check the teacher scores")
+                           f"{kept}; lower the learning rate or check the teacher scores")
         step_loss = values[-1]
         if logging:
             elapsed = time.perf_counter() - window_start

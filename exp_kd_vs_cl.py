@@ -147,8 +147,8 @@ def main() -> None:
     # 1. Mode, device, students, teachers and collections -----------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     default_students, default_teacher, default_queries, default_depth, default_steps = MODES[mode]
-    students = default_students if args.students == Args().students else args.students
-    large = default_teacher if args.teacher == Args.teacher else args.teacher
+    students = args.students if "students" in args.given else default_students
+    large = args.teacher if "teacher" in args.given else default_teacher
     if args.same_size_seed in seeds:
         raise common.KitError(f"--same-size-seed {args.same_size_seed} is also a student seed: the same-size "
                               f"teacher would be the infonce student itself")
@@ -189,8 +189,7 @@ def main() -> None:
                                                  **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
-    out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args,
-                               already_in_name=["precision"])
+    out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args, mode, already_in_name=["precision"])
     summary = []
     for s in students:
         rows = {"BM25": "first stage", names["large", None]: names["large", None], names["same", s]: names["same", s],

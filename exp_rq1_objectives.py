@@ -82,7 +82,7 @@ def main() -> None:
     # 1. Mode, device and collections ---------------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbone = args.backbone
-    if mode != "paper" and backbone == Args.backbone:  # the paper's default is not available offline
+    if mode != "paper" and "backbone" not in args.given:  # the paper's default is not available offline
         backbone = "tiny-bert" if args.smoke else "minilm-l6"
     results = grid.open_results(args.results)
     print(f"RQ1 ({mode}): {backbone}, objectives {args.objectives}, seeds {seeds}, {precision} on {device}")
@@ -101,8 +101,7 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every)
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
-    out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args,
-                               already_in_name=["backbone"])
+    out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args, mode, already_in_name=["backbone"])
     for measure in ("nDCG@10", "RR@10"):
         if not any(tables.measure_of(c, measure) in c.measures for c in collections):
             continue  # no collection reports this measure, in any form

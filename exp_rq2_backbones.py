@@ -111,7 +111,7 @@ def main() -> None:
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbones = list(args.backbones)
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
-        passed = [] if backbones == list(paper_setup.PAPER_BACKBONES) else backbones
+        passed = backbones if "backbones" in args.given else []
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
     first_stage = grid.first_stage_label(collections, args.run_dir)
     results = grid.open_results(args.results)
@@ -132,7 +132,7 @@ def main() -> None:
         checkpoint_every=args.checkpoint_every)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
-    out = tables.tables_folder(results, f"rq2_{mode}", args)
+    out = tables.tables_folder(results, f"rq2_{mode}", args, mode)
     baseline = args.objectives[0]
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system

@@ -185,7 +185,7 @@ def main() -> None:
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbones = list(args.backbones)
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
-        passed = [] if backbones == list(paper_setup.PAPER_BACKBONES) else backbones
+        passed = backbones if "backbones" in args.given else []
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
     weak, strong = args.objectives[0], args.objectives[1:]
     members = tables.group_members(collections)
@@ -210,7 +210,7 @@ def main() -> None:
     print("parameters: " + ", ".join(f"{b} {params[b]:,}" for b in order))
 
     # 4. Effectiveness by size: per group, backbones (by size) x objectives ----------------------
-    out = tables.tables_folder(results, f"rq3_{mode}", args)
+    out = tables.tables_folder(results, f"rq3_{mode}", args, mode)
     means = {b: {o: tables.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
     for group in members:
         rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in order}

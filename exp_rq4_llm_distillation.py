@@ -134,7 +134,7 @@ def main() -> None:
 
     # 1. Mode, device, backbones and collections ----------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
-    backbones = MODE_BACKBONES[mode] if args.backbones == Args().backbones else args.backbones
+    backbones = args.backbones if "backbones" in args.given else MODE_BACKBONES[mode]
     objectives = list(dict.fromkeys([*args.llm_objectives, *args.other_objectives]))
     if not args.llm_objectives or not args.other_objectives:
         raise common.KitError("--llm-objectives and --other-objectives each need at least one objective")
@@ -165,8 +165,7 @@ def main() -> None:
             f"for the LLM objective (two-sided paired t-test over queries, seeds averaged per query, "
             f"Holm-Bonferroni within each backbone x collection, alpha={args.alpha})")
     tag = f"{mode}, {precision}, {len(seeds)} seed(s)"
-    out = tables.tables_folder(results, f"rq4_{mode}_{precision}", args,
-                               already_in_name=["precision"])
+    out = tables.tables_folder(results, f"rq4_{mode}_{precision}", args, mode, already_in_name=["precision"])
     made = {
         "rq4_counts": outcome_table(tests, None, [], f"RQ4: LLM distillation vs other objectives over "
                                     f"{len(backbones)} backbones x {len(collections)} collections ({tag})", note),

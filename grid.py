@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -46,22 +47,23 @@ class Setting(NamedTuple):
 
 
 def resolve_setting(args) -> Setting:
-    """Mode, device, precision, seeds, collections and depth from a script's Args; bad values are KitErrors."""
+    """Mode, device, precision, seeds, collections and depth from a script's Args; a value that cannot be
+    honoured is a KitError, before any data is read. Also chooses where collections are read from (the
+    demo's private ir_datasets home, or the user's own in paper mode)."""
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
+    if mode == "paper" and "gpu" not in args.given:
+        raise KitError("the paper's setting trains 200k steps per cell: pass --gpu N to train on a GPU (or --gpu -1 "
+                       "to use the CPU anyway; --demo runs the offline demo)")
     device = cross_encoder.choose_device(args.gpu)
     cross_encoder.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
                                                 device)
-    seeds = seeds_for(mode, args.seeds)
+    seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
     collections = select_collections(
         paper_setup.PAPER_COLLECTIONS if mode == "paper" else paper_setup.DEMO_COLLECTIONS, args.collections)
     depth = args.depth or paper_setup.RECIPES[mode]["rerank_depth"]
+    common.choose_ir_datasets_home(demo=mode != "paper")
     return Setting(mode, device, precision, seeds, collections, depth)
-
-
-def seeds_for(mode: str, seeds: list[int]) -> list[int]:
-    """The paper runs 3 seeds; --demo and --smoke run the first only, unless other seeds were asked for."""
-    return seeds[:1] if mode != "paper" and seeds == paper_setup.PAPER_SEEDS or mode == "smoke" else seeds
 
 
 def select_collections(collections: list[Collection], names: list[str] | None) -> list[Collection]:
@@ -94,12 +96,13 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
         batch_queries, group_size = 1, recipe["list_depth"]
     else:
         batch_queries, group_size = recipe["group_queries"][spec.size], recipe["group_size"]
+    steps = recipe["steps"] if steps is None else steps
     if mode == "paper" and family in ("pairs", "teacher-pairs"):
         # Each triple once: the first steps x batch lines of the (shuffled) published files, not all 40M.
-        teachers["max_examples"] = (steps or recipe["steps"]) * batch_queries
-    return TrainConfig(backbone=backbone, objective=objective, seed=seed, steps=steps or recipe["steps"],
-                       learning_rate=learning_rate or spec.learning_rate,
-                       warmup_steps=min(recipe["warmup_steps"], max(1, (steps or recipe["steps"]) // 10)),
+        teachers["max_examples"] = steps * batch_queries
+    return TrainConfig(backbone=backbone, objective=objective, seed=seed, steps=steps,
+                       learning_rate=spec.learning_rate if learning_rate is None else learning_rate,
+                       warmup_steps=min(recipe["warmup_steps"], max(1, steps // 10)),
                        batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
                        query_max_length=recipe["query_max_length"], precision=precision,
                        training=recipe["training"], **teachers)
@@ -118,6 +121,30 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
         if needed and not common.resolve_file(needed).is_file():
             raise KitError(f"{common.resolve_file(needed)}: no such file (needed by {cfg.objective}); check the flag "
                            f"that names it, or rebuild the demo teachers with scripts/make_demo_teachers.py")
+    checked = set()
+    for cfg in (c for seeds in configs.values() for c in seeds):
+        needed = cfg.teacher_file()
+        if needed and needed not in paper_setup.EXTERNAL_FILES and needed not in checked:  # published: md5-checked
+            checked.add(needed)
+            check_teacher_file(common.resolve_file(needed), paper_setup.OBJECTIVE_DATA[cfg.objective],
+                               paper_setup.TRAINING_SETUPS[cfg.training])
+
+
+def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) -> None:
+    """Read a local teacher file whole (a malformed line or a score that is not a finite number names its
+    line) and check that it speaks of the training collection: some of its queries are training queries,
+    and its first thousand document ids are in the collection."""
+    if kind == "teacher-pairs":
+        rows = [(q, [p, n]) for q, p, n, _, _ in common.iter_teacher_pairs(path)]
+    else:
+        rows = [(q, [d for d, _ in ranked]) for q, ranked in common.read_run(path).items()]
+    if not rows:
+        raise KitError(f"{path}: the teacher file is empty")
+    dataset = common.load_dataset(setup.queries)
+    if not {q for q, _ in rows} & set(common.load_queries(dataset)):
+        raise KitError(f"{path}: none of its query ids is a training query of {setup.queries} (e.g. {rows[0][0]!r}); "
+                       f"is it the teacher file of another collection?")
+    common.DocumentLookup(dataset, source=str(path)).get_many(list(dict.fromkeys(d for _, ds in rows for d in ds))[:1000])
 
 # ================================================================================================
 # 3. The results store: one folder per trained cell, keyed by its full training configuration
@@ -130,8 +157,16 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
 # A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
 # after everything else, so an interrupted cell is resumed, never read as finished.
 def open_results(results: Path) -> Path:
+    """The results folder, made if missing; one of another layout version, or one that cannot be written,
+    is refused before any work."""
     results = Path(results)
     marker = results / "FORMAT"
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=results).close()
+    except OSError as error:
+        raise KitError(f"--results {results}: cannot write there ({error.strerror}); pass a folder you can "
+                       f"write to") from None
     if marker.exists():
         found = marker.read_text().strip()
         if found != str(RESULTS_FORMAT):
@@ -155,6 +190,12 @@ def cell_key(cfg: TrainConfig) -> str:
         for name in ("teacher_scores", "teacher_pairs", "teacher_lists"):
             if fields[name] == used:
                 fields[name] = Path(used).name
+    # A backbone given as a local folder is keyed by its files' content: a model replaced at the same path
+    # must not reuse the cells of the old one.
+    if Path(cfg.backbone).is_dir():
+        files = sorted(p for p in Path(cfg.backbone).rglob("*") if p.is_file() and not p.name.startswith("."))
+        fields["backbone"] = [Path(cfg.backbone).name, {str(p.relative_to(cfg.backbone)): common.md5_of(p)
+                                                         for p in files}]
     text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -244,7 +285,7 @@ def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, 
                                                        cfg.query_max_length, device)
     run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
                                device=device, precision=cfg.precision, progress=progress, workers=workers)
-    return _save_metrics(folder, run, data, f"{cfg.backbone}-{cfg.objective}-s{cfg.seed}")
+    return _save_metrics(folder, run, data, f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}")
 
 
 # ================================================================================================
@@ -270,6 +311,8 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries) for c in collections}
+    for data in datasets.values():  # a run of another collection fails here, before the first cell trains
+        data.documents.get_many(list(dict.fromkeys(d for docs in data.candidates.values() for d in docs))[:1000])
     if first_stage == "auto":
         first_stage = first_stage_label(collections, run_dir)
     if first_stage:  # shown beside the re-rankers, never tested: its per-query values are not returned

@@ -199,3 +199,4 @@ RECIPES = {
 }
 
 PAPER_SEEDS = [12, 13, 14]  # Morand et al.: 3 runs from seed 12
+SEEDS = {"paper": PAPER_SEEDS, "demo": PAPER_SEEDS[:1], "smoke": PAPER_SEEDS[:1]}  # by mode, unless --seeds

@@ -27,6 +27,7 @@ import numpy as np
 from tabulate import tabulate
 
 import common
+import paper_setup
 from paper_setup import Collection
 
 
@@ -272,8 +273,9 @@ HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_s
                                 "checkpoint_every"})
 
 
-def tables_folder(results: Path, name: str, args, already_in_name: Sequence[str] = ()) -> Path:
-    """results/tables/<name>, plus a tag of every option that changes the grid from its default.
+def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Sequence[str] = ()) -> Path:
+    """results/tables/<name>, plus a tag of every flag the command line gave with a value that differs from
+    its default under `mode` (the seeds' default depends on the mode).
 
     A run on one collection, other seeds or another step count otherwise writes over the tables of
     the full run; with the tag both stay (e.g. ``kd_vs_cl_demo_bf16__seeds-12-13``). A tag longer than
@@ -282,10 +284,10 @@ def tables_folder(results: Path, name: str, args, already_in_name: Sequence[str]
     """
     changed = {}
     for field in dataclasses.fields(args):
-        if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name:
+        if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name or field.name not in args.given:
             continue
         value = getattr(args, field.name)
-        if value != common.field_default(field):
+        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else common.field_default(field)):
             changed[field.name] = value
     parts = []
     for option, value in changed.items():

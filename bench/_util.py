@@ -16,6 +16,8 @@ import common  # noqa: E402
 import cross_encoder  # noqa: E402
 import paper_setup  # noqa: E402
 
+common.choose_ir_datasets_home(demo=True)  # the benchmarks read the demo's collections
+
 
 def add_threads_argument(parser) -> None:
     parser.add_argument("--threads", type=int, default=0,

@@ -99,6 +99,7 @@ def main() -> None:
     # 1. Mode, device, members -----------------------------------------------------------------
     mode = "smoke" if args.smoke else "demo"
     device = cross_encoder.choose_device(args.gpu)
+    common.choose_ir_datasets_home(demo=True)
     cross_encoder.setup_speed(device, threads=1 if args.smoke else None)
     # As exp_rq1_objectives.py: smoke runs in fp32 unless told otherwise, so both scripts share the smoke cells.
     precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)

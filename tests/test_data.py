@@ -158,7 +158,7 @@ def test_demo_ids_load_offline(dataset_id, n_queries, n_qrels, doc_id, text_star
     assert set(texts) == set(judged) and all(t.strip() for t in texts.values())
     if doc_id:
         assert lookup.get_many([doc_id])[doc_id].startswith(text_start)
-    with pytest.raises(KitError, match="not in the collection"):
+    with pytest.raises(KitError, match=f"1 of its document ids are not in {dataset_id}"):
         lookup.get_many(["no-such-document-id"])
 
 
@@ -219,14 +219,11 @@ def test_cranfield_relevance_is_remapped():
     assert set(pairs) == {(1, 4), (2, 3), (3, 2), (4, 1), (-1, 0)}
 
 
-def test_install_demo_data_never_overwrites(tmp_path, monkeypatch):
-    # ir_datasets read IR_DATASETS_HOME when it was imported; install_demo_data reads the home at call
-    # time, so pointing common.ir_datasets_home elsewhere affects this function only.
-    monkeypatch.setattr(common, "ir_datasets_home", lambda: tmp_path)
+def test_install_demo_data_never_overwrites(tmp_path):
     sentinel = tmp_path / "vaswani" / "queries.txt"
     sentinel.parent.mkdir(parents=True)
     sentinel.write_text("sentinel\n")
-    common.install_demo_data()
+    common.install_demo_data(tmp_path)
     assert sentinel.read_text() == "sentinel\n"
     shipped = common.SHIPPED_IR_DATASETS_HOME / "cranfield" / "qrels.txt"
     assert (tmp_path / "cranfield" / "qrels.txt").read_bytes() == shipped.read_bytes()
@@ -263,7 +260,7 @@ def test_trec_dl_bm25_scoreddocs_evaluate(tmp_path, name, n_queries, ndcg10):
 
 def test_run_sharing_no_query_with_qrels_is_an_error(tmp_path):
     write_lines(tmp_path / "vaswani.run", ["x1 Q0 1 1 2.0 t", "x2 Q0 2 1 1.0 t"])
-    with pytest.raises(KitError, match="share no query id"):
+    with pytest.raises(KitError, match="none of its query ids is a judged query"):
         common.load_eval_data(DEMO["vaswani"], run_dir=str(tmp_path))
 
 
@@ -300,7 +297,7 @@ def external(tmp_path, monkeypatch):
     source = TEACHER_PAIRS.read_bytes()
     fake = FakeURL(source)
     monkeypatch.setattr(urllib.request, "urlopen", fake)
-    monkeypatch.setattr(common, "ir_datasets_home", lambda: tmp_path)
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path))
 
     def register(md5):
         spec = paper_setup.ExternalFile("pairs.tsv", "https://example.invalid/pairs.tsv", md5, "teacher-pairs", "test")
@@ -314,7 +311,7 @@ def external(tmp_path, monkeypatch):
 def test_fetch_external_keeps_a_file_with_the_right_md5_and_downloads_once(external):
     spec = external.register(external.md5)
     path = common.fetch_external(spec.name)
-    assert path == external.home / "kit-external" / "pairs.tsv"
+    assert path == external.home / "published" / "pairs.tsv"
     assert path.read_bytes() == external.source and external.fake.calls == 1
     assert common.fetch_external(spec.name) == path and external.fake.calls == 1  # no second download
     assert common.resolve_file(spec.name) == path and external.fake.calls == 1

@@ -262,23 +262,35 @@ class _GridArgs:
     num_workers: int = 0
 
 
+def given(**flags):
+    """_GridArgs as parse_args makes them from a command line naming `flags`."""
+    args = _GridArgs(**flags)
+    args.given = frozenset(flags)
+    return args
+
+
 def test_tables_folder_tags_options_that_change_the_grid(tmp_path):
-    full = tables.tables_folder(tmp_path, "rq2_demo", _GridArgs(gpu=0, num_workers=4))
+    full = tables.tables_folder(tmp_path, "rq2_demo", given(gpu=0, num_workers=4), "demo")
     assert full == tmp_path / "tables" / "rq2_demo"   # how to run is not part of the name
     assert json.loads((full / "options.json").read_text())["changed_options"] == {}
-    partial = tables.tables_folder(tmp_path, "rq2_demo", _GridArgs(seeds=[12, 13], collections=["scifact"]))
+    partial = tables.tables_folder(tmp_path, "rq2_demo", given(seeds=[12, 13], collections=["scifact"]), "demo")
     assert partial.name == "rq2_demo__seeds-12-13_collections-scifact"
     assert json.loads((partial / "options.json").read_text())["changed_options"] == {
         "seeds": [12, 13], "collections": ["scifact"]}
+    # Seeds are compared with the mode's own: the demo runs seed 12, the paper 12, 13 and 14.
+    assert tables.tables_folder(tmp_path, "rq2_demo", given(seeds=[12]), "demo").name == "rq2_demo"
+    assert tables.tables_folder(tmp_path, "rq2_demo", given(seeds=[12, 13, 14]), "demo").name == \
+        "rq2_demo__seeds-12-13-14"
+    assert tables.tables_folder(tmp_path, "rq2_paper", given(seeds=[12, 13, 14]), "paper").name == "rq2_paper"
     # A name that already says the precision does not repeat it.
-    assert tables.tables_folder(tmp_path, "rq4_demo_fp32", _GridArgs(precision="fp32"),
+    assert tables.tables_folder(tmp_path, "rq4_demo_fp32", given(precision="fp32"), "demo",
                                 already_in_name=["precision"]).name == "rq4_demo_fp32"
-    many = _GridArgs(collections=["scifact", "nfcorpus", "vaswani", "cranfield", "trec-dl-2019"], steps=1600)
-    long = tables.tables_folder(tmp_path, "rq2_demo", many)
+    many = given(collections=["scifact", "nfcorpus", "vaswani", "cranfield", "trec-dl-2019"], steps=1600)
+    long = tables.tables_folder(tmp_path, "rq2_demo", many, "demo")
     assert long.name.startswith("rq2_demo__opts-") and len(long.name) == len("rq2_demo__opts-") + 8
-    assert tables.tables_folder(tmp_path, "rq2_demo", many) == long   # stable: a rerun finds its tables
-    assert tables.tables_folder(tmp_path, "rq2_demo", _GridArgs(collections=["scifact", "nfcorpus", "vaswani",
-                                "cranfield", "trec-dl-2020"], steps=1600)) != long
+    assert tables.tables_folder(tmp_path, "rq2_demo", many, "demo") == long   # stable: a rerun finds its tables
+    assert tables.tables_folder(tmp_path, "rq2_demo", given(collections=["scifact", "nfcorpus", "vaswani",
+                                "cranfield", "trec-dl-2020"], steps=1600), "demo") != long
 
 
 def test_atomic_write_cleans_up_on_failure(tmp_path, monkeypatch):

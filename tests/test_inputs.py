@@ -1,0 +1,215 @@
+"""Every input honoured or refused up front. One table: a command line (and the files it names) -> the exit
+status and the first line of stderr that starts with "error:" or "note:". The README's table "When something
+goes wrong" lists the same cases. Then what the table cannot show: nothing is computed before a refusal, the
+user's ir_datasets home is left alone, explicit flags are honoured, local backbones are keyed by content."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RQ1 = str(ROOT / "exp_rq1_objectives.py")
+SCIFACT_PAIRS = (ROOT / "tests" / "fixtures" / "hofstaetter-teacher-pairs.tsv").read_text()
+
+
+def run(*flags, env=None, script=RQ1, timeout=600):
+    return subprocess.run([sys.executable, script, *flags], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def first_line(result) -> str:
+    return next((line for line in result.stderr.splitlines() if line.startswith(("error:", "note:"))), "")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "bad_pairs.tsv").write_text("9.1\t1.2\t4\t123\t456\n1.0\tabc\t4\t123\t789\n")
+    (root / "nan_pairs.tsv").write_text("nan\t1.2\t0\t31715818\t26071782\n")
+    (root / "huge_pairs.tsv").write_text(SCIFACT_PAIRS.replace("12.5000", "1e300"))
+    (root / "large_pairs.tsv").write_text(SCIFACT_PAIRS.replace("12.5000", "1e20").replace("12.2500", "1e20"))
+    (root / "foreign_docs.tsv").write_text("9.1\t1.2\t0\t31715818\tnot-a-doc\n")
+    (root / "foreign_queries.tsv").write_text("9.1\t1.2\tq-elsewhere\t31715818\t26071782\n")
+    (root / "empty_pairs.tsv").write_text("")
+    for name, lines in {"bad_run": "1 Q0 31715818 1 3.5 bm25\n1 Q0 123 2 2.5 bm25\n1 Q0 oops\n",
+                        "nan_run": "1 Q0 31715818 1 nan bm25\n",
+                        "foreign_run": "x1 Q0 31715818 1 3.5 other\n",
+                        "foreign_docs_run": "1 Q0 31715818 1 3.5 bm25\n1 Q0 no-such-doc 2 2.5 bm25\n",
+                        "empty_run": ""}.items():
+        (root / name).mkdir()
+        (root / name / "scifact.run").write_text(lines)
+    (root / "no_run").mkdir()
+    (root / "old_results").mkdir()
+    (root / "old_results" / "FORMAT").write_text("1\n")
+    (root / "a_file").write_text("not a folder\n")
+    # a kit cache whose demo copy of the Cranfield qrels has a grade of 2.5
+    qrels = root / "cache_bad_qrels" / "ir_datasets_demo" / "cranfield" / "qrels.txt"
+    qrels.parent.mkdir(parents=True)
+    qrels.write_text((ROOT / "data" / "ir_datasets_home" / "cranfield" / "qrels.txt").read_text()
+                     .replace("1 184 2", "1 184 2.5", 1))
+    return root
+
+
+SMOKE = ["--smoke", "--objectives", "bce"]
+# case: (flags, extra environment, exit status, first error/note line of stderr, up to its variable part)
+CASES = {
+    "unknown backbone": (SMOKE + ["--backbone", "nope"], {}, 2, "error: unknown backbone 'nope'; valid: ettin-17m"),
+    "unknown objective": (["--smoke", "--objectives", "bce", "nope"], {}, 2, "error: unknown objective 'nope'; valid: bce"),
+    "unknown collection": (SMOKE + ["--collections", "nope"], {}, 2,
+                           "error: unknown collection 'nope'; valid here: scifact"),
+    "unknown flag": (SMOKE + ["--stepz", "3"], {}, 2, "error: unrecognized arguments: --stepz 3 (see --help)"),
+    "flag of the wrong type": (SMOKE + ["--steps", "ten"], {}, 2, "error: argument --steps: invalid int value: 'ten'"),
+    "--steps 0": (SMOKE + ["--steps", "0"], {}, 2, "error: --steps 0: expected a whole number of training steps"),
+    "--steps -1": (SMOKE + ["--steps", "-1"], {}, 2, "error: --steps -1: expected a whole number of training steps"),
+    "--learning-rate 0": (SMOKE + ["--learning-rate", "0"], {}, 2, "error: --learning-rate 0.0: expected a learning rate"),
+    "--learning-rate nan": (SMOKE + ["--learning-rate", "nan"], {}, 2, "error: --learning-rate nan: expected"),
+    "--depth -3": (SMOKE + ["--depth", "-3"], {}, 2, "error: --depth -3: expected the number of candidates"),
+    "--eval-batch-size 0": (SMOKE + ["--eval-batch-size", "0"], {}, 2, "error: --eval-batch-size 0: expected pairs"),
+    "--checkpoint-every 0": (SMOKE + ["--checkpoint-every", "0"], {}, 2, "error: --checkpoint-every 0: expected"),
+    "--num-workers -1": (SMOKE + ["--num-workers", "-1"], {}, 2, "error: --num-workers -1: expected"),
+    "negative seed": (SMOKE + ["--seeds", "-1"], {}, 2, "error: --seeds -1: expected seeds, each 0 or more"),
+    "duplicate seed": (SMOKE + ["--seeds", "12", "12"], {}, 2,
+                       "error: --seeds 12 12: 12 is named twice; name each once (a seed repeated is not a second"),
+    "duplicate objective": (["--smoke", "--objectives", "bce", "bce"], {}, 2, "error: --objectives bce bce: bce is named"),
+    "--demo and --smoke": (SMOKE + ["--demo"], {}, 2, "error: --demo and --smoke together: pass one of them"),
+    "--alpha 5": (SMOKE + ["--alpha", "5"], {}, 2, "error: --alpha 5.0: expected a significance level"),
+    "bad precision": (SMOKE + ["--precision", "fp8"], {}, 2, "error: --precision fp8: expected auto, bf16 or fp32"),
+    "no such GPU": (SMOKE + ["--gpu", "3"], {}, 2, "error: --gpu 3: this machine has 0 CUDA device(s)"),
+    "paper mode without --gpu": (["--objectives", "bce"], {}, 2, "error: the paper's setting trains 200k steps per cell"),
+    "incompatible results folder": (SMOKE + ["--results", "{tmp}/old_results"], {}, 2,
+                                    "error: {tmp}/old_results was written by an incompatible version of the kit"),
+    "results folder that cannot be written": (SMOKE + ["--results", "{tmp}/a_file/results"], {}, 2,
+                                              "error: --results {tmp}/a_file/results: cannot write there"),
+    "missing teacher file": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/missing.tsv"], {}, 2,
+                             "error: {tmp}/missing.tsv: no such file (needed by margin_mse)"),
+    "malformed teacher line": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/bad_pairs.tsv"], {},
+                               2, "error: {tmp}/bad_pairs.tsv, line 2: malformed teacher line"),
+    "NaN in a teacher file": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/nan_pairs.tsv"], {}, 2,
+                              "error: {tmp}/nan_pairs.tsv, line 1: malformed teacher line (score 'nan' is not a finite"),
+    "empty teacher file": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/empty_pairs.tsv"], {},
+                           2, "error: {tmp}/empty_pairs.tsv: the teacher file is empty"),
+    "teacher file of other queries": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs",
+                                       "{tmp}/foreign_queries.tsv"], {}, 2,
+                                      "error: {tmp}/foreign_queries.tsv: none of its query ids is a training query"),
+    "teacher file of other documents": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs",
+                                         "{tmp}/foreign_docs.tsv"], {}, 2,
+                                        "error: {tmp}/foreign_docs.tsv: 1 of its document ids are not in "
+                                        "beir/scifact/train, e.g. 'not-a-doc'"),
+    "malformed run line": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/bad_run"], {}, 2,
+                           "error: {tmp}/bad_run/scifact.run, line 3: malformed run line"),
+    "NaN in a run": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/nan_run"], {}, 2,
+                     "error: {tmp}/nan_run/scifact.run, line 1: malformed run line (score 'nan' is not a finite"),
+    "empty run": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/empty_run"], {}, 2,
+                  "error: {tmp}/empty_run/scifact.run: the run is empty"),
+    "run of another collection": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/foreign_run"], {}, 2,
+                                  "error: {tmp}/foreign_run/scifact.run: none of its query ids is a judged query of "
+                                  "beir/scifact/test"),
+    "run of other documents": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/foreign_docs_run"], {}, 2,
+                               "error: {tmp}/foreign_docs_run/scifact.run: 1 of its document ids are not in "
+                               "beir/scifact/test, e.g. 'no-such-doc'"),
+    "missing run in run dir": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/no_run"], {}, 2,
+                               "error: no candidates for scifact: expected {tmp}/no_run/scifact.run"),
+    "qrels grade 2.5": (SMOKE + ["--collections", "cranfield"], {"KIT_CACHE": "{tmp}/cache_bad_qrels"}, 2,
+                        "error: cranfield: its qrels (relevance grades must be whole numbers) could not be parsed"),
+    "a download that fails": (["--gpu", "-1", "--objectives", "bce", "--collections", "nfcorpus", "--run-dir",
+                               "{tmp}/no_run"], {"IR_DATASETS_HOME": "{tmp}/user_home"}, 2,
+                              "error: beir/nfcorpus/test: its queries could not be read or downloaded (ConnectionError"),
+    "a teacher score beyond 32-bit floats": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs",
+                                              "{tmp}/huge_pairs.tsv"], {}, 2,
+                                             "error: {tmp}/huge_pairs.tsv, line 1: malformed teacher line (score "
+                                             "'1e300' is beyond the range of a 32-bit float"),
+    "a loss that becomes infinite before any checkpoint": (
+        ["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/large_pairs.tsv", "--collections", "vaswani"],
+        {}, 2, "error: the loss became non-finite at step 1 (margin_mse, lr 0.001); no checkpoint was written before "
+               "it, so a rerun starts"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_bad_input_is_refused_in_one_line(case, files):
+    flags, env, status, expected = CASES[case]
+    flags = [f.format(tmp=files) for f in flags]
+    if "--results" not in flags:
+        flags += ["--results", str(files / "results" / case.replace(" ", "-"))]
+    result = run(*flags, env={k: v.format(tmp=files) for k, v in env.items()})
+    assert result.returncode == status, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert first_line(result).startswith(expected.format(tmp=files)), result.stderr[-2000:]
+    if status == 2:
+        assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_a_refused_input_computes_nothing_and_loses_nothing(files):
+    results = files / "results" / "nothing-lost"
+    assert run(*SMOKE, "--collections", "vaswani", "--steps", "2", "--results", str(results)).returncode == 0
+    before = sorted(p.relative_to(results) for p in results.rglob("*"))
+    # a bad teacher file is found before the bce cell (new seed) or anything else trains
+    failed = run("--smoke", "--objectives", "bce", "margin_mse", "--seeds", "13", "--collections", "vaswani",
+                 "--steps", "2", "--teacher-pairs", str(files / "bad_pairs.tsv"), "--results", str(results))
+    assert failed.returncode == 2 and "line 2: malformed teacher line" in first_line(failed)
+    assert sorted(p.relative_to(results) for p in results.rglob("*")) == before
+
+
+def test_a_demo_run_leaves_the_users_ir_datasets_home_byte_identical(tmp_path):
+    home = tmp_path / "my-ir-datasets"
+    (home / "msmarco-passage" / "trec-dl-2019").mkdir(parents=True)
+    (home / "msmarco-passage" / "trec-dl-2019" / "queries.tsv").write_text("19335\tanthropological definition\n")
+    (home / "notes.txt").write_text("mine\n")
+    snapshot = {p: p.read_bytes() for p in home.rglob("*") if p.is_file()}
+    result = run(*SMOKE, "--collections", "vaswani", "--results", str(tmp_path / "r"),
+                 env={"IR_DATASETS_HOME": str(home), "KIT_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {p: p.read_bytes() for p in home.rglob("*") if p.is_file()} == snapshot
+    assert (tmp_path / "cache" / "ir_datasets_demo" / "vaswani" / "docs.txt").exists()  # the kit's own copy
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_cell_trains_again(tmp_path):
+    import grid
+    cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32")
+    folder = grid.cell_dir(tmp_path, cfg)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    result = run(*SMOKE, "--collections", "vaswani", "--results", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert first_line(result).startswith(f"note: {folder / 'checkpoint.pt'} could not be read")
+    assert (folder / "checkpoint.pt.unreadable").read_bytes() == b"PK\x03\x04 cut short"  # kept, not deleted
+    assert (folder / "DONE").exists()
+
+
+def test_explicit_flags_are_honoured_in_every_mode(tmp_path):
+    # --seeds in --smoke, and the paper's three seeds named in --demo-sized runs, are run as given
+    result = run(*SMOKE, "--seeds", "12", "13", "--collections", "vaswani", "--results", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "seeds [12, 13]" in result.stdout
+    assert sorted(p.name.split("__")[2] for p in (tmp_path / "cells").iterdir()) == ["seed12", "seed13"]
+    assert (tmp_path / "tables" / "rq1_smoke_tiny-bert__objectives-bce_seeds-12-13_collections-vaswani").is_dir()
+    # a backbone named with --demo is the one trained, not replaced by the demo's default
+    result = run("--demo", "--backbone", "tiny-electra", "--objectives", "bce", "--collections", "vaswani",
+                 "--steps", "2", "--depth", "5", "--results", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RQ1 (demo): tiny-electra" in result.stdout
+    assert list((tmp_path / "cells").glob("tiny-electra__bce__seed12__*"))
+
+
+def test_a_local_backbone_is_keyed_by_its_files_and_its_name_never_breaks_a_run_file(tmp_path):
+    import cross_encoder
+    import grid
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 0)
+    path = tmp_path / "my model"  # a space in the path
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    key = grid.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32"))
+    result = run(*SMOKE, "--backbone", str(path), "--collections", "vaswani", "--results", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_file,) = (tmp_path / "r" / "cells").glob("*/eval/*/run.trec.gz")
+    with gzip.open(run_file, "rt") as handle:
+        assert all(len(line.split()) == 6 for line in handle)
+    # the same path, another model: another key, so the old cell is not reused
+    model2, _ = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 1)
+    model2.save_pretrained(path)
+    assert grid.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32")) != key
+    assert json.loads((run_file.parents[2] / "config.json").read_text())["backbone"] == str(path)
