@@ -122,6 +122,7 @@ FLAG_RULES = {
     "eval_batch_size": (_at_least(1), "pairs per re-ranking batch, at least 1"),
     "checkpoint_every": (_at_least(1), "steps between checkpoints, at least 1"),
     "num_workers": (_at_least(0), "a number of worker processes, 0 or more"),
+    "eval_token_budget": (_at_least(0), "tokens per re-ranking batch, 0 to batch by --eval-batch-size pairs"),
     "gpu": (_at_least(-1), "a CUDA device index, or -1 for the CPU"),
     "alpha": (lambda v: 0 < v < 1, "a significance level between 0 and 1"),
     "margin": (lambda v: math.isfinite(v) and v > 0, "an equivalence margin above 0"),

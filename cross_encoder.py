@@ -3,6 +3,8 @@
 A cross-encoder reads a (query, passage) pair and returns one logit, the passage's score for the
 query. train() fits one to an objective of losses.py on the batches of common.TrainingData and saves
 it in the Hugging Face format; score_pairs() and rerank() score candidates with it in fp32.
+Two modules serve it: token_cache.py keeps pairs' token ids (rerank() tokenizes a collection's
+candidates once for every cell), unpadded.py runs a batch packed into one row without padding.
 
 Sections, read top to bottom:
   1. backbones: the pretrained encoder with a fresh one-logit head
@@ -13,6 +15,7 @@ Sections, read top to bottom:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,8 +27,11 @@ import numpy as np
 
 import common
 import paper_setup
+import token_cache
+import unpadded
 from common import KitError
 from paper_setup import Backbone
+from token_cache import PairTokens
 
 
 # ================================================================================================
@@ -165,6 +171,68 @@ class PairTokenizer:
         queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
         return self([*queries], [d for docs in batch.docs for d in docs]), batch.targets
 
+    def packed_batch(self, batch: common.Batch) -> tuple[unpadded.Packed, "torch.Tensor"]:
+        """A training batch as `batch` makes it, packed into one row (the unpadded path)."""
+        queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
+        tokens = self.encode(queries, [d for docs in batch.docs for d in docs])
+        return unpadded.pack(tokens, np.arange(len(tokens))), batch.targets
+
+    def encode(self, queries: list[str], passages: list[str]) -> PairTokens:
+        """The ids __call__ would give, unpadded."""
+        encoded = self.tokenizer(self.cut_queries(queries), passages, truncation="only_second",
+                                 max_length=self.max_length, return_token_type_ids=self.use_token_types,
+                                 return_attention_mask=False)
+        return PairTokens.from_lists(encoded["input_ids"], encoded["token_type_ids"] if self.use_token_types else None)
+
+    def encode_pairs(self, queries: list[str], passages: list[str], workers: int = 0, chunk: int = 1024) -> PairTokens:
+        """`encode` over many pairs, `chunk` at a time, in `workers` processes when > 0."""
+        pieces = _Chunks(self, queries, passages, chunk)
+        return PairTokens.concatenate(list(_in_workers(pieces, workers) if workers else pieces))
+
+    def pad(self, tokens: PairTokens, chosen) -> dict:
+        """The pairs `chosen` of `tokens` as __call__ would return them (padded to the longest)."""
+        return tokens.pad_batch(chosen, self.tokenizer.pad_token_id, getattr(self.tokenizer, "pad_token_type_id", 0),
+                                self.tokenizer.padding_side)
+
+
+class _Chunks:
+    """Map-style dataset: item k is `encode` of the k-th `size` pairs (DataLoader workers tokenize them)."""
+
+    def __init__(self, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], size: int):
+        self.pair_tokenizer, self.queries, self.passages, self.size = pair_tokenizer, queries, passages, size
+
+    def __len__(self):
+        return -(-len(self.queries) // self.size)
+
+    def __getitem__(self, index):
+        span = slice(index * self.size, (index + 1) * self.size)
+        return self.pair_tokenizer.encode(self.queries[span], self.passages[span])
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
+def _unchanged(item):
+    return item
+
+
+def _in_workers(dataset, workers: int):
+    """Iterate a map-style dataset through `workers` DataLoader worker processes, in order."""
+    import torch
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
+                                         prefetch_factor=4, collate_fn=_unchanged)
+    # The workers fork inside iter(): they inherit TOKENIZERS_PARALLELISM=false (one tokenizer thread each,
+    # no fork-safety warning), and this process gets its own setting back at once.
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return iter(loader)
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
 
 def make_pair_tokenizer(model, tokenizer, max_length: int, query_max_length: int) -> PairTokenizer:
     # Token types only where the model has an embedding for the second segment (not RoBERTa, DeBERTa-v3, ModernBERT).
@@ -246,6 +314,15 @@ class TrainConfig:
     grad_accumulation: int = 1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # How the arithmetic runs; each changes the numbers by rounding, so a cell with one of them on is its own
+    # cell. Off, they are left out of the cell's key and checkpoint (OFF_BY_DEFAULT): cells made before they
+    # existed keep their keys.
+    unpadded: bool = False      # packed batches, variable-length attention (unpadded.py)
+    compile: bool = False       # torch.compile the encoder
+
+    def record(self) -> dict:
+        """The fields that identify the cell: all of them, less the options of OFF_BY_DEFAULT that are off."""
+        return config_record(dataclasses.asdict(self))
 
     def teacher_file(self) -> str | None:
         """The teacher file this objective trains on, if any."""
@@ -253,6 +330,14 @@ class TrainConfig:
         return {"teacher-pairs": self.teacher_pairs or setup.teacher_pairs,
                 "lists": self.teacher_lists or setup.teacher_lists,
                 "teacher-groups": self.teacher_scores}.get(paper_setup.OBJECTIVE_DATA.get(self.objective))
+
+
+OFF_BY_DEFAULT = ("unpadded", "compile")
+
+
+def config_record(fields: dict) -> dict:
+    """A TrainConfig's fields (as a dict) less the options of OFF_BY_DEFAULT that are off."""
+    return {k: v for k, v in fields.items() if not (k in OFF_BY_DEFAULT and not v)}
 
 
 def _read_checkpoint(path: Path) -> dict | None:
@@ -273,17 +358,59 @@ def _read_checkpoint(path: Path) -> dict | None:
 
 
 class _StepBatches:
-    """Map-style dataset over micro-steps: item k is the tokenized batch of micro-step k. Tokenizing here
-    lets DataLoader workers do it off the training loop."""
+    """Map-style dataset over micro-steps: item k is the tokenized batch of micro-step k (packed into one row
+    when `packed`). Tokenizing here lets DataLoader workers do it off the training loop."""
 
-    def __init__(self, data: common.TrainingData, pair_tokenizer: PairTokenizer, start: int, stop: int):
+    def __init__(self, data: common.TrainingData, pair_tokenizer: PairTokenizer, start: int, stop: int,
+                 packed: bool = False):
         self.data, self.pair_tokenizer, self.start, self.stop = data, pair_tokenizer, start, stop
+        self.packed = packed
 
     def __len__(self):
         return self.stop - self.start
 
     def __getitem__(self, index):
-        return self.pair_tokenizer.batch(self.data.batch(self.start + index))
+        batch = self.data.batch(self.start + index)
+        return self.pair_tokenizer.packed_batch(batch) if self.packed else self.pair_tokenizer.batch(batch)
+
+
+def _ahead(items, depth: int):
+    """Iterate `items` in a background thread that stays up to `depth` items ahead: the next batches are
+    tokenized while the current step runs (the tokenizer releases the GIL). The items and their order are
+    those of `items`; an exception in the thread is raised here, at the item where it happened."""
+    import queue
+    import threading
+    ready, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def fill():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the training loop
+            put((None, error))
+
+    threading.Thread(target=fill, daemon=True, name="kit-batches-ahead").start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def linear_warmup_decay(warmup: int, total: int):
@@ -315,6 +442,9 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     data = common.build_training_data(cfg.objective, setup, cfg.batch_queries, cfg.group_size, cfg.seed,
                                       cfg.max_examples, cfg.teacher_scores, log=log)
     pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
+    packed = cfg.unpadded and _can_unpad(model, log)
+    if cfg.compile:
+        compile_model(model)
 
     # AdamW as in the paper's configs: eps 1e-8, no weight decay on biases and LayerNorm weights.
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -328,7 +458,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     step, best = 0, {"value": -float("inf"), "step": None}
     state = _read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     if state is not None:
-        if state["config"] != dataclasses.asdict(cfg):
+        if config_record(state["config"]) != cfg.record():
             raise KitError(f"{checkpoint_path} was written with another configuration; delete it to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -344,7 +474,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     def save_checkpoint():
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "config": dataclasses.asdict(cfg),
+                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "config": cfg.record(),
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
         tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
@@ -364,7 +494,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     accumulation = cfg.grad_accumulation
     loader = torch.utils.data.DataLoader(
-        _StepBatches(data, pair_tokenizer, step * accumulation, cfg.steps * accumulation), batch_size=None,
+        _StepBatches(data, pair_tokenizer, step * accumulation, cfg.steps * accumulation, packed), batch_size=None,
         shuffle=False, num_workers=num_workers, pin_memory=device.startswith("cuda"),
         persistent_workers=False, prefetch_factor=4 if num_workers else None,
         # Its own generator: a loader created on resume must not draw from the global RNG (dropout's).
@@ -373,57 +503,60 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.backbone}/{cfg.objective}", unit="step")
     import time
     window_start, window_pairs, running, unread = time.perf_counter(), 0, [], []
-    for micro, (inputs, targets) in enumerate(loader, start=step * accumulation):
-        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-        targets = targets.to(device, non_blocking=True)
-        with autocast(device, cfg.precision):
-            logits = model(**inputs).logits
-        # The head and the loss run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
-        loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
-        loss.backward()
-        running.append(loss.detach())
-        window_pairs += targets.numel()
-        if (micro + 1) % accumulation:
-            continue
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        unread.append(torch.stack(running).sum())
-        running = []
-        bar.update(1)
-        validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
-        logging = step % log_every == 0 or step == cfg.steps
-        if not (logging or validating or step % checkpoint_every == 0):
-            continue  # reading the loss back waits for the GPU: only before a log line or a save
-        values = torch.stack(unread).tolist()
-        unread = []
-        if not all(np.isfinite(values)):
-            bar.close()
-            bad = step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
-            kept = (f"the last good checkpoint is kept in {checkpoint_path}" if checkpoint_path.exists() else
-                    f"no checkpoint was written before it, so a rerun starts {out_dir.name} from step 0")
-            raise KitError(f"the loss became non-finite at step {bad} ({cfg.objective}, lr {cfg.learning_rate}); "
-                           f"{kept}; lower the learning rate or check the teacher scores")
-        step_loss = values[-1]
-        if logging:
-            elapsed = time.perf_counter() - window_start
-            record = {"step": step, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
-                      "pairs_per_s": round(window_pairs / max(elapsed, 1e-9), 1)}
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
-            window_start, window_pairs = time.perf_counter(), 0
-        if validating:
-            value = validate(model)
-            model.train()
-            log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
-            if value > best["value"]:
-                best = {"value": value, "step": step}
-                save_model(out_dir / "model")
-        if step % checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint()
+    # Without worker processes, a thread tokenizes the next batches while the step runs; not when `validate`
+    # may call the same tokenizer meanwhile (a fast tokenizer's truncation settings are per call, not per thread).
+    ahead = not num_workers and validate is None
+    with contextlib.closing(_ahead(loader, depth=4)) if ahead else contextlib.nullcontext(loader) as batches:
+        for micro, (inputs, targets) in enumerate(batches, start=step * accumulation):
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, cfg.precision):
+                logits = forward_logits(model, inputs, device)
+            # The head and the loss run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
+            loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
+            loss.backward()
+            running.append(loss.detach())
+            window_pairs += targets.numel()
+            if (micro + 1) % accumulation:
+                continue
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            unread.append(torch.stack(running).sum())
+            running = []
+            bar.update(1)
+            validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
+            logging = step % log_every == 0 or step == cfg.steps
+            if not (logging or validating or step % checkpoint_every == 0):
+                continue  # reading the loss back waits for the GPU: only before a log line or a save
+            values = torch.stack(unread).tolist()
+            unread = []
+            if not all(np.isfinite(values)):
+                bar.close()
+                bad = step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
+                kept = (f"the last good checkpoint is kept in {checkpoint_path}" if checkpoint_path.exists() else
+                        f"no checkpoint was written before it, so a rerun starts {out_dir.name} from step 0")
+                raise KitError(f"the loss became non-finite at step {bad} ({cfg.objective}, lr {cfg.learning_rate}); "
+                               f"{kept}; lower the learning rate or check the teacher scores")
+            step_loss = values[-1]
+            if logging:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
+                          "pairs_per_s": round(window_pairs / max(elapsed, 1e-9), 1)}
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+                window_start, window_pairs = time.perf_counter(), 0
+            if validating:
+                value = validate(model)
+                model.train()
+                log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
+                if value > best["value"]:
+                    best = {"value": value, "step": step}
+                    save_model(out_dir / "model")
+            if step % checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint()
     bar.close()
     if validate is None or not validate_every:
         save_model(out_dir / "model")
@@ -452,34 +585,93 @@ class _PairBatches:
         return (self[k] for k in range(len(self)))
 
 
+def token_budget_batches(lengths: np.ndarray, budget: int, padded: bool) -> list[np.ndarray]:
+    """Pairs longest first, cut into batches of at most `budget` tokens: padded, a batch costs its pair count
+    times its longest pair; unpadded, the sum of its lengths. A pair longer than the budget is a batch alone.
+    Similar lengths end up together, so a padded batch pads little."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start, total = [], 0, 0
+    for end, index in enumerate(order):
+        cost = (end - start + 1) * lengths[order[start]] if padded else total + lengths[index]
+        if end > start and cost > budget:
+            batches.append(order[start:end])
+            start, total = end, 0
+        total += lengths[index]
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
+class _TokenBatches:
+    """Re-ranking batches built from stored token ids, padded or packed: no tokenizer call."""
+
+    def __init__(self, pair_tokenizer: PairTokenizer, tokens: PairTokens, batches: list, packed: bool):
+        self.pair_tokenizer, self.tokens, self.batches, self.packed = pair_tokenizer, tokens, batches, packed
+
+    def __iter__(self):
+        for chosen in self.batches:
+            yield chosen, (unpadded.pack(self.tokens, chosen) if self.packed else
+                           self.pair_tokenizer.pad(self.tokens, chosen))
+
+
+def _can_unpad(model, log=None) -> bool:
+    """Whether `model` runs packed batches; when not, says why once per model and the caller stays padded."""
+    reason = unpadded.unsupported_reason(model)
+    if reason and not getattr(model, "_kit_unpadded_note", False):
+        model._kit_unpadded_note = True
+        (log or (lambda text: print(text, file=sys.stderr)))(f"note: --unpadded: {reason}; this model runs padded batches")
+    return reason is None
+
+
+def forward_logits(model, inputs, device: str, pin: bool = False):
+    """Logits of a batch, padded (a dict of tensors) or packed (unpadded.Packed), moved to `device` first."""
+    if isinstance(inputs, unpadded.Packed):
+        return unpadded.packed_logits(model, inputs.to(device, non_blocking=True, pin=pin))
+    inputs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in inputs.items()}
+    return model(**inputs).logits
+
+
+def compile_model(model):
+    """torch.compile the encoder in place (the head stays eager; save_pretrained and state_dict unchanged).
+    Shapes vary from batch to batch, so it is compiled for dynamic shapes from the start."""
+    model.base_model.compile(dynamic=True)
+    return model
+
+
 def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], *,
                 batch_size: int = 64, device: str = "cpu", precision: str = "fp32", bar=None,
-                workers: int = 0) -> np.ndarray:
+                workers: int = 0, tokens: PairTokens | None = None, token_budget: int = 0,
+                unpad: bool = False) -> np.ndarray:
     """Cross-encoder scores of (query, passage) pairs, in fp32 (the head runs in fp32 under any precision,
-    see score_head_in_fp32). Pairs are batched by length (longest
-    first, so a too-large batch fails at once) so that a batch pads to similar lengths. `workers` > 0
-    tokenizes in that many DataLoader worker processes: on a GPU one tokenizing process can be slower than the
-    model (bench/README.md). On a CPU keep 0: the workers would take cores from the model."""
+    see score_head_in_fp32).
+
+    By default pairs are batched `batch_size` at a time by character length (longest first, so a too-large
+    batch fails at once) and tokenized batch by batch; `workers` > 0 tokenizes in that many DataLoader worker
+    processes: on a GPU one tokenizing process can be slower than the model (bench/README.md). On a CPU keep
+    0: the workers would take cores from the model.
+    `tokens` (token_cache.PairTokens of these pairs) skips the tokenizer: the same batches, padded from the
+    stored ids, give the same scores. `token_budget` > 0 batches pairs of similar token length up to that
+    many tokens (padding counted); `unpad` packs each batch into one row without padding (unpadded.py), up to
+    `token_budget` or batch_size x max_length real tokens, for the families that allow it."""
     import torch
-    lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
-    order = np.argsort(-lengths, kind="stable")
+    if unpad and not _can_unpad(model):
+        unpad, token_budget = False, token_budget or batch_size * pair_tokenizer.max_length
+    if tokens is None and (token_budget or unpad):
+        tokens = pair_tokenizer.encode_pairs(queries, passages, workers=workers)
+    if token_budget or unpad:
+        batches = _TokenBatches(pair_tokenizer, tokens, token_budget_batches(
+            tokens.lengths, token_budget or batch_size * pair_tokenizer.max_length, padded=not unpad), unpad)
+    else:
+        lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
+        order = np.argsort(-lengths, kind="stable")
+        chosen = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        if tokens is not None:
+            batches = _TokenBatches(pair_tokenizer, tokens, chosen, packed=False)
+        else:
+            batches = _PairBatches(pair_tokenizer, queries, passages, chosen)
+            if workers:
+                batches = _in_workers(batches, workers)
     scores = np.empty(len(queries), dtype=np.float32)
-    batches = _PairBatches(pair_tokenizer, queries, passages,
-                           [order[start:start + batch_size] for start in range(0, len(order), batch_size)])
-    if workers:
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=False,
-                                             prefetch_factor=4)
-        # The workers fork inside iter(): they inherit TOKENIZERS_PARALLELISM=false (one tokenizer thread each,
-        # no fork-safety warning), and this process gets its own setting back at once.
-        previous = os.environ.get("TOKENIZERS_PARALLELISM")
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        try:
-            batches = iter(loader)
-        finally:
-            if previous is None:
-                del os.environ["TOKENIZERS_PARALLELISM"]
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = previous
     on_gpu = device.startswith("cuda")
     score_head_in_fp32(model)
     was_training = model.training
@@ -495,13 +687,12 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
 
     pending = None
     with torch.inference_mode():
-        # On a GPU, tokenizing batch k+1 (here or in the workers) overlaps the GPU's work on batch k, whose
+        # On a GPU, preparing batch k+1 (here or in the workers) overlaps the GPU's work on batch k, whose
         # scores are collected only after batch k+1 is queued (the tokenizer can still be the slower of the two).
         for chosen, inputs in batches:
-            chosen = np.asarray(chosen)  # a DataLoader hands the positions back as a tensor
-            inputs = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True) for k, v in inputs.items()}
+            chosen = np.asarray(chosen)
             with autocast(device, precision):
-                logits = model(**inputs).logits.float().view(-1)
+                logits = forward_logits(model, inputs, device, pin=on_gpu).float().view(-1)
             ready = None
             if on_gpu:
                 host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
@@ -520,9 +711,12 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
 
 def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candidates: dict[str, list[str]],
            documents: common.DocumentLookup, *, batch_size: int = 64, device: str = "cpu", precision: str = "fp32",
-           queries_per_chunk: int = 256, progress: bool = False, workers: int = 0) -> dict[str, dict[str, float]]:
+           queries_per_chunk: int = 256, progress: bool = False, workers: int = 0, tokens_folder: Path | None = None,
+           token_budget: int = 0, unpad: bool = False) -> dict[str, dict[str, float]]:
     """Score every candidate of every query; returns the run {qid: {docid: score}}. Documents are
-    looked up a chunk of queries at a time, never all at once. `workers`: see `score_pairs`."""
+    looked up a chunk of queries at a time, never all at once. `tokens_folder`: each chunk's token ids are
+    read from there when stored, else tokenized once and stored (token_cache.py); the scores are the same.
+    `workers`, `token_budget`, `unpad`: see `score_pairs`."""
     from tqdm import tqdm
     qids = [qid for qid in candidates if qid in queries]
     run: dict[str, dict[str, float]] = {}
@@ -532,8 +726,13 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
             chunk = qids[start:start + queries_per_chunk]
             pairs = [(qid, docid) for qid in chunk for docid in candidates[qid]]
             texts = documents.get_many({docid for _, docid in pairs})
-            scores = score_pairs(model, pair_tokenizer, [queries[q] for q, _ in pairs], [texts[d] for _, d in pairs],
-                                 batch_size=batch_size, device=device, precision=precision, bar=bar, workers=workers)
+            query_texts, passages = [queries[q] for q, _ in pairs], [texts[d] for _, d in pairs]
+            tokens = None
+            if tokens_folder is not None:
+                tokens = token_cache.cached_tokens(tokens_folder, pair_tokenizer, query_texts, passages, workers)
+            scores = score_pairs(model, pair_tokenizer, query_texts, passages, batch_size=batch_size, device=device,
+                                 precision=precision, bar=bar, workers=workers, tokens=tokens,
+                                 token_budget=token_budget, unpad=unpad)
             for (qid, docid), score in zip(pairs, scores.tolist()):
                 run.setdefault(qid, {})[docid] = score
     return run

@@ -40,6 +40,7 @@ import cross_encoder
 import grid
 import paper_setup
 import tables
+import token_cache
 
 # Per mode: students, large teacher, training queries scored by each teacher (None: all), depth scored,
 # training steps of every cell (None: the mode's recipe in paper_setup.RECIPES).
@@ -91,6 +92,15 @@ class Args:
     """pairs per re-ranking batch (test collections and teacher scoring)"""
     num_workers: int = 0
     """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
+    eval_token_budget: int = 0
+    """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
+    counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    unpadded: bool = False
+    """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
+    (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
+    compile: bool = False
+    """torch.compile the encoder for training and re-ranking (no gain measured on a CPU, bench/README.md);
+    the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     alpha: float = 0.05
@@ -110,7 +120,8 @@ def _portable(path: Path) -> str:
 
 
 def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, setup: paper_setup.TrainingSetup,
-                  n_queries: int | None, depth: int, batch_size: int, workers: int = 0) -> tuple[str, str]:
+                  n_queries: int | None, depth: int, batch_size: int, workers: int = 0,
+                  token_budget: int = 0) -> tuple[str, str]:
     """(TREC run of teacher scores, Hofstätter pairs file) of a trained teacher, computed once and reused:
     the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries."""
     folder = results / "teachers" / grid.cell_dir(results, cfg).name
@@ -132,9 +143,12 @@ def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, se
           f"{len(eligible)} training queries -> {folder}")
     model, pair_tokenizer = cross_encoder.load_trained(grid.cell_dir(results, cfg) / "model", cfg.max_length,
                                                        cfg.query_max_length, device)
+    if cfg.compile:
+        cross_encoder.compile_model(model)
     run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
                                batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
-                               workers=workers)
+                               workers=workers, tokens_folder=token_cache.results_folder(results),
+                               token_budget=token_budget, unpad=cfg.unpadded)
     common.write_teacher_pairs(pairs_path, ((run[q][p], run[q][n], q, p, n) for q in eligible
                                             for p in positives[q] for n in negatives[q]))  # atomic, shuffled
     common.write_run(scores_path, run, f"teacher-{common.slug(cfg.backbone)}-s{cfg.seed}")
@@ -161,7 +175,8 @@ def main() -> None:
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
         return grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
-                                learning_rate=args.learning_rate, **teachers)
+                                learning_rate=args.learning_rate, unpadded=args.unpadded, compile=args.compile,
+                                **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
     options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
@@ -170,7 +185,7 @@ def main() -> None:
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,
-                                args.num_workers)
+                                args.num_workers, args.eval_token_budget)
              for key, cfg in teachers.items()}
 
     # 4. Students: CL and four KD variants per student size, trained and evaluated with the teachers ---
@@ -185,8 +200,8 @@ def main() -> None:
                 else {"teacher_pairs": files[key][1]}
             configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
     metrics, per_query = grid.train_and_evaluate(configs, collections, results, device, run_dir=args.run_dir, depth=depth,
-                                                 batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
-                                                 **options)
+                                                 batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
+                                                 max_queries=30 if args.smoke else None, **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
     out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args, mode, already_in_name=["precision"])

@@ -78,6 +78,15 @@ class Args:
     """pairs per re-ranking batch"""
     num_workers: int = 0
     """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
+    eval_token_budget: int = 0
+    """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
+    counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    unpadded: bool = False
+    """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
+    (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
+    compile: bool = False
+    """torch.compile the encoder for training and re-ranking (no gain measured on a CPU, bench/README.md);
+    the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     alpha: float = 0.05
@@ -196,12 +205,12 @@ def main() -> None:
     # 2. Train (or reuse) every (backbone, objective, seed) cell and re-rank every collection ----
     configs = {f"{backbone}|{objective}": [
         grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                         learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                         teacher_lists=args.teacher_lists) for seed in seeds]
+                         learning_rate=args.learning_rate, unpadded=args.unpadded, compile=args.compile,
+                         teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
     metrics, per_query = grid.train_and_evaluate(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=None,
-        batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every)
 
     # 3. Parameter counts (cached), backbones sorted by size ------------------------------------

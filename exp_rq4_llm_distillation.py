@@ -76,6 +76,15 @@ class Args:
     """pairs per re-ranking batch"""
     num_workers: int = 0
     """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
+    eval_token_budget: int = 0
+    """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
+    counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    unpadded: bool = False
+    """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
+    (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
+    compile: bool = False
+    """torch.compile the encoder for training and re-ranking (no gain measured on a CPU, bench/README.md);
+    the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
     alpha: float = 0.05
@@ -143,16 +152,16 @@ def main() -> None:
 
     # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
     configs = {(backbone, objective): [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                                        learning_rate=args.learning_rate,
-                                                        teacher_pairs=args.teacher_pairs,
+                                                        learning_rate=args.learning_rate, unpadded=args.unpadded,
+                                                        compile=args.compile, teacher_pairs=args.teacher_pairs,
                                                         teacher_lists=args.teacher_lists) for seed in seeds]
                for backbone in backbones for objective in objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
     metrics, per_query = grid.train_and_evaluate(
         {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
-        depth=depth, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
-        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+        depth=depth, batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
 
     # 4. Paired t-tests: one Holm family per (backbone, collection) ---------------------------
     tests = llm_tests(per_query, backbones, collections, args.llm_objectives, args.other_objectives, args.measure,

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import common
 import cross_encoder
 import paper_setup
+import token_cache
 from common import EvalData, KitError
 from cross_encoder import TrainConfig
 from paper_setup import Collection
@@ -81,8 +82,10 @@ def select_collections(collections: list[Collection], names: list[str] | None) -
 # 2. The configuration of one cell, and the checks before the first cell trains
 # ================================================================================================
 def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
-                learning_rate: float | None = None, **teachers) -> TrainConfig:
-    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke")."""
+                learning_rate: float | None = None, unpadded: bool = False, compile: bool = False,
+                **teachers) -> TrainConfig:
+    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke"); `unpadded` and
+    `compile` choose how its arithmetic runs (see TrainConfig)."""
     recipe, spec = paper_setup.RECIPES[mode], cross_encoder.get_backbone(backbone)
     if objective not in paper_setup.OBJECTIVE_DATA:
         raise KitError(f"unknown objective {objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
@@ -105,7 +108,7 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
                        warmup_steps=min(recipe["warmup_steps"], max(1, steps // 10)),
                        batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
                        query_max_length=recipe["query_max_length"], precision=precision,
-                       training=recipe["training"], **teachers)
+                       training=recipe["training"], unpadded=unpadded, compile=compile, **teachers)
 
 
 def preflight(configs: dict[str, list[TrainConfig]]) -> None:
@@ -154,6 +157,7 @@ def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) 
 #     config.json  train_log.jsonl  checkpoint.pt  model/  DONE
 #     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  metrics.json (written last)
 # results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
+# results/tokens/<key>.npz                          token ids of a chunk of candidates (token_cache.py)
 # A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
 # after everything else, so an interrupted cell is resumed, never read as finished.
 def open_results(results: Path) -> Path:
@@ -179,8 +183,9 @@ def open_results(results: Path) -> Path:
 
 
 def cell_key(cfg: TrainConfig) -> str:
-    """The hash of everything that determines the trained model, and of the store's layout version."""
-    fields = dataclasses.asdict(cfg)
+    """The hash of everything that determines the trained model, and of the store's layout version (options
+    that are off by default count only when on: cross_encoder.OFF_BY_DEFAULT)."""
+    fields = cfg.record()
     used = cfg.teacher_file()
     # A local teacher file is keyed by its content and name, not its folder: a rebuilt teacher must
     # not reuse old cells, while a results store that moved (or another spelling of --results)
@@ -272,19 +277,27 @@ def evaluate_first_stage(data: EvalData, results: Path):
 
 
 def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, batch_size: int = 64,
-                  progress: bool = True, workers: int = 0):
+                  progress: bool = True, workers: int = 0, token_budget: int = 0):
     """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed.
-    `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key."""
-    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.collection.relevance, data.candidates_name,
-                                   data.collection.measures, cfg.max_length, cfg.query_max_length,
-                                   cfg.precision]).encode()).hexdigest()[:10]
+    The candidates' token ids are shared by every cell through results/tokens (token_cache.py).
+    `workers` tokenize in parallel and `token_budget` groups pairs by length (see `cross_encoder.score_pairs`):
+    like batch_size they change how the pairs are batched, not the model's arithmetic, so they are not in the
+    key; the cell's `unpadded` and `compile`, which change scores by rounding, are (when on)."""
+    keyed = [data.collection.dataset_id, data.collection.relevance, data.candidates_name,
+             data.collection.measures, cfg.max_length, cfg.query_max_length, cfg.precision]
+    keyed += [{name: True} for name in cross_encoder.OFF_BY_DEFAULT if getattr(cfg, name)]
+    key = hashlib.sha1(json.dumps(keyed).encode()).hexdigest()[:10]
     folder = cell_dir(results, cfg) / "eval" / f"{data.collection.name}__{key}"
     if (folder / "metrics.json").exists():
         return _load_metrics(folder)
     model, pair_tokenizer = cross_encoder.load_trained(cell_dir(results, cfg) / "model", cfg.max_length,
                                                        cfg.query_max_length, device)
+    if cfg.compile:
+        cross_encoder.compile_model(model)
     run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
-                               device=device, precision=cfg.precision, progress=progress, workers=workers)
+                               device=device, precision=cfg.precision, progress=progress, workers=workers,
+                               tokens_folder=token_cache.results_folder(results), token_budget=token_budget,
+                               unpad=cfg.unpadded)
     return _save_metrics(folder, run, data, f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}")
 
 
@@ -300,8 +313,8 @@ def first_stage_label(collections: list[Collection], run_dir: str | None) -> str
 
 def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
-                       first_stage: str | None = "auto", max_queries: int | None = None, progress: bool = True,
-                       log=print, **train_options):
+                       token_budget: int = 0, first_stage: str | None = "auto", max_queries: int | None = None,
+                       progress: bool = True, log=print, **train_options):
     """Train (or reuse) every cell and re-rank every collection with it.
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
@@ -323,7 +336,7 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
             train_cell(cfg, results, device, log=log, progress=progress, **train_options)
             for name, data in datasets.items():
                 aggregate, pq = evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress,
-                                              workers=train_options.get("num_workers", 0))
+                                              workers=train_options.get("num_workers", 0), token_budget=token_budget)
                 metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
                 per_query.setdefault(system, {}).setdefault(name, []).append(pq)
     return metrics, per_query

@@ -269,8 +269,9 @@ def measure_file_name(measure: str) -> str:
 
 
 # Options that change how a run executes, never what its tables hold.
-HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "num_workers",
-                                "checkpoint_every"})
+# --unpadded and --compile are not among them: they change scores by rounding, so their tables are kept apart.
+HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "eval_token_budget",
+                                "num_workers", "checkpoint_every"})
 
 
 def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Sequence[str] = ()) -> Path:

@@ -81,13 +81,25 @@ def peak_rss_mb() -> float:
 
 
 def forward_flops(config, lengths) -> float:
-    """Model FLOPs of one forward pass over pairs of the given real (non-padding) lengths: per layer and
-    token 2 x (4 d^2 + 2 d d_ff) for the projections, plus 4 s d per token for attention over s tokens."""
+    """Model FLOPs of one forward pass over pairs of the given real (non-padding) lengths. BERT-like: per layer
+    and token 2 x (4 d^2 + 2 d d_ff) for the projections, plus 4 d per attended (query, key) pair. ModernBERT:
+    a gated MLP (2 x (4 d^2 + 3 d d_ff)), and its sliding-window layers attend only within |i - j| <= w."""
     import numpy as np
     d, d_ff = config.hidden_size, config.intermediate_size
     lengths = np.asarray(lengths, dtype=np.float64)
-    return float(config.num_hidden_layers * (2 * (4 * d * d + 2 * d * d_ff) * lengths.sum()
-                                             + 4 * d * (lengths ** 2).sum()))
+    if getattr(config, "model_type", "") != "modernbert":
+        return float(config.num_hidden_layers * (2 * (4 * d * d + 2 * d * d_ff) * lengths.sum()
+                                                 + 4 * d * (lengths ** 2).sum()))
+    total = 0.0
+    for kind in config.layer_types:
+        total += 2 * (4 * d * d + 3 * d * d_ff) * lengths.sum()
+        if kind == "sliding_attention":
+            m = np.minimum(config.sliding_window, lengths - 1)  # pairs (i, j) with |i - j| <= w
+            attended = lengths + 2 * (m * lengths - m * (m + 1) / 2)
+        else:
+            attended = lengths ** 2
+        total += 4 * d * attended.sum()
+    return float(total)
 
 
 def timed(fn):

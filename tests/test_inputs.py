@@ -71,6 +71,8 @@ CASES = {
     "--eval-batch-size 0": (SMOKE + ["--eval-batch-size", "0"], {}, 2, "error: --eval-batch-size 0: expected pairs"),
     "--checkpoint-every 0": (SMOKE + ["--checkpoint-every", "0"], {}, 2, "error: --checkpoint-every 0: expected"),
     "--num-workers -1": (SMOKE + ["--num-workers", "-1"], {}, 2, "error: --num-workers -1: expected"),
+    "--eval-token-budget -1": (SMOKE + ["--eval-token-budget", "-1"], {}, 2,
+                               "error: --eval-token-budget -1: expected tokens per re-ranking batch"),
     "negative seed": (SMOKE + ["--seeds", "-1"], {}, 2, "error: --seeds -1: expected seeds, each 0 or more"),
     "duplicate seed": (SMOKE + ["--seeds", "12", "12"], {}, 2,
                        "error: --seeds 12 12: 12 is named twice; name each once (a seed repeated is not a second"),

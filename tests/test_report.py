@@ -260,6 +260,8 @@ class _GridArgs:
     precision: str = "auto"
     gpu: int | None = None
     num_workers: int = 0
+    eval_token_budget: int = 0
+    unpadded: bool = False
 
 
 def given(**flags):
@@ -270,8 +272,10 @@ def given(**flags):
 
 
 def test_tables_folder_tags_options_that_change_the_grid(tmp_path):
-    full = tables.tables_folder(tmp_path, "rq2_demo", given(gpu=0, num_workers=4), "demo")
+    full = tables.tables_folder(tmp_path, "rq2_demo", given(gpu=0, num_workers=4, eval_token_budget=8192), "demo")
     assert full == tmp_path / "tables" / "rq2_demo"   # how to run is not part of the name
+    # ... but how the arithmetic runs is: unpadded scores differ from padded ones by rounding.
+    assert tables.tables_folder(tmp_path, "rq2_demo", given(unpadded=True), "demo").name == "rq2_demo__unpadded-True"
     assert json.loads((full / "options.json").read_text())["changed_options"] == {}
     partial = tables.tables_folder(tmp_path, "rq2_demo", given(seeds=[12, 13], collections=["scifact"]), "demo")
     assert partial.name == "rq2_demo__seeds-12-13_collections-scifact"
