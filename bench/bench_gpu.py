@@ -151,70 +151,40 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
             rows.append([model_name, stage, length, "", "", "", "", f"failed: {type(error).__name__}: "
                          f"{str(error).splitlines()[0][:120] if str(error) else ''}"])
 
-    for length in args.lengths:
+    prepared = {}  # length -> (pair tokenizer, tokens, seconds to tokenize), and the on-the-fly scores
+    references = {}
+
+    def measure(length, compiled):
         model.load_state_dict(initial_weights)
-        pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, length, 64)
-        start = time.perf_counter()
-        tokens = pair_tokenizer.encode_pairs(queries, passages)
-        encode_seconds = time.perf_counter() - start
+        if length not in prepared:
+            pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, length, 64)
+            start = time.perf_counter()
+            tokens = pair_tokenizer.encode_pairs(queries, passages)
+            prepared[length] = pair_tokenizer, tokens, time.perf_counter() - start
+        pair_tokenizer, tokens, encode_seconds = prepared[length]
         real = tokens.lengths
         useful = forward_flops(real)
         budget = args.token_budget or args.batch_size * pair_tokenizer.max_length
-        reference = {}
+        reference = references.setdefault(length, {})
+        prefix = "compiled, " if compiled else ""
 
         def score(**options):
             return cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
                                              device=device, precision="bf16", **options)
 
         def timed_scoring(stage, options, note=""):
-            score(**options)  # warm-up: cuBLAS handles, SDPA kernels (and the compiler)
+            first = cuda_time(lambda: score(**options))  # warm-up: cuBLAS handles, SDPA kernels, the compiler
             seconds = median([cuda_time(lambda: score(**options)) for _ in range(args.rounds)])
             scores = score(**options)
             if not reference:
                 reference["scores"], reference["seconds"] = scores, seconds
             diff = float(np.max(np.abs(scores - reference["scores"])))
+            notes = [f"{reference['seconds'] / seconds:.2f}x on the fly", f"max |diff| {diff:.1e}", note,
+                     f"first call {first:.0f} s" if compiled else ""]
             row(stage, length, args.batch_size if "token_budget" not in options else f"{budget} tok", seconds,
-                len(pairs), useful, f"{reference['seconds'] / seconds:.2f}x on the fly, max |diff| {diff:.1e}"
-                + (f"; {note}" if note else ""))
+                len(pairs), useful, "; ".join(n for n in notes if n))
 
-        # Re-ranking -------------------------------------------------------------------------------
-        padded_runs = sum(len(b) * real[b].max() for b in cross_encoder.token_budget_batches(real, budget, True))
-        chars = np.array([len(q) + len(p) for q, p in pairs])
-        by_chars = np.argsort(-chars, kind="stable")  # score_pairs' batches by pair count
-        by_count = sum(len(c) * real[c].max() for c in (by_chars[i:i + args.batch_size]
-                                                        for i in range(0, len(pairs), args.batch_size)))
-        guarded("re-rank: on the fly", length, lambda: timed_scoring(
-            "re-rank: on the fly", {}, f"mean {real.mean():.0f} real tokens/pair"))
-        if args.workers:
-            guarded(f"re-rank: on the fly, {args.workers} workers", length, lambda: timed_scoring(
-                f"re-rank: on the fly, {args.workers} workers", {"workers": args.workers}))
-        guarded("re-rank: stored ids, pair count", length, lambda: timed_scoring(
-            "re-rank: stored ids, pair count", {"tokens": tokens}, f"{by_count / real.sum():.2f} tokens run/real"))
-        guarded("re-rank: stored ids, token budget", length, lambda: timed_scoring(
-            "re-rank: stored ids, token budget", {"tokens": tokens, "token_budget": budget},
-            f"{padded_runs / real.sum():.2f} tokens run/real"))
-        if packable:
-            guarded("re-rank: stored ids, unpadded", length, lambda: timed_scoring(
-                "re-rank: stored ids, unpadded", {"tokens": tokens, "token_budget": budget, "unpad": True}))
-        rows.append([model_name, "  tokenizer alone (CPU, encode_pairs)", length, "", f"{len(pairs) / encode_seconds:,.0f}",
-                     "", "", "the stored ids' one-off cost"])
-        if not args.no_st and model_name == "bert-base":
-            guarded("re-rank: ST CrossEncoder.predict", length,
-                    lambda: st_row(args, holder.name, length, pairs, device, kind, cuda_time, reference, row, useful))
-
-        ids = torch.randint(1000, len(tokenizer), (args.batch_size, length), device=device)
-
-        def full_forward(n=20):
-            model.eval()
-            with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16):
-                for _ in range(n):
-                    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
-        full_forward(3)
-        seconds = median([cuda_time(full_forward) for _ in range(args.rounds)])
-        row("re-rank: forward, full-length random", length, args.batch_size, seconds, 20 * args.batch_size,
-            20 * forward_flops([length] * args.batch_size))
-
-        # Training: cross_encoder.train's loop body on pre-tokenized, pinned batches -------------------
+        # Training: cross_encoder.train's loop body on pre-tokenized, pinned batches
         bce = losses.LOSSES["bce"]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-8, fused=True)
         n_batches = (args.train_steps + 5) * args.rounds
@@ -247,49 +217,81 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
 
         def timed_training(stage, batches, note=""):
             per_round = args.train_steps + 5
-            train_steps(batches[:5])
+            first = cuda_time(lambda: train_steps(batches[:5]))
             times, flops = [], []
             for r in range(args.rounds):
                 chosen = batches[r * per_round + 5:(r + 1) * per_round]
                 times.append(cuda_time(lambda: train_steps(chosen)))
                 flops.append(3 * sum(forward_flops(batch_real[k]) for k in range(r * per_round + 5, (r + 1) * per_round)))
             r = int(np.argsort(times)[len(times) // 2])
-            row(stage, length, args.train_batch, times[r], args.train_steps * args.train_batch, flops[r], note)
+            notes = [note, f"first 5 steps {first:.0f} s" if compiled else ""]
+            row(stage, length, args.train_batch, times[r], args.train_steps * args.train_batch, flops[r],
+                "; ".join(n for n in notes if n))
 
-        padded = np.mean([b["input_ids"].numel() for b, _ in padded_batches]) / args.train_batch
-        guarded("train: kit loop body, padded", length, lambda: timed_training(
-            "train: kit loop body, padded", padded_batches, f"batches padded to {padded:.0f} tokens/pair"))
+        # Re-ranking
+        padded_runs = sum(len(b) * real[b].max() for b in cross_encoder.token_budget_batches(real, budget, True))
+        chars = np.array([len(q) + len(p) for q, p in pairs])
+        by_chars = np.argsort(-chars, kind="stable")  # score_pairs' batches by pair count
+        by_count = sum(len(c) * real[c].max() for c in (by_chars[i:i + args.batch_size]
+                                                        for i in range(0, len(pairs), args.batch_size)))
+        if not compiled:
+            guarded("re-rank: on the fly", length, lambda: timed_scoring(
+                "re-rank: on the fly", {}, f"mean {real.mean():.0f} real tokens/pair"))
+            if args.workers:
+                guarded(f"re-rank: on the fly, {args.workers} workers", length, lambda: timed_scoring(
+                    f"re-rank: on the fly, {args.workers} workers", {"workers": args.workers}))
+            guarded("re-rank: stored ids, pair count", length, lambda: timed_scoring(
+                "re-rank: stored ids, pair count", {"tokens": tokens}, f"{by_count / real.sum():.2f} tokens run/real"))
+        guarded(f"re-rank: {prefix}stored ids, token budget", length, lambda: timed_scoring(
+            f"re-rank: {prefix}stored ids, token budget", {"tokens": tokens, "token_budget": budget},
+            f"{padded_runs / real.sum():.2f} tokens run/real"))
         if packable:
-            guarded("train: kit loop body, unpadded", length, lambda: timed_training(
-                "train: kit loop body, unpadded", packed_batches, f"{np.mean(real):.0f} real tokens/pair"))
-        full = [({"input_ids": pin(ids[:args.train_batch].cpu()),
-                  "attention_mask": pin(torch.ones(args.train_batch, length, dtype=torch.long))},
-                 padded_batches[0][1]) for _ in range(args.train_steps)]
-        train_steps(full[:5])
-        seconds = median([cuda_time(lambda: train_steps(full)) for _ in range(args.rounds)])
-        row("train: step, full-length random", length, args.train_batch, seconds, args.train_steps * args.train_batch,
-            3 * args.train_steps * forward_flops([length] * args.train_batch))
+            guarded(f"re-rank: {prefix}stored ids, unpadded", length, lambda: timed_scoring(
+                f"re-rank: {prefix}stored ids, unpadded", {"tokens": tokens, "token_budget": budget, "unpad": True}))
+        if not compiled:
+            rows.append([model_name, "  tokenizer alone (CPU, encode_pairs)", length, "",
+                         f"{len(pairs) / encode_seconds:,.0f}", "", "", "the stored ids' one-off cost"])
+            if not args.no_st and model_name == "bert-base":
+                guarded("re-rank: ST CrossEncoder.predict", length,
+                        lambda: st_row(args, holder.name, length, pairs, device, kind, cuda_time, reference, row, useful))
+            ids = torch.randint(1000, len(tokenizer), (args.batch_size, length), device=device)
 
-        if args.compile:  # last for this length: compiling wraps the encoder for the rest of its life here
-            model.load_state_dict(initial_weights)
-            start = time.perf_counter()
-            cross_encoder.compile_model(model)
-            note = f"compile {time.perf_counter() - start:.0f} s"
-            guarded("re-rank: compiled, stored ids, token budget", length, lambda: timed_scoring(
-                "re-rank: compiled, stored ids, token budget", {"tokens": tokens, "token_budget": budget}, note))
-            if packable:
-                guarded("re-rank: compiled, stored ids, unpadded", length, lambda: timed_scoring(
-                    "re-rank: compiled, stored ids, unpadded", {"tokens": tokens, "token_budget": budget,
-                                                                "unpad": True}))
-            guarded("train: compiled, padded", length, lambda: timed_training(
-                "train: compiled, padded", padded_batches))
-            if packable:
-                guarded("train: compiled, unpadded", length, lambda: timed_training(
-                    "train: compiled, unpadded", packed_batches))
-            model.base_model._compiled_call_impl = None  # eager again for the next length
+            def full_forward(n=20):
+                model.eval()
+                with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16):
+                    for _ in range(n):
+                        model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+            full_forward(3)
+            seconds = median([cuda_time(full_forward) for _ in range(args.rounds)])
+            row("re-rank: forward, full-length random", length, args.batch_size, seconds, 20 * args.batch_size,
+                20 * forward_flops([length] * args.batch_size))
+
+        # Training
+        padded = np.mean([b["input_ids"].numel() for b, _ in padded_batches]) / args.train_batch
+        guarded(f"train: {prefix}kit loop body, padded", length, lambda: timed_training(
+            f"train: {prefix}kit loop body, padded", padded_batches, f"batches padded to {padded:.0f} tokens/pair"))
+        if packable:
+            guarded(f"train: {prefix}kit loop body, unpadded", length, lambda: timed_training(
+                f"train: {prefix}kit loop body, unpadded", packed_batches, f"{np.mean(real):.0f} real tokens/pair"))
+        if not compiled:
+            full = [({"input_ids": pin(ids[:args.train_batch].cpu()),
+                      "attention_mask": pin(torch.ones(args.train_batch, length, dtype=torch.long))},
+                     padded_batches[0][1]) for _ in range(args.train_steps)]
+            train_steps(full[:5])
+            seconds = median([cuda_time(lambda: train_steps(full)) for _ in range(args.rounds)])
+            row("train: step, full-length random", length, args.train_batch, seconds,
+                args.train_steps * args.train_batch, 3 * args.train_steps * forward_flops([length] * args.train_batch))
         del optimizer
         if on_gpu:
             torch.cuda.empty_cache()
+
+    for length in args.lengths:
+        measure(length, compiled=False)
+    if args.compile:  # compiled once for dynamic shapes, then every length (the first calls include compiling)
+        cross_encoder.compile_model(model)
+        for length in args.lengths:
+            measure(length, compiled=True)
+        model.base_model._compiled_call_impl = None
 
 
 def st_row(args, folder, length, pairs, device, kind, cuda_time, reference, row, useful):

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,18 +184,10 @@ def test_unpadded_scores_equal_padded_scores(pairs, arch, precision):
     padded = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=8, precision=precision)
     batches = cross_encoder.token_budget_batches(pair_tokenizer.encode_pairs(queries, passages).lengths, 400, False)
     assert max(map(len, batches)) >= 4  # pairs really share a packed row
-    kernels = ["segments", "nested"] if precision == "fp32" else [None]  # nested: the GPU's fp32/dropout path
-    for kernel in kernels:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # nested tensors on a CPU: a prototype warning
-            unpadded.FORCE_KERNEL = kernel
-            try:
-                packed = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, precision=precision,
-                                                   unpad=True, token_budget=400)
-            finally:
-                unpadded.FORCE_KERNEL = None
-        assert packed.dtype == np.float32 and packed.std() > 0.3
-        np.testing.assert_allclose(packed, padded, rtol=0, atol=TOLERANCE[precision], err_msg=f"{kernel}")
+    packed = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, precision=precision, unpad=True,
+                                       token_budget=400)
+    assert packed.dtype == np.float32 and packed.std() > 0.3
+    np.testing.assert_allclose(packed, padded, rtol=0, atol=TOLERANCE[precision])
 
 
 def test_padded_token_budget_batches_score_like_pair_count_batches(pairs):
