@@ -142,7 +142,7 @@ def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, se
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, students, teachers and collections -----------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -235,4 +235,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

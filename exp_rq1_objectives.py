@@ -77,7 +77,7 @@ class Args:
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device and collections ---------------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -113,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

@@ -105,7 +105,7 @@ def pivot_table(rows: dict[str, dict[str, list[float]]], columns: list[str], tit
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, backbones and collections -------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -158,4 +158,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

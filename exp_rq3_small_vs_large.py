@@ -179,7 +179,7 @@ def plot_sizes(path: Path, means: dict, params: dict[str, int], objectives: list
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, backbones and collections -------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -254,4 +254,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

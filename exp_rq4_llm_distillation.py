@@ -130,7 +130,7 @@ def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: 
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, backbones and collections ----------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -190,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

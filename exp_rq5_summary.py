@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
+import claims
 import common
 import grid
 import paper_setup
@@ -137,45 +138,6 @@ def scan(results: Path, measure: str):
     return groups, fingerprints, unfinished
 
 
-def factor_shares(mean: dict, backbones: list[str], objectives: list[str], columns: list[str]) -> dict:
-    """How much of the variation of the cell means m[backbone, objective] (one matrix per column) the
-    objective and the backbone explain. Per column, on the backbones and objectives present in full, a
-    two-way ANOVA without replication gives the mean squares MS_o, MS_b, MS_e; the variance components
-    (MS_o - MS_e) / B and (MS_b - MS_e) / O (at least 0) and MS_e estimate the variance among objective
-    effects, among backbone effects and of the residual, whatever the number of levels. Returns, per factor,
-    the components averaged over columns (std = their square root, share = part of the three) and the mean
-    absolute gap between two levels of the factor with the other fixed."""
-    components, gaps = defaultdict(list), defaultdict(list)
-    for c in columns:
-        present = [o for o in objectives if all((b, o, c) in mean for b in backbones)]
-        rows = [b for b in backbones if all((b, o, c) in mean for o in present)]
-        for b in backbones:  # gaps between two objectives of one backbone, two backbones of one objective
-            values = [mean[b, o, c] for o in objectives if (b, o, c) in mean]
-            gaps["objective"] += [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
-        for o in objectives:
-            values = [mean[b, o, c] for b in backbones if (b, o, c) in mean]
-            gaps["backbone"] += [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
-        if len(present) < 2 or len(rows) < 2:
-            continue
-        m = np.array([[mean[b, o, c] for o in present] for b in rows])
-        n_b, n_o = m.shape
-        grand, by_b, by_o = m.mean(), m.mean(axis=1, keepdims=True), m.mean(axis=0, keepdims=True)
-        ms_b = n_o * ((by_b - grand) ** 2).sum() / (n_b - 1)
-        ms_o = n_b * ((by_o - grand) ** 2).sum() / (n_o - 1)
-        ms_e = ((m - by_b - by_o + grand) ** 2).sum() / ((n_b - 1) * (n_o - 1))
-        components["objective"].append(max(0.0, (ms_o - ms_e) / n_b))
-        components["backbone"].append(max(0.0, (ms_b - ms_e) / n_o))
-        components["residual"].append(ms_e)
-    total = sum(np.mean(components[f]) for f in components) if components else 0.0
-    out = {"collections": len(components["objective"])}
-    for factor in ("objective", "backbone", "residual"):
-        value = float(np.mean(components[factor])) if components[factor] else None
-        out[factor] = {"component": value, "std": float(np.sqrt(value)) if value is not None else None,
-                       "share": value / total if value is not None and total > 0 else None,
-                       "gap": float(np.mean(gaps[factor])) if gaps[factor] else None}
-    return out
-
-
 def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     """The four RQ5 tables and the statements of one (mode, precision) group."""
     slug = common.slug(tag.replace(", ", "-"))
@@ -230,7 +192,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
                                    f"({tag})", head, rows, note, records=records, label=f"tab:rq5-objectives-{slug}")
 
     # How much of the variation the objective explains, and how much the backbone ------------------
-    shares = factor_shares(mean, backbones, labels, list(columns))
+    shares = claims.factor_shares(mean, backbones, labels, list(columns))
     rows, records = [], []
     for factor in ("objective", "backbone", "residual"):
         part = shares[factor]
@@ -271,7 +233,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Scan the results folder ------------------------------------------------------------
     results = Path(args.results)
@@ -316,4 +278,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

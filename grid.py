@@ -5,7 +5,8 @@ folder in the results store, named by the hash of its full training configuratio
 is reused by every script and an interrupted one resumes from its checkpoint.
 
 Sections, read top to bottom:
-  1. what a script's flags resolve to: mode, device, precision, seeds, test collections
+  1. the command line: flags and their rules, and what they resolve to (mode, device, precision, seeds,
+     test collections)
   2. the configuration of one cell, and the checks made before the first cell trains
   3. the results store: cells, keys, locks
   4. evaluations, cached beside their cell
@@ -13,9 +14,14 @@ Sections, read top to bottom:
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
 import hashlib
+import inspect
 import json
+import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +40,104 @@ FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models scor
 
 
 # ================================================================================================
-# 1. What a script's flags resolve to
+# 1. The command line: flags, their rules, and what they resolve to
 # ================================================================================================
+def main_guard(main) -> None:
+    """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback."""
+    try:
+        main()
+    except KitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The docstring under each dataclass field (CleanRL style), which becomes its --help line."""
+    docs, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+            docs[node.target.id] = following.value.value.strip()
+    return docs
+
+
+def field_default(field: dataclasses.Field):
+    """A dataclass field's default value, made fresh where it comes from a factory."""
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage block + message becomes the kit's one line
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(cls, argv: list[str] | None = None):
+    """Parse `--field value` flags into the dataclass `cls`; lists take several values, bools are switches.
+    The flags the command line named are kept in `args.given` (a default may differ per mode, an explicit
+    value never does), and every value is checked against FLAG_RULES before anything runs."""
+    parser = _OneLineParser(description=(sys.modules[cls.__module__].__doc__ or "").split("\n\n")[0])
+    docs = _field_docs(cls)
+    for field in dataclasses.fields(cls):
+        default = field_default(field)
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        flag, help_text = "--" + field.name.replace("_", "-"), f"{docs.get(field.name, '')} (default: {shown})"
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif kind.startswith("list"):
+            item = float if "float" in kind else int if "int" in kind else str
+            parser.add_argument(flag, nargs="+", type=item, default=argparse.SUPPRESS, help=help_text)
+        else:
+            item = {"int": int, "float": float}.get(kind.replace(" | None", "").replace("Optional[", "").rstrip("]"), str)
+            parser.add_argument(flag, type=item, default=argparse.SUPPRESS, help=help_text)
+    given = vars(parser.parse_args(argv))
+    args = cls(**{**{f.name: field_default(f) for f in dataclasses.fields(cls)}, **given})
+    args.given = frozenset(given)
+    check_flags(args)
+    return args
+
+
+def _at_least(low):
+    return lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v >= low)
+
+
+# What each flag accepts (None: the mode's default), whichever script has it.
+FLAG_RULES = {
+    "steps": (_at_least(1), "a whole number of training steps, at least 1"),
+    "learning_rate": (lambda v: v is None or (math.isfinite(v) and v > 0), "a learning rate above 0"),
+    "depth": (_at_least(1), "the number of candidates re-ranked per query, at least 1"),
+    "eval_batch_size": (_at_least(1), "pairs per re-ranking batch, at least 1"),
+    "checkpoint_every": (_at_least(1), "steps between checkpoints, at least 1"),
+    "num_workers": (_at_least(0), "a number of worker processes, 0 or more"),
+    "gpu": (_at_least(-1), "a CUDA device index, or -1 for the CPU"),
+    "alpha": (lambda v: 0 < v < 1, "a significance level between 0 and 1"),
+    "margin": (lambda v: math.isfinite(v) and v > 0, "an equivalence margin above 0"),
+    "teacher_queries": (_at_least(0), "a number of training queries, 0 for all"),
+    "teacher_depth": (_at_least(1), "a number of candidates per query, at least 1"),
+    "teacher_seed": (_at_least(0), "a seed, 0 or more"),
+    "same_size_seed": (_at_least(0), "a seed, 0 or more"),
+    "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
+    "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+}
+
+
+def check_flags(args) -> None:
+    """One line for the first flag whose value cannot be honoured, before any data is read."""
+    def show(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else value
+    for name in [f.name for f in dataclasses.fields(args)]:
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if name in FLAG_RULES and not FLAG_RULES[name][0](value):
+            raise KitError(f"{flag} {show(value)}: expected {FLAG_RULES[name][1]}")
+        if isinstance(value, list) and len(set(value)) < len(value):
+            twice = next(v for v in value if value.count(v) > 1)
+            raise KitError(f"{flag} {show(value)}: {twice} is named twice; name each once"
+                           + (" (a seed repeated is not a second replicate)" if name == "seeds" else ""))
+    if getattr(args, "demo", False) and getattr(args, "smoke", False):
+        raise KitError("--demo and --smoke together: pass one of them")
+
+
 class Setting(NamedTuple):
     """What the flags every experiment script shares resolve to."""
     mode: str                      # "paper", "demo" or "smoke"

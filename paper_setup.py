@@ -10,6 +10,7 @@ the paper's setup reads this file alone.
   3. where each objective's training data comes from
   4. backbones and their checkpoints
   5. recipes (steps, warm-up, lengths, batch per objective) and seeds
+  6. the paper's published results and released checkpoints
 """
 from __future__ import annotations
 
@@ -200,3 +201,30 @@ RECIPES = {
 
 PAPER_SEEDS = [12, 13, 14]  # Morand et al.: 3 runs from seed 12
 SEEDS = {"paper": PAPER_SEEDS, "demo": PAPER_SEEDS[:1], "smoke": PAPER_SEEDS[:1]}  # by mode, unless --seeds
+
+
+# ================================================================================================
+# 6. The paper's published results and released checkpoints
+# ================================================================================================
+# nDCG@10 as published (mean of 3 seeds): the file says where it comes from and what to keep in mind.
+PUBLISHED_RESULTS = "data/paper/morand2026-ndcg10.tsv"
+PUBLISHED_BACKBONES = {"Ettin-17M": "ettin-17m", "Ettin-32M": "ettin-32m", "MiniLM-L12 (33M)": "minilm-l12",
+                       "Ettin-68M": "ettin-68m", "BERT-Base (110M)": "bert-base", "ELECTRA (110M)": "electra-base",
+                       "RoBERTa (125M)": "roberta-base", "Ettin-150M": "ettin-150m",
+                       "DeBERTav3 (184M)": "deberta-v3-base"}
+PUBLISHED_SIZES = {"ettin-17m": 17e6, "ettin-32m": 32e6, "minilm-l12": 33e6, "ettin-68m": 68e6, "bert-base": 110e6,
+                   "electra-base": 110e6, "roberta-base": 125e6, "ettin-150m": 150e6, "deberta-v3-base": 184e6}
+PUBLISHED_LOSSES = {"BCE": "bce", "Hinge": "hinge", "InfoNCE (ColBERTv2)": "infonce", "MarginMSE": "margin_mse",
+                    "DistillRankNET": "distill_ranknet", "ADR-MSE": "adr_mse"}
+# Each published column as the kit's column: a collection, or the mean over a group of collections (the
+# paper averages BEIR and LoTTE; so do the kit's "avg BEIR" and "avg LoTTE").
+PUBLISHED_COLUMNS = {"MSM": "msmarco-dev", "DL19": "dl19", "DL20": "dl20", "BEIR13": "avg BEIR",
+                     "Lotte-S": "avg LoTTE", "R04": "robust04"}
+# Released: one checkpoint per backbone x loss, the best of the 3 seeds by mean nDCG@10 over all test sets (not
+# their mean): xpmir/cross-encoder-<backbone>-<loss>. Seen to exist: DistillRankNET for all nine, bert-base
+# BCE/Hinge/infoNCE, MiniLM-L12 BCE/Hinge; the `-infoNCE` ones may be the in-batch variant (check their config.yaml).
+RELEASED_BACKBONES = {"bert-base": "bert-base", "roberta-base": "RoBERTa", "electra-base": "ELECTRA",
+                      "deberta-v3-base": "DeBERTav3", "minilm-l12": "MiniLM-L12", "ettin-17m": "ettin-17m",
+                      "ettin-32m": "ettin-32m", "ettin-68m": "ettin-68m", "ettin-150m": "ettin-150m"}
+RELEASED_LOSSES = {"bce": "BCE", "hinge": "Hinge", "infonce": "infoNCE", "margin_mse": "MarginMSE",
+                   "distill_ranknet": "DistillRankNET", "adr_mse": "ADR-MSE"}

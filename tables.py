@@ -27,6 +27,7 @@ import numpy as np
 from tabulate import tabulate
 
 import common
+import grid
 import paper_setup
 from paper_setup import Collection
 
@@ -287,7 +288,7 @@ def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Se
         if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name or field.name not in args.given:
             continue
         value = getattr(args, field.name)
-        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else common.field_default(field)):
+        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else grid.field_default(field)):
             changed[field.name] = value
     parts = []
     for option, value in changed.items():

@@ -93,7 +93,7 @@ class Args:
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
     started = time.time()
 
     # 1. Mode, device, members -----------------------------------------------------------------
@@ -201,4 +201,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import claims
 import common
 import exp_rq3_small_vs_large as rq3
 import exp_rq4_llm_distillation as rq4
-import exp_rq5_summary as rq5
 import tables
 from paper_setup import Collection
 
@@ -114,7 +114,7 @@ def test_rq5_variance_components_of_an_additive_grid():
     grid = {("big", "o1"): 0.5, ("big", "o2"): 0.6, ("big", "o3"): 0.7,
             ("small", "o1"): 0.3, ("small", "o2"): 0.4, ("small", "o3"): 0.5}
     mean = {(b, o, c): v + shift for (b, o), v in grid.items() for c, shift in (("c1", 0.0), ("c2", 0.05))}
-    shares = rq5.factor_shares(mean, ["big", "small"], ["o1", "o2", "o3"], ["c1", "c2"])
+    shares = claims.factor_shares(mean, ["big", "small"], ["o1", "o2", "o3"], ["c1", "c2"])
     assert shares["collections"] == 2
     assert shares["objective"]["component"] == pytest.approx(0.01)
     assert shares["backbone"]["component"] == pytest.approx(0.02)
@@ -136,7 +136,7 @@ def test_rq5_components_do_not_grow_with_the_number_of_objectives():
             effects, levels = rng.normal(0, 0.05, n_objectives), rng.normal(0.5, 0.1, 3)
             mean = {(f"b{i}", f"o{j}", "c"): levels[i] + effects[j] + rng.normal(0, 0.01)
                     for i in range(3) for j in range(n_objectives)}
-            shares = rq5.factor_shares(mean, ["b0", "b1", "b2"], [f"o{j}" for j in range(n_objectives)], ["c"])
+            shares = claims.factor_shares(mean, ["b0", "b1", "b2"], [f"o{j}" for j in range(n_objectives)], ["c"])
             components.append(shares["objective"]["component"])
             ranges.append(np.mean([np.ptp([mean[f"b{i}", f"o{j}", "c"] for j in range(n_objectives)])
                                    for i in range(3)]))
