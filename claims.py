@@ -55,11 +55,6 @@ def _rule(agree: int, total: int, contradicted: int = 0) -> str:
     return "partly" if 2 * agree > total and not contradicted else "not supported"
 
 
-def scale(mode: str, complete: bool) -> str:
-    """The scale of a run: the demo, the smoke test, the paper's whole grid or part of it."""
-    return mode if mode != "paper" else "paper" if complete else "paper subset"
-
-
 # ================================================================================================
 # (a) The published table
 # ================================================================================================
@@ -206,6 +201,25 @@ def beats_baseline(claim: str, tests: list[dict], objectives: list[str], baselin
     return Verdict(claim, where, "; ".join(parts), min(verdicts, key=_order) if verdicts else "cannot tell")
 
 
+def tests_from_records(records: list[dict], baseline: str, columns: list[str]) -> list[dict]:
+    """Per-cell tests {"system", "column", "diff", "significant"} from a results table's records (the
+    tested cells of `columns`), for beats_baseline."""
+    base = {r["column"]: r["mean"] for r in records if r["system"] == baseline}
+    return [{"system": r["system"], "column": r["column"], "diff": r["mean"] - base[r["column"]],
+             "significant": bool(r["significant"])}
+            for r in records if r["significant"] is not None and r["column"] in columns and r["column"] in base]
+
+
+def scale_of(mode: str, backbones: list[str], objectives: list[str], collections: list, seeds: list[int]) -> str:
+    """"paper" for the paper's whole grid, "paper subset" for part of it, else the mode."""
+    if mode != "paper":
+        return mode
+    whole = (set(backbones) >= set(paper_setup.PAPER_BACKBONES) and set(objectives) >= set(paper_setup.PUBLISHED_LOSSES.values())
+             and {c.name for c in collections} >= {c.name for c in paper_setup.PAPER_COLLECTIONS}
+             and set(seeds) >= set(paper_setup.PAPER_SEEDS))
+    return "paper" if whole else "paper subset"
+
+
 def factor_verdict(shares: dict, where: str) -> Verdict:
     """M2 from RQ5's variance decomposition of the kit's cells."""
     return _m2(shares, where)
@@ -258,6 +272,10 @@ def gather(results: Path) -> list[Verdict]:
 
 
 def print_verdicts(verdicts: list[Verdict]) -> None:
-    for v in verdicts:
-        source, text = CLAIMS[v.claim]
-        print(f"{v.claim} ({source}: {text})\n  [{v.scale}] {v.verdict}: {v.finding}")
+    """Each claim once, then its verdicts, one line each."""
+    for claim in dict.fromkeys(v.claim for v in verdicts):
+        source, text = CLAIMS[claim]
+        print(f"\n{claim} ({source}): {text}")
+        for v in verdicts:
+            if v.claim == claim:
+                print(f"  [{v.scale}] {v.verdict}: {v.finding}")

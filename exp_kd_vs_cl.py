@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+import claims
 import common
 import cross_encoder
 import grid
@@ -232,6 +233,16 @@ def main() -> None:
                               label=f"tab:kd-vs-cl-summary-{mode}", align="ll" + "r" * (len(head) - 2))
     tables.write_table(table, out, "kd_vs_cl_summary")
     print("\n" + table.console + "\n\n" + table.latex + f"\ntables written to {out}")
+
+    # 7. The claims this script checks (Xu et al.; their numbers are not shipped, so only these results) --
+    tests = [t for s in students for t in claims.tests_from_records(
+        [r for r in summary if r["student"] == s], METHODS[0][0], [c.name for c in collections])]
+    verdicts = [claims.beats_baseline("X1", tests, [m for m, _, source in METHODS if source == "large"], METHODS[0][0],
+                                      mode),
+                claims.beats_baseline("X2", tests, [m for m, _, source in METHODS if source == "same"], METHODS[0][0],
+                                      mode)]
+    claims.save(results, out.name, verdicts)
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":

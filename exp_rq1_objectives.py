@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import claims
 import common
 import grid
 import paper_setup
@@ -102,14 +103,29 @@ def main() -> None:
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
     out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args, mode, already_in_name=["backbone"])
+    published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
     for measure in ("nDCG@10", "RR@10"):
         if not any(tables.measure_of(c, measure) in c.measures for c in collections):
             continue  # no collection reports this measure, in any form
         table = tables.grid_table(metrics, per_query, collections, measure, baseline=args.objectives[0],
-                                  title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
+                                  title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha,
+                                  published={o: published[backbone, o] for o in args.objectives
+                                             if (backbone, o) in published and measure == "nDCG@10"})
         tables.write_table(table, out, f"rq1_{tables.measure_file_name(measure)}")
         print("\n" + table.console + "\n\n" + table.latex)
+        if measure == "nDCG@10":
+            records = table.records
     print(f"tables written to {out}")
+
+    # 5. The claim this script checks: what the published table says, what these results say -------
+    verdicts = [v for v in claims.published_verdicts() if v.claim == "M1"]
+    if args.objectives[0] == "bce":
+        where = claims.scale_of(mode, [backbone], args.objectives, collections, seeds)
+        tests = claims.tests_from_records(records, "bce", [c.name for c in collections])
+        verdicts.append(claims.beats_baseline("M1", tests, [o for o in claims.STRONG if o in args.objectives], "bce",
+                                              f"{where}, {backbone}"))
+        claims.save(results, out.name, verdicts[1:])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":

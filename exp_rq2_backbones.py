@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+import claims
 import common
 import grid
 import paper_setup
@@ -134,20 +137,29 @@ def main() -> None:
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
     out = tables.tables_folder(results, f"rq2_{mode}", args, mode)
     baseline = args.objectives[0]
+    published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
+    tests = []  # every objective against the baseline, per backbone x collection: for claim M1
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system
         sub_metrics = {row: metrics[s] for row, s in systems.items()}
         sub_per_query = {row: per_query[s] for row, s in systems.items() if s in per_query}
         table = tables.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
-                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
+                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha,
+                                  published={o: published[backbone, o] for o in args.objectives
+                                             if (backbone, o) in published})
         tables.write_table(table, out, f"rq2_{common.slug(backbone)}_nDCG10")
         print("\n" + table.console)
+        tests += claims.tests_from_records(table.records, baseline, [c.name for c in collections])
 
     # 5. Summary: backbones x objectives, mean nDCG@10 per collection group ----------------------
     means = {backbone: {o: tables.group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
              for backbone in backbones}
     for group, members in tables.group_members(collections).items():  # groups --collections left empty are skipped
-        rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in backbones}
+        rows = {}
+        for b in backbones:
+            rows[b] = {o: means[b][o][group] for o in args.objectives if group in means[b][o]}
+            if any((b, o) in published for o in args.objectives):
+                rows[f"{b} (paper)"] = {o: [published[b, o][f"avg {group}"]] for o in args.objectives if (b, o) in published}
         note = (f"nDCG@10 averaged over the {len(members)} {group} collections ({describe(members, collections)}), "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = pivot_table(rows, args.objectives, f"RQ2 summary, {group}: backbones x objectives ({mode}, "
@@ -155,6 +167,19 @@ def main() -> None:
         tables.write_table(table, out, f"rq2_summary_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
+
+    # 6. The claims this script checks: what the published table says, what these results say ------
+    verdicts = [v for v in claims.published_verdicts() if v.claim in ("M1", "M2")]
+    where = claims.scale_of(mode, backbones, args.objectives, collections, seeds)
+    cell_means = {(b, o, c.name): float(np.mean([m["nDCG@10"] for m in metrics[f"{b}|{o}"][c.name]]))
+                  for b in backbones for o in args.objectives for c in collections}
+    if baseline == "bce":
+        verdicts.append(claims.beats_baseline("M1", tests, [o for o in claims.STRONG if o in args.objectives], "bce",
+                                              where))
+    verdicts.append(claims.factor_verdict(claims.factor_shares(cell_means, backbones, args.objectives,
+                                                               [c.name for c in collections]), where))
+    claims.save(results, out.name, [v for v in verdicts if v.scale != "published table"])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+import claims
 import common
 import cross_encoder
 import grid
@@ -138,8 +139,8 @@ def size_table(rows: dict[str, dict[str, list[float]]], params: dict[str, int], 
                note: str) -> tables.Table:
     """Backbones (rows, in the given order) x objectives: mean (± std over seeds); best per row starred/bold."""
     cells = tables.best_per_row(rows, columns)
-    size = {r: f"{params[r] / 1e6:.4g}M" for r in rows}
-    records = [{"backbone": r, "parameters": params[r], "objective": c, "mean": v.mean, "std": v.std,
+    size = {r: f"{params[r.removesuffix(' (paper)')] / 1e6:.4g}M" for r in rows}
+    records = [{"backbone": r, "parameters": params[r.removesuffix(" (paper)")], "objective": c, "mean": v.mean, "std": v.std,
                 "n_seeds": len(rows[r][c])} for (r, c), v in cells.items()]
     return tables.make_table(title, ["backbone", "params", *columns],
                              [[r, size[r], *(cells.get((r, c)) for c in columns)] for r in rows],
@@ -212,8 +213,13 @@ def main() -> None:
     # 4. Effectiveness by size: per group, backbones (by size) x objectives ----------------------
     out = tables.tables_folder(results, f"rq3_{mode}", args, mode)
     means = {b: {o: tables.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
+    published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
     for group in members:
-        rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in order}
+        rows = {}
+        for b in order:
+            rows[b] = {o: means[b][o][group] for o in args.objectives if group in means[b][o]}
+            if any((b, o) in published for o in args.objectives):
+                rows[f"{b} (paper)"] = {o: [published[b, o][f"avg {group}"]] for o in args.objectives if (b, o) in published}
         note = (f"nDCG@10 averaged over the {len(members[group])} {group} collections, "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = size_table(rows, params, args.objectives, f"RQ3: effectiveness by size, {group} ({mode})", note)
@@ -251,6 +257,13 @@ def main() -> None:
     plot_sizes(out / "rq3_size.png", means, params, args.objectives, list(members),
                f"RQ3 ({mode}): nDCG@10 vs backbone size")
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
+
+    # 7. The claim this script checks: what the published table says, what these results say --------
+    verdicts = [v for v in claims.published_verdicts() if v.claim == "M4"]
+    verdicts.append(claims.small_matches_large(list(tests.values()), list(members),
+                                               claims.scale_of(mode, backbones, args.objectives, collections, seeds)))
+    claims.save(results, out.name, verdicts[1:])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":

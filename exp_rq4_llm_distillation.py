@@ -26,6 +26,7 @@ import dataclasses
 
 import numpy as np
 
+import claims
 import common
 import grid
 import paper_setup
@@ -179,14 +180,13 @@ def main() -> None:
         print("\n" + table.console + "\n\n" + table.latex)
     common.atomic_write_json(out / "rq4_tests.json", tests)  # every test, for other analyses
 
-    # 6. The answer in one line per LLM objective ----------------------------------------------
-    for llm in args.llm_objectives:
-        mine = [t for t in tests if t["llm"] == llm]
-        wins, losses = sum(t["outcome"] == "win" for t in mine), sum(t["outcome"] == "loss" for t in mine)
-        verdict = "better everywhere" if mine and wins == len(mine) else "not better everywhere"
-        print(f"{llm}: significantly better in {wins}, worse in {losses}, tied in {len(mine) - wins - losses} "
-              f"of {len(mine)} (comparison x backbone x collection) tests -> {verdict}")
     print(f"tables written to {out}")
+
+    # 6. The claim this script checks: what the published table says, what these results say --------
+    verdicts = [v for v in claims.published_verdicts() if v.claim == "M3"]
+    verdicts.append(claims.llm_verdict(tests, claims.scale_of(mode, backbones, objectives, collections, seeds)))
+    claims.save(results, out.name, verdicts[1:])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":

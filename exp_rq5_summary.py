@@ -62,6 +62,8 @@ class Args:
     """objective every other one is tested against"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    paper: bool = False
+    """print what the paper's published table alone says of each claim (offline, no results needed) and stop"""
 
 
 def infer_mode(cfg: dict) -> str:
@@ -154,7 +156,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     units = [(b, c) for b in backbones for c in columns]  # one backbone x collection cell
 
     # Mean rank, wins / ties / losses against the baseline, "X >= baseline in k of N" -----------------
-    ranks, beats, outcomes = defaultdict(list), defaultdict(list), defaultdict(list)
+    ranks, beats, outcomes, cell_tests = defaultdict(list), defaultdict(list), defaultdict(list), []
     for b, c in units:
         present = [s for s in labels if (b, s, c) in mean]
         if len(present) >= 2:
@@ -167,6 +169,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
         tests = [common.paired_ttest([pq for _, pq in cells[b, s, c].values()], base) for s in others]
         for s, t, p in zip(others, tests, common.holm([t.pvalue for t in tests])):
             outcomes[s].append("tie" if p >= args.alpha else "win" if t.mean_diff > 0 else "loss")
+            cell_tests.append({"system": s, "column": f"{b}/{c}", "diff": t.mean_diff, "significant": p < args.alpha})
             beats[s].append(mean[b, s, c] >= mean[b, args.baseline, c])
     rows, records, statements = [], [], []
     for s in sorted(labels, key=lambda s: (np.mean(ranks[s]) if ranks[s] else np.inf, s)):
@@ -228,12 +231,28 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     per_collection = tables.make_table(f"RQ5: {args.measure} per collection, mean over backbones ({tag})",
                                        ["objective", *columns.values()], rows, "First stage = the re-ranked candidates",
                                        records=records, label=f"tab:rq5-collections-{slug}")
-    return {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}, \
-        statements
+    where = f"{tag}, every cell in the store"
+    verdicts = [claims.factor_verdict(shares, where)]
+    if args.baseline == "bce":
+        verdicts.insert(0, claims.beats_baseline("M1", cell_tests, [o for o in claims.STRONG if o in labels], "bce",
+                                                 where))
+    made = {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}
+    return made, statements, verdicts
+
+
+def verdict_table(verdicts: list[claims.Verdict]) -> tables.Table:
+    rows = [[v.claim, claims.CLAIMS[v.claim][0], v.scale, v.verdict, v.finding] for v in verdicts]
+    note = ("; ".join(f"{key}: {text}" for key, (_, text) in claims.CLAIMS.items() if key in {v.claim for v in verdicts})
+            + ". Published table: the paper's means, no test possible; other scales: the kit's results and tests.")
+    return tables.make_table("RQ5: the papers' claims", ["claim", "paper", "scale", "verdict", "finding"], rows, note,
+                             records=[v._asdict() for v in verdicts], align="lllll")
 
 
 def main() -> None:
     args = grid.parse_args(Args)
+    if args.paper:  # the published table alone: offline, nothing read from a results folder
+        claims.print_verdicts(claims.published_verdicts())
+        return
 
     # 1. Scan the results folder ------------------------------------------------------------
     results = Path(args.results)
@@ -262,10 +281,12 @@ def main() -> None:
                 first_stage[column] = metrics[args.measure]
 
     # 3. One summary per (mode, precision) ----------------------------------------------------------
+    verdicts = claims.published_verdicts() + claims.gather(results)
     for mode, precision in chosen:
         cells = groups[mode, precision]
         tag = f"{mode}, {precision}"
-        made, statements = summarise(cells, first_stage, args, tag)
+        made, statements, own = summarise(cells, first_stage, args, tag)
+        verdicts += own
         out = results / "tables" / f"rq5_{common.slug(mode)}_{precision}"
         for name, table in made.items():
             tables.write_table(table, out, name)
@@ -275,6 +296,12 @@ def main() -> None:
         print("\n".join([header, *("  " + s for s in statements)]) if statements
               else f"(no cell has the baseline {args.baseline}: no statements)")
         print(f"tables written to {out}")
+
+    # 4. Every claim's verdicts: the published table's, those the scripts saved, and the store's -----
+    claims.print_verdicts(verdicts)
+    table = verdict_table(sorted(verdicts, key=lambda v: v.claim))
+    tables.write_table(table, results / "tables" / "rq5_verdicts", "rq5_verdicts")
+    print(f"\nverdicts written to {results / 'tables' / 'rq5_verdicts'}")
 
 
 if __name__ == "__main__":

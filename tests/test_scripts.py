@@ -171,3 +171,22 @@ def test_kd_vs_cl_teachers_are_larger_than_their_students():
     students, teacher, *_ = exp_kd_vs_cl.MODES["demo"]
     layers = lambda name: cross_encoder.get_backbone(name).keep_layers or 6
     assert all(layers(s) < layers(teacher) for s in students)
+
+
+def test_rq5_paper_prints_the_published_tables_verdicts_offline_without_results(tmp_path):
+    out = run_script("exp_rq5_summary.py", "--paper", "--results", str(tmp_path / "none"), cwd=tmp_path)
+    assert "[published table] supported: infonce above bce in 54 of 54 cells" in out
+    for claim in ("M1", "M2", "M3", "M4", "X1", "X2"):
+        assert f"\n{claim} (" in out
+    assert not (tmp_path / "none").exists()
+
+
+def test_every_script_saves_its_verdicts_and_rq5_gathers_them(shared):
+    run_script("exp_rq5_summary.py", "--results", str(shared / "results"))
+    saved = {p.stem for p in (shared / "results" / "verdicts").glob("*.json")}
+    assert {name.split("__")[0] for name in saved} >= {"rq1_smoke_tiny-bert", "rq2_smoke", "rq3_smoke",
+                                                       "rq4_smoke_fp32", "kd_vs_cl_smoke_fp32"}
+    records = json.loads((shared / "results" / "tables" / "rq5_verdicts" / "rq5_verdicts.json").read_text())
+    assert {r["claim"] for r in records} == {"M1", "M2", "M3", "M4", "X1", "X2"}
+    assert {r["scale"] for r in records} >= {"published table", "smoke"}
+    assert all(r["verdict"] in ("supported", "partly", "not supported", "cannot tell") for r in records)
