@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import common
+import losses
 import paper_setup
 from common import KitError
 from paper_setup import Backbone
@@ -125,6 +126,18 @@ def _keep_first_layers(model, k: int) -> None:
     name = "layer" if hasattr(holder, "layer") else "layers"
     setattr(holder, name, getattr(holder, name)[:k])
     model.config.num_hidden_layers = k
+
+
+def export_settings(model, tokenizer, cfg) -> None:
+    """Record in the saved model how the kit scores with it, so that other tools rank as the kit does: the
+    maximum length (tokenizer.model_max_length, which sentence-transformers' CrossEncoder and a plain tokenizer
+    call read), the query's own budget, and that the score is the raw logit (CrossEncoder would apply a
+    sigmoid to a one-logit model by default; it is monotone, but the kit's scores are logits)."""
+    tokenizer.model_max_length = min(cfg.max_length, tokenizer.model_max_length)
+    model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    model.config.cross_encoder_kit = {"max_length": tokenizer.model_max_length, "query_max_length": cfg.query_max_length,
+                                      "score": "raw logit, higher is more relevant", "objective": cfg.objective,
+                                      "backbone": cfg.backbone, "seed": cfg.seed}
 
 
 def load_trained(model_dir: Path, max_length: int, query_max_length: int, device: str = "cpu"):
@@ -252,7 +265,7 @@ class TrainConfig:
         setup = paper_setup.TRAINING_SETUPS[self.training]
         return {"teacher-pairs": self.teacher_pairs or setup.teacher_pairs,
                 "lists": self.teacher_lists or setup.teacher_lists,
-                "teacher-groups": self.teacher_scores}.get(paper_setup.OBJECTIVE_DATA.get(self.objective))
+                "teacher-groups": self.teacher_scores}.get(losses.DATA.get(self.objective))
 
 
 def _read_checkpoint(path: Path) -> dict | None:
@@ -300,7 +313,6 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     `validate(model) -> float` (higher is better), when given, is called every `validate_every` steps
     and the best model is kept (Morand et al. select on NanoBEIR); otherwise the last one is saved."""
     import torch
-    import losses
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,6 +369,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     def save_model(folder: Path):
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        export_settings(model, tokenizer, cfg)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)

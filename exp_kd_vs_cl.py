@@ -73,7 +73,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell; teacher files in teachers/)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -88,6 +88,8 @@ class Args:
     """training queries each teacher scores, sampled with a fixed seed (default: 10,000 paper, all demo; 0: all)"""
     teacher_depth: int | None = None
     """top candidates per training query a teacher scores, with the positives (default: the setup's depth)"""
+    demo_negatives: str = "dense"
+    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch (test collections and teacher scoring)"""
     num_workers: int = 0
@@ -162,7 +164,7 @@ def main() -> None:
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
         return grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
-                                learning_rate=args.learning_rate, **teachers)
+                                learning_rate=args.learning_rate, negatives=args.demo_negatives, **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
     options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)

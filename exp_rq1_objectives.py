@@ -26,6 +26,7 @@ import dataclasses
 
 import claims
 import common
+import figures
 import grid
 import paper_setup
 import tables
@@ -50,7 +51,9 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
+    models: list[str] = dataclasses.field(default_factory=list)
+    """cross-encoders trained elsewhere, re-ranked as rows beside the objectives: Hugging Face ids (e.g. the authors' xpmir/cross-encoder-bert-base-BCE) or local folders"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -65,6 +68,8 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    demo_negatives: str = "dense"
+    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -90,8 +95,8 @@ def main() -> None:
 
     # 2. One training configuration per (objective, seed) --------------------------------------
     configs = {objective: [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                            learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                                            teacher_lists=args.teacher_lists)
+                                            learning_rate=args.learning_rate, negatives=args.demo_negatives,
+                                            teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists)
                            for seed in seeds]
                for objective in args.objectives}
 
@@ -99,7 +104,9 @@ def main() -> None:
     metrics, per_query = grid.train_and_evaluate(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth,
         batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
-        checkpoint_every=args.checkpoint_every)
+        checkpoint_every=args.checkpoint_every, models=args.models)
+    if any(m.startswith("xpmir/cross-encoder-") for m in args.models):
+        print("note: a released xpmir/cross-encoder-* checkpoint is the best of the paper's 3 seeds, not their mean")
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
     out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args, mode, already_in_name=["backbone"])
@@ -115,6 +122,13 @@ def main() -> None:
         print("\n" + table.console + "\n\n" + table.latex)
         if measure == "nDCG@10":
             records = table.records
+    baseline, intervals = args.objectives[0], {}  # each objective minus the baseline, with its 95% interval
+    for objective in args.objectives[1:]:
+        for c in collections:
+            difference = common.macro_difference([([p["nDCG@10"] for p in per_query[objective][c.name]],
+                                                   [p["nDCG@10"] for p in per_query[baseline][c.name]])])
+            intervals.setdefault(objective, {})[c.name] = (difference.mean, *difference.interval())
+    figures.differences(out / "rq1_differences_nDCG10.png", intervals, baseline, f"RQ1: objectives on {backbone} ({mode})")
     print(f"tables written to {out}")
 
     # 5. The claim this script checks: what the published table says, what these results say -------

@@ -33,6 +33,7 @@ import numpy as np
 
 import claims
 import common
+import figures
 import grid
 import paper_setup
 import tables
@@ -58,7 +59,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -73,6 +74,8 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    demo_negatives: str = "dense"
+    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -124,8 +127,8 @@ def main() -> None:
     # 2. One training configuration per (backbone, objective, seed) ------------------------------
     configs = {f"{backbone}|{objective}": [
         grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                         learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                         teacher_lists=args.teacher_lists) for seed in seeds]
+                         learning_rate=args.learning_rate, negatives=args.demo_negatives,
+                         teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
@@ -151,6 +154,9 @@ def main() -> None:
         print("\n" + table.console)
         tests += claims.tests_from_records(table.records, baseline, [c.name for c in collections])
 
+    def metrics_of(b, o, c):  # per-seed nDCG@10 of a cell on a collection
+        return [m["nDCG@10"] for m in metrics[f"{b}|{o}"].get(c, [])]
+
     # 5. Summary: backbones x objectives, mean nDCG@10 per collection group ----------------------
     means = {backbone: {o: tables.group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
              for backbone in backbones}
@@ -166,6 +172,14 @@ def main() -> None:
                                                    f"{precision})", note)
         tables.write_table(table, out, f"rq2_summary_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
+        figures.heatmap_vs_baseline(out / f"rq2_delta_{group}.png", {(b, o): float(np.mean(v)) for b in backbones
+                                                                    for o, v in rows[b].items()},
+                                    backbones, args.objectives, baseline, f"RQ2 {group}: nDCG@10 minus {baseline}")
+    if published:  # the kit's mean against the paper's, for every cell the paper reports
+        points = [(published[b, o][c], float(np.mean(metrics_of(b, o, c))), f"{b} {o} {c}") for b in backbones
+                  for o in args.objectives for c in [c.name for c in collections] if (b, o) in published
+                  and c in published[b, o] and metrics_of(b, o, c)]
+        figures.paper_vs_kit(out / "rq2_paper_vs_kit.png", points, f"RQ2 ({mode}): the kit against the paper")
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
 
     # 6. The claims this script checks: what the published table says, what these results say ------

@@ -30,11 +30,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 
 import claims
 import common
 import cross_encoder
+import figures
 import grid
 import paper_setup
 import tables
@@ -60,7 +60,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -75,6 +75,8 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    demo_negatives: str = "dense"
+    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -149,36 +151,6 @@ def size_table(rows: dict[str, dict[str, list[float]]], params: dict[str, int], 
                              align="lr" + "r" * len(columns))
 
 
-def plot_sizes(path: Path, means: dict, params: dict[str, int], objectives: list[str], groups: list[str],
-               title: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib to draw rq3_size.png)")
-        return
-    order = sorted(params, key=lambda b: (params[b], b))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        for objective in objectives:
-            points = [(params[b], np.mean(means[b][objective][group])) for b in order if group in means[b][objective]]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=objective)
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks([params[b] for b in order], [f"{b} ({params[b] / 1e6:.4g}M)" for b in order], rotation=40,
-                      ha="right", fontsize=7)
-        ax.set(xlabel="parameters (log scale)", ylabel=f"mean nDCG@10, {group}", title=group)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    print(f"plot written to {path}")
-
-
 def main() -> None:
     args = grid.parse_args(Args)
 
@@ -197,8 +169,8 @@ def main() -> None:
     # 2. Train (or reuse) every (backbone, objective, seed) cell and re-rank every collection ----
     configs = {f"{backbone}|{objective}": [
         grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                         learning_rate=args.learning_rate, teacher_pairs=args.teacher_pairs,
-                         teacher_lists=args.teacher_lists) for seed in seeds]
+                         learning_rate=args.learning_rate, negatives=args.demo_negatives,
+                         teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
     metrics, per_query = grid.train_and_evaluate(
         configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=None,
@@ -254,8 +226,8 @@ def main() -> None:
     print("\n" + table.console + "\n\n" + table.latex)
 
     # 6. Plot: nDCG@10 against parameter count, one line per objective ---------------------------
-    plot_sizes(out / "rq3_size.png", means, params, args.objectives, list(members),
-               f"RQ3 ({mode}): nDCG@10 vs backbone size")
+    figures.size_curves(out / "rq3_size.png", means, params, args.objectives, list(members),
+                        f"RQ3 ({mode}): nDCG@10 vs backbone size")
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
 
     # 7. The claim this script checks: what the published table says, what these results say --------

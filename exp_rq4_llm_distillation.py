@@ -56,7 +56,7 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
     depth: int | None = None
@@ -73,6 +73,8 @@ class Args:
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
     measure: str = "nDCG@10"
     """measure that is tested and counted"""
+    demo_negatives: str = "dense"
+    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -144,7 +146,7 @@ def main() -> None:
 
     # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
     configs = {(backbone, objective): [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                                        learning_rate=args.learning_rate,
+                                                        learning_rate=args.learning_rate, negatives=args.demo_negatives,
                                                         teacher_pairs=args.teacher_pairs,
                                                         teacher_lists=args.teacher_lists) for seed in seeds]
                for backbone in backbones for objective in objectives}

@@ -38,6 +38,7 @@ import scipy.stats
 import claims
 import common
 import grid
+import losses
 import paper_setup
 import tables
 
@@ -85,7 +86,7 @@ def _short(value) -> str:
 
 def system_label(cfg: dict, mode: str) -> str:
     """The objective, plus every setting that makes this cell's model differ from the mode's recipe."""
-    family = paper_setup.OBJECTIVE_DATA.get(cfg["objective"])
+    family = losses.DATA.get(cfg["objective"])
     extra = [_short(cfg[TEACHER_FIELD[family]])] if family in TEACHER_FIELD and cfg.get(TEACHER_FIELD[family]) else []
     try:
         default = dataclasses.asdict(grid.make_config(mode, cfg["backbone"], cfg["objective"], cfg["seed"],

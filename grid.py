@@ -25,18 +25,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import common
 import cross_encoder
+import figures
+import losses
 import paper_setup
 from common import EvalData, KitError
 from cross_encoder import TrainConfig
 from paper_setup import Collection
 
-RESULTS_FORMAT = 2  # bump when a results folder's cells or layout would no longer be reproduced
+RESULTS_FORMAT = 3  # bump when a results folder's cells or layout would no longer be reproduced
 # What each bump changed, so that a refused folder says why.
-FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models score with an fp32 head"}
+FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models score with an fp32 head",
+                  3: "the demo's InfoNCE negatives and teacher lists come from a dense first stage, and cells are keyed "
+                     "by the content of their training files"}
 
 
 # ================================================================================================
@@ -119,6 +123,7 @@ FLAG_RULES = {
     "same_size_seed": (_at_least(0), "a seed, 0 or more"),
     "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
     "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+    "demo_negatives": (lambda v: v in ("dense", "bm25"), "dense or bm25"),
 }
 
 
@@ -136,6 +141,8 @@ def check_flags(args) -> None:
                            + (" (a seed repeated is not a second replicate)" if name == "seeds" else ""))
     if getattr(args, "demo", False) and getattr(args, "smoke", False):
         raise KitError("--demo and --smoke together: pass one of them")
+    if getattr(args, "demo_negatives", "dense") == "bm25" and not (args.demo or args.smoke):
+        raise KitError("--demo-negatives bm25 is the demo's earlier data: pass it with --demo or --smoke")
 
 
 class Setting(NamedTuple):
@@ -161,34 +168,53 @@ def resolve_setting(args) -> Setting:
     precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
                                                 device)
     seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
+    common.choose_ir_datasets_home(demo=mode != "paper")
     collections = select_collections(
         paper_setup.PAPER_COLLECTIONS if mode == "paper" else paper_setup.DEMO_COLLECTIONS, args.collections)
     depth = args.depth or paper_setup.RECIPES[mode]["rerank_depth"]
-    common.choose_ir_datasets_home(demo=mode != "paper")
     return Setting(mode, device, precision, seeds, collections, depth)
 
 
 def select_collections(collections: list[Collection], names: list[str] | None) -> list[Collection]:
-    """The collections named by --collections (all when none are named); an unknown name is a KitError."""
+    """The collections named by --collections (all of the mode's when none are named): a name of the mode's,
+    any ir_datasets id (e.g. beir/arguana; candidates from --run-dir or its scoreddocs), or the JSON spec of a
+    local collection (common.LocalCollection). Anything else is a KitError."""
     if not names:
         return collections
-    known = {c.name: c for c in collections}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise KitError(f"unknown collection {unknown[0]!r}; valid here: {', '.join(known)}")
-    return [known[name] for name in names]
+    known, chosen = {c.name: c for c in collections}, []
+    for name in names:
+        if name in known:
+            chosen.append(known[name])
+        elif name.endswith(".json") and Path(name).is_file():
+            spec = common.read_collection_spec(Path(name).resolve())
+            chosen.append(Collection(common.slug(spec["name"]), f"local:{Path(name).resolve()}",
+                                     spec.get("group", "other"), tuple(spec.get("measures", Collection.measures)),
+                                     run=str(Path(name).resolve().parent / spec["run"])))
+        elif "/" in name and is_ir_datasets_id(name):
+            chosen.append(Collection(name.replace("/", "-"), name, "other"))
+        else:
+            raise KitError(f"unknown collection {name!r}; valid here: {', '.join(known)}, any ir_datasets id (e.g. "
+                           f"beir/arguana), or the JSON spec of a local collection (see README, 'Any collection')")
+    return chosen
+
+
+def is_ir_datasets_id(name: str) -> bool:
+    import ir_datasets  # imported once the ir_datasets home is chosen (resolve_setting)
+    return name in ir_datasets.registry
 
 
 # ================================================================================================
 # 2. The configuration of one cell, and the checks before the first cell trains
 # ================================================================================================
 def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
-                learning_rate: float | None = None, **teachers) -> TrainConfig:
-    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke")."""
+                learning_rate: float | None = None, negatives: str = "dense", **teachers) -> TrainConfig:
+    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke"). `negatives`: "dense"
+    (the paper's data: InfoNCE's negatives and the teacher's lists from a dense first stage) or, in the demo
+    and smoke modes, "bm25" (the kit's earlier demo: every objective's negatives from BM25)."""
     recipe, spec = paper_setup.RECIPES[mode], cross_encoder.get_backbone(backbone)
-    if objective not in paper_setup.OBJECTIVE_DATA:
-        raise KitError(f"unknown objective {objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
-    family, pairs = paper_setup.OBJECTIVE_DATA[objective], recipe["pairs"][spec.size]
+    if objective not in losses.DATA:
+        raise KitError(f"unknown objective {objective!r}; valid: {', '.join(losses.DATA)}")
+    family, pairs = losses.DATA[objective], recipe["pairs"][spec.size]
     # Keep only the teacher file this objective reads, so that naming a teacher does not re-key other cells.
     uses = {"teacher-pairs": "teacher_pairs", "lists": "teacher_lists", "teacher-groups": "teacher_scores"}.get(family)
     teachers = {name: path for name, path in teachers.items() if name == uses}
@@ -207,16 +233,16 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
                        warmup_steps=min(recipe["warmup_steps"], max(1, steps // 10)),
                        batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
                        query_max_length=recipe["query_max_length"], precision=precision,
-                       training=recipe["training"], **teachers)
+                       training=recipe["training"] + ("-bm25" if negatives == "bm25" else ""), **teachers)
 
 
 def preflight(configs: dict[str, list[TrainConfig]]) -> None:
     """Check names and files before the first cell trains: a typo must not surface after hours of training."""
     for cfg in (c for seeds in configs.values() for c in seeds):
         cross_encoder.get_backbone(cfg.backbone)
-        kind = paper_setup.OBJECTIVE_DATA.get(cfg.objective)
+        kind = losses.DATA.get(cfg.objective)
         if kind is None:
-            raise KitError(f"unknown objective {cfg.objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
+            raise KitError(f"unknown objective {cfg.objective!r}; valid: {', '.join(losses.DATA)}")
         needed = cfg.teacher_file()
         if kind == "teacher-groups" and not needed:
             raise KitError(f"objective {cfg.objective!r} needs teacher scores (--teacher-scores)")
@@ -228,7 +254,7 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
         needed = cfg.teacher_file()
         if needed and needed not in paper_setup.EXTERNAL_FILES and needed not in checked:  # published: md5-checked
             checked.add(needed)
-            check_teacher_file(common.resolve_file(needed), paper_setup.OBJECTIVE_DATA[cfg.objective],
+            check_teacher_file(common.resolve_file(needed), losses.DATA[cfg.objective],
                                paper_setup.TRAINING_SETUPS[cfg.training])
 
 
@@ -292,14 +318,25 @@ def cell_key(cfg: TrainConfig) -> str:
         for name in ("teacher_scores", "teacher_pairs", "teacher_lists"):
             if fields[name] == used:
                 fields[name] = Path(used).name
+    # The training files the objective reads are keyed by content too (the demo's first-stage runs).
+    setup = paper_setup.TRAINING_SETUPS[cfg.training]
+    reads = {"pairs": [] if setup.triples else [setup.pair_negatives], "groups": [setup.candidates],
+             "teacher-groups": [setup.candidates]}.get(losses.DATA.get(cfg.objective), [])
+    local = [f for f in reads if f not in paper_setup.EXTERNAL_FILES and common.resolve_file(f).is_file()]
+    if local:
+        fields["data_md5"] = {Path(f).name: common.md5_of(common.resolve_file(f)) for f in local}
     # A backbone given as a local folder is keyed by its files' content: a model replaced at the same path
     # must not reuse the cells of the old one.
     if Path(cfg.backbone).is_dir():
-        files = sorted(p for p in Path(cfg.backbone).rglob("*") if p.is_file() and not p.name.startswith("."))
-        fields["backbone"] = [Path(cfg.backbone).name, {str(p.relative_to(cfg.backbone)): common.md5_of(p)
-                                                         for p in files}]
+        fields["backbone"] = [Path(cfg.backbone).name, folder_fingerprint(Path(cfg.backbone))]
     text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def folder_fingerprint(folder: Path) -> dict[str, str]:
+    """{file: md5} of a model folder: what keys the results of a model given as a folder."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {str(p.relative_to(folder)): common.md5_of(p) for p in files}
 
 
 def cell_dir(results: Path, cfg: TrainConfig) -> Path:
@@ -342,8 +379,91 @@ def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, **train_
         common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
         started = time.time()
         model_dir = cross_encoder.train(cfg, folder, device, log=log, **train_options)
+        write_model_card(cfg, folder)
+        figures.training_curve(folder)
         common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1)})
     return model_dir
+
+
+CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
+             "Techniques for Cross-Encoders},\n  author={Morand, Victor and Vast, Mathias and Van Cooten, Basile and "
+             "Soulier, Laure and Mothe, Josiane and Piwowarski, Benjamin},\n  journal={arXiv preprint arXiv:2603.03010},"
+             "\n  year={2026}\n}",
+             "Xu et al. 2025": "@article{xu2025distillation,\n  title={Distillation versus Contrastive Learning: How to "
+             "Train Your Rerankers},\n  author={Xu, Zhichao and Huang, Zhiqi and Zhuang, Shengyao and Srikumar, Vivek},"
+             "\n  journal={arXiv preprint arXiv:2507.08336},\n  year={2025}\n}"}
+
+
+def write_model_card(cfg: TrainConfig, folder: Path) -> None:
+    """The cell's model/README.md: how it was trained, on what, how to score with it, what it measured
+    (every evaluation stored in the cell so far), and what to cite. Rewritten after each evaluation."""
+    model_dir = folder / "model"
+    if not model_dir.is_dir():
+        return
+    setup = paper_setup.TRAINING_SETUPS[cfg.training]
+    family = losses.DATA[cfg.objective]
+    data = {"pairs": f"triples {setup.triples}" if setup.triples else f"positives paired with negatives from {setup.pair_negatives}",
+            "teacher-pairs": f"teacher scores of triples, {cfg.teacher_file()}",
+            "groups": f"1 positive + {cfg.group_size - 1} negatives from {setup.candidates} (top {setup.candidate_depth})",
+            "teacher-groups": f"teacher scores {cfg.teacher_file()} of groups from {setup.candidates}",
+            "lists": f"the teacher's ordering {cfg.teacher_file()}, top {cfg.group_size}"}[family]
+    rows = []
+    for evaluation in sorted((folder / "eval").glob("*/metrics.json")):
+        metrics = json.loads(evaluation.read_text())
+        rows.append(f"| {evaluation.parent.name.split('__')[0]} | "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + " |")
+    cite = "Xu et al. 2025" if cfg.objective == "kl" else "Morand et al. 2026"
+    settings = "\n".join(f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items())
+    card = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [cross-encoder, reranking, {cfg.objective}]
+---
+# {cfg.backbone} cross-encoder trained with {cfg.objective} (seed {cfg.seed})
+
+A re-ranker trained by the cross-encoder reproducibility kit: one logit per (query, passage), higher is more
+relevant. Training queries: `{setup.queries}`; data of {cfg.objective}: {data}; {cfg.steps} steps.
+
+## How to score with it
+
+The score is the raw logit (no sigmoid). The query is cut to {cfg.query_max_length} tokens first, then the pair is
+tokenized with only the passage truncated, {cfg.max_length} tokens in all (both recorded in config.json under
+`cross_encoder_kit`; the maximum length is the tokenizer's `model_max_length`):
+
+```python
+import torch, transformers
+model = transformers.AutoModelForSequenceClassification.from_pretrained(PATH).eval()
+tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
+cut = tokenizer(query, add_special_tokens=False, truncation=True, max_length={cfg.query_max_length},
+                return_offsets_mapping=True)["offset_mapping"]
+query = query[:cut[-1][1]] if cut else query
+inputs = tokenizer([query] * len(passages), passages, truncation="only_second", padding=True, return_tensors="pt")
+scores = model(**inputs).logits[:, 0]
+```
+
+`sentence_transformers.CrossEncoder(PATH).predict([(query, passage), ...])` gives the same scores when the query
+is shorter than {cfg.query_max_length} tokens (it reads the maximum length and the identity activation from the
+saved files; it cannot give the query a budget of its own).
+
+## Training configuration
+
+| setting | value |
+|---|---|
+{settings}
+
+## Evaluation (re-ranking; nDCG@10 and the collection's other measures)
+
+| collection | measures |
+|---|---|
+{chr(10).join(rows) if rows else "| (none yet) | |"}
+
+## Citation
+
+```bibtex
+{CITATIONS[cite]}
+```
+"""
+    common.atomic_write_text(model_dir / "README.md", card)
 
 
 # ================================================================================================
@@ -373,21 +493,57 @@ def evaluate_first_stage(data: EvalData, results: Path):
     return _save_metrics(folder, run, data, "first-stage")
 
 
-def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, batch_size: int = 64,
-                  progress: bool = True, workers: int = 0):
-    """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed.
+def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
+              precision: str, tag: str, batch_size: int, progress: bool, workers: int):
+    """(aggregate, per_query) of the model in `model_dir` re-ranking `data`, stored in `home`/eval/ and reused.
     `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key."""
     key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.collection.relevance, data.candidates_name,
-                                   data.collection.measures, cfg.max_length, cfg.query_max_length,
-                                   cfg.precision]).encode()).hexdigest()[:10]
-    folder = cell_dir(results, cfg) / "eval" / f"{data.collection.name}__{key}"
+                                   data.collection.measures, max_length, query_max_length,
+                                   precision]).encode()).hexdigest()[:10]
+    folder = home / "eval" / f"{data.collection.name}__{key}"
     if (folder / "metrics.json").exists():
         return _load_metrics(folder)
-    model, pair_tokenizer = cross_encoder.load_trained(cell_dir(results, cfg) / "model", cfg.max_length,
-                                                       cfg.query_max_length, device)
+    model, pair_tokenizer = cross_encoder.load_trained(model_dir, max_length, query_max_length, device)
     run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
-                               device=device, precision=cfg.precision, progress=progress, workers=workers)
-    return _save_metrics(folder, run, data, f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}")
+                               device=device, precision=precision, progress=progress, workers=workers)
+    return _save_metrics(folder, run, data, tag)
+
+
+def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, batch_size: int = 64,
+                  progress: bool = True, workers: int = 0):
+    """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed."""
+    folder = cell_dir(results, cfg)
+    found = _evaluate(folder / "model", folder, data, device, cfg.max_length, cfg.query_max_length, cfg.precision,
+                      f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}", batch_size, progress, workers)
+    write_model_card(cfg, folder)
+    return found
+
+
+def resolve_model(name: str) -> Path:
+    """A trained cross-encoder named by --models: a local folder, or a Hugging Face id fetched into the hub's
+    own cache (the authors' releases, xpmir/cross-encoder-<backbone>-<loss>, cross-encoder/ms-marco-...)."""
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise KitError(f"--models {name}: the folder holds no config.json; pass a folder saved with save_pretrained")
+        return Path(name)
+    if name.count("/") != 1:
+        raise KitError(f"--models {name}: neither a folder nor a Hugging Face id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(name))
+    except Exception as error:  # the hub raises many kinds: unknown id, no network, offline mode
+        raise KitError(f"--models {name}: could not fetch it from the Hugging Face hub ({type(error).__name__}); "
+                       f"check the id and the network, or pass a local folder") from None
+
+
+def evaluate_model(name: str, results: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
+                   precision: str, batch_size: int = 64, progress: bool = True, workers: int = 0):
+    """(aggregate, per_query) of a cross-encoder trained elsewhere re-ranking `data`, on the same candidates, with
+    the same lengths and measures as the cells; stored under results/models/, keyed by its files' content."""
+    folder = resolve_model(name)
+    key = hashlib.sha1(json.dumps(folder_fingerprint(folder), sort_keys=True).encode()).hexdigest()[:10]
+    return _evaluate(folder, Path(results) / "models" / f"{common.slug(name)}__{key}", data, device, max_length,
+                     query_max_length, precision, f"model-{common.slug(name)}", batch_size, progress, workers)
 
 
 # ================================================================================================
@@ -403,13 +559,15 @@ def first_stage_label(collections: list[Collection], run_dir: str | None) -> str
 def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
                        first_stage: str | None = "auto", max_queries: int | None = None, progress: bool = True,
-                       log=print, **train_options):
-    """Train (or reuse) every cell and re-rank every collection with it.
+                       models: Sequence[str] = (), log=print, **train_options):
+    """Train (or reuse) every cell and re-rank every collection with it, and with every model of `models`
+    (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>".
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
     {measure: {qid: value}}; the candidates themselves appear in metrics (only) as the system `first_stage`."""
     preflight(configs)
+    folders = {name: resolve_model(name) for name in models}  # fetched (and checked) before anything trains
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries) for c in collections}
@@ -428,4 +586,11 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
                                               workers=train_options.get("num_workers", 0))
                 metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
                 per_query.setdefault(system, {}).setdefault(name, []).append(pq)
+    cfg = next(c for seeds in configs.values() for c in seeds)  # the lengths and precision every cell shares
+    for model in folders:
+        for name, data in datasets.items():
+            aggregate, pq = evaluate_model(model, results, data, device, cfg.max_length, cfg.query_max_length,
+                                           cfg.precision, batch_size, progress, train_options.get("num_workers", 0))
+            metrics.setdefault(f"model: {model}", {})[name] = [aggregate]
+            per_query.setdefault(f"model: {model}", {})[name] = [pq]
     return metrics, per_query

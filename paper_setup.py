@@ -94,42 +94,43 @@ EXTERNAL_FILES = {f.name: f for f in [
 # ================================================================================================
 # 3. Training data per objective
 # ================================================================================================
-# Which data each objective trains on (Morand et al. 2026; Xu et al. 2025 for kl):
-#   pairs  - (q, d+, d-) with labels (1, 0), or with teacher scores for margin_mse
-#   groups - 1 positive + (n-1) negatives sampled from a run's top-k, positives excluded
-#   lists  - a teacher's ordering of the top-k, its scores as targets (Rank-DistiLLM: 101 - rank)
-OBJECTIVE_DATA = {"bce": "pairs", "hinge": "pairs", "margin_mse": "teacher-pairs", "infonce": "groups",
-                  "kl": "teacher-groups", "distill_ranknet": "lists", "adr_mse": "lists"}
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
-    """Where each objective family takes its training data from."""
+    """Where each objective family takes its training data from (families: losses.DATA)."""
     queries: str                # ir_datasets id of the training queries and qrels
-    triples: str | None         # ir_datasets id with docpairs (q, d+, d-); None: sample d- from `candidates`
+    triples: str | None         # ir_datasets id with docpairs (q, d+, d-) for `pairs`; None: from `pair_negatives`
+    pair_negatives: str | None  # TREC run whose top `candidate_depth` gives the d- of `pairs` when there are no triples
     teacher_pairs: str          # Hofstätter-format scores of (q, d+, d-) triples, for margin_mse
-    candidates: str             # TREC run whose top `candidate_depth` gives the hard negatives
+    candidates: str             # TREC run whose top `candidate_depth` gives the hard negatives of `groups`
     teacher_lists: str          # TREC run ordered by the listwise teacher (score = 101 - rank)
     candidate_depth: int
 
 
+# The paper: BCE and hinge on the official triples (BM25 negatives), MarginMSE on an ensemble's scores of
+# such triples, InfoNCE's negatives from a strong dense first stage (ColBERTv2's top-500), the LLM's lists
+# from that first stage too (RankZephyr's ordering of ColBERTv2's candidates).
 PAPER_TRAINING = TrainingSetup(
-    queries="msmarco-passage/train", triples="msmarco-passage/train/triples-small",
+    queries="msmarco-passage/train", triples="msmarco-passage/train/triples-small", pair_negatives=None,
     teacher_pairs="bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
     candidates="__colbert__msmarco-passage-train-judged.run",
     teacher_lists="__rankzephyr-colbert-10000-sampled-100__msmarco-passage-train-judged.run",
     candidate_depth=500)
 
-# The demo's teachers are an ensemble of cross-encoders the kit trains itself (scripts/make_demo_teachers.py):
-# there is no Hofstätter ensemble or RankZephyr run for SciFact.
+# The demo mirrors that asymmetry on SciFact: pairs (and the teacher's pairs) from BM25, InfoNCE's negatives
+# and the teacher's lists from a dense first stage, all-MiniLM-L6-v2 as a bi-encoder (scripts/make_dense_runs.py).
+# Its teachers are an ensemble of cross-encoders the kit trains itself (scripts/make_demo_teachers.py): there is no
+# Hofstätter ensemble or RankZephyr run for SciFact.
 DEMO_TRAINING = TrainingSetup(
-    queries="beir/scifact/train", triples=None,
+    queries="beir/scifact/train", triples=None, pair_negatives="data/runs/bm25/scifact-train.run.gz",
     teacher_pairs="data/teachers/scifact-train.ensemble-pairs.tsv",
-    candidates="data/runs/bm25/scifact-train.run.gz",
-    teacher_lists="data/teachers/scifact-train.ensemble-top50.run",
+    candidates="data/runs/dense/scifact-train.run.gz",
+    teacher_lists="data/teachers/scifact-train.ensemble-dense-top50.run",
     candidate_depth=100)
+# The kit's earlier demo (--demo-negatives bm25): every objective's negatives and the teacher's lists from BM25.
+DEMO_BM25_TRAINING = dataclasses.replace(DEMO_TRAINING, candidates="data/runs/bm25/scifact-train.run.gz",
+                                         teacher_lists="data/teachers/scifact-train.ensemble-top50.run")
 
-TRAINING_SETUPS = {"paper": PAPER_TRAINING, "demo": DEMO_TRAINING}  # by TrainConfig.training
+TRAINING_SETUPS = {"paper": PAPER_TRAINING, "demo": DEMO_TRAINING, "demo-bm25": DEMO_BM25_TRAINING}  # TrainConfig.training
 
 
 # ================================================================================================

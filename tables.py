@@ -171,6 +171,9 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
         legend += f"; not tested (reference): {', '.join(reference)}" if reference else ""
     if published:
         legend += "; (paper): the paper's published mean of 3 seeds (no per-query values: not tested)"
+    released = [s for s in values if s.startswith("model: xpmir/cross-encoder-")]
+    if released:
+        legend += "; model: xpmir/...: a released checkpoint, the best of the paper's 3 seeds, not their mean"
     seed_counts = list(n_seeds.values())
     caption = f"{latex_escape(title)}. {latex_escape(measure)}"
     if seed_counts and max(seed_counts) > 1:
@@ -189,6 +192,8 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
     if published:
         caption += (" (paper): the mean of 3 seeds published by Morand et al. (2026), not tested (its per-query "
                     "values are not published); (kit - paper): this table's mean minus it.")
+    if released:
+        caption += " A released xpmir/cross-encoder-* checkpoint is the best of the paper's 3 seeds, not their mean."
 
     # Records: untested cells (baseline, no comparison) carry None, not False.
     records = []

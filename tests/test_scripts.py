@@ -190,3 +190,34 @@ def test_every_script_saves_its_verdicts_and_rq5_gathers_them(shared):
     assert {r["claim"] for r in records} == {"M1", "M2", "M3", "M4", "X1", "X2"}
     assert {r["scale"] for r in records} >= {"published table", "smoke"}
     assert all(r["verdict"] in ("supported", "partly", "not supported", "cannot tell") for r in records)
+
+
+def test_a_model_trained_elsewhere_and_a_local_collection_appear_in_the_table(tmp_path):
+    """--models takes a local folder (any one-logit cross-encoder), --collections the JSON spec of a local
+    collection (queries TSV, TREC qrels, BEIR-style corpus.jsonl, TREC run): both appear in the smoke table,
+    the model tested against the baseline like the objectives."""
+    import cross_encoder
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 3)
+    model.save_pretrained(tmp_path / "elsewhere")
+    tokenizer.save_pretrained(tmp_path / "elsewhere")
+    local = tmp_path / "mine"
+    local.mkdir()
+    docs = {f"d{i}": f"passage {i} about {'aspirin and stroke' if i % 3 == 0 else 'the weather'}" for i in range(12)}
+    (local / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                                for d, t in docs.items()))
+    (local / "queries.tsv").write_text("q1\taspirin stroke\nq2\tweather today\nq3\taspirin\n")
+    (local / "qrels.txt").write_text("q1 0 d0 1\nq1 0 d3 2\nq2 0 d1 1\nq3 0 d6 1\n")
+    (local / "run.trec").write_text("".join(f"{q} Q0 {d} {r} {20 - r} bm25\n" for q in ("q1", "q2", "q3")
+                                            for r, d in enumerate(docs, 1)))
+    (local / "spec.json").write_text(json.dumps({"name": "my collection", "queries": "queries.tsv",
+                                                 "qrels": "qrels.txt", "documents": "corpus.jsonl", "run": "run.trec"}))
+    out = run_script("exp_rq1_objectives.py", "--smoke", "--objectives", "bce", "hinge", "--collections", "vaswani",
+                     str(local / "spec.json"), "--models", str(tmp_path / "elsewhere"), "--results",
+                     str(tmp_path / "results"))
+    nDCG = out[out.index("— nDCG@10"):out.index("\\begin{table}")]
+    assert f"| model: {tmp_path / 'elsewhere'}" in nDCG and "my-collection" in nDCG and "vaswani" in nDCG
+    (folder,) = (tmp_path / "results" / "tables").iterdir()
+    records = json.loads((folder / "rq1_nDCG10.json").read_text())
+    model_cells = [r for r in records if r["system"].startswith("model: ") and r["column"] == "my-collection"]
+    assert len(model_cells) == 1 and model_cells[0]["pvalue"] is not None  # tested against bce
+    assert list((tmp_path / "results" / "models").glob("elsewhere__*/eval/my-collection__*/metrics.json"))
