@@ -198,7 +198,8 @@ def beats_baseline(claim: str, tests: list[dict], objectives: list[str], baselin
             verdicts.append("cannot tell" if not mine else "supported" if not wins else "not supported")
         else:
             verdicts.append(_rule(above, len(mine), losses))
-    return Verdict(claim, where, "; ".join(parts), min(verdicts, key=_order) if verdicts else "cannot tell")
+    finding = "; ".join(parts) or f"needs {baseline} and another objective tested against it"
+    return Verdict(claim, where, finding, min(verdicts, key=_order) if verdicts else "cannot tell")
 
 
 def tests_from_records(records: list[dict], baseline: str, columns: list[str]) -> list[dict]:

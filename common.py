@@ -121,7 +121,7 @@ def user_ir_datasets_home() -> Path:
     return Path(os.environ.get("IR_DATASETS_HOME") or Path.home() / ".ir_datasets")
 
 
-_chosen_home: list[Path] = []  # the ir_datasets home of this process, once chosen
+_chosen_home: list[tuple[Path, bool]] = []  # (the ir_datasets home of this process, is it the demo's), once chosen
 
 
 def choose_ir_datasets_home(demo: bool) -> Path:
@@ -132,10 +132,10 @@ def choose_ir_datasets_home(demo: bool) -> Path:
     ir_datasets downloads the official data, and never the demo's files. ir_datasets reads its home once,
     when first imported, so a process chooses once."""
     home = (kit_cache() / "ir_datasets_demo" if demo else user_ir_datasets_home()).resolve()
-    if _chosen_home and _chosen_home[0] != home:
-        raise RuntimeError(f"this process reads collections from {_chosen_home[0]} already; it cannot switch to {home}")
+    if _chosen_home and _chosen_home[0] != (home, demo):
+        raise RuntimeError(f"this process reads collections from {_chosen_home[0][0]} already; it cannot switch to {home}")
     if not _chosen_home:
-        _chosen_home.append(home)
+        _chosen_home.append((home, demo))
         os.environ["IR_DATASETS_HOME"] = str(home)  # before ir_datasets is imported (load_dataset imports it)
     return home
 
@@ -156,8 +156,9 @@ def load_dataset(dataset_id: str):
         return LocalCollection(Path(dataset_id[len("local:"):]))
     if not _chosen_home:
         raise RuntimeError("call common.choose_ir_datasets_home(demo=...) before loading a collection")
-    if _chosen_home[0] == (kit_cache() / "ir_datasets_demo").resolve():
-        install_demo_data(_chosen_home[0])
+    home, demo = _chosen_home[0]
+    if demo:
+        install_demo_data(home)
     import ir_datasets  # imported late: it reads IR_DATASETS_HOME when imported
     import logging
     # ir_datasets logs each step (one logger per module) and each failed download attempt: the progress bars
@@ -322,14 +323,20 @@ def reading(dataset, what: str):
         raise KitError(f"{dataset.dataset_id()}: its {what} could not be read or downloaded ({type(error).__name__}: "
                        f"{str(error).splitlines()[0][:160]}); check the network, or see "
                        f"https://ir-datasets.com for where to place the files by hand") from None
+    except RuntimeError as error:  # ir_datasets' word for source files that are not all in place
+        raise KitError(f"{dataset.dataset_id()}: its {what} could not be read ({str(error).splitlines()[0][:240]})"
+                       ) from None
     except ValueError as error:
         raise KitError(f"{dataset.dataset_id()}: its {what} could not be parsed ({error}); check the files in "
-                       f"{user_ir_datasets_home() if not _chosen_home else _chosen_home[0]}") from None
+                       f"{_chosen_home[0][0] if _chosen_home else user_ir_datasets_home()}") from None
 
 
 def load_queries(dataset) -> dict[str, str]:
+    """{query id: text}, the text as ir_datasets' default_text() gives it (a TREC topic's title: Robust04's
+    queries have no `.text` field)."""
     with reading(dataset, "queries"):
-        return {query.query_id: query.text.strip() for query in dataset.queries_iter()}
+        return {q.query_id: (q.default_text() if hasattr(q, "default_text") else q.text).strip()
+                for q in dataset.queries_iter()}
 
 
 def load_qrels(dataset, relevance: tuple = ()) -> dict[str, dict[str, int]]:
@@ -577,7 +584,12 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
     qrels = load_qrels(dataset)
     positives = {qid: sorted(d for d, rel in docs.items() if rel > 0) for qid, docs in qrels.items()}
     if kind == "lists":
-        lists = read_run(resolve_file(setup.teacher_lists), group_size)
+        lists = read_run(resolve_file(setup.teacher_lists))
+        if setup.list_candidates:  # keep, in the teacher's order, the documents of another first stage's top
+            kept_docs = {qid: {d for d, _ in ranked} for qid, ranked in
+                         iter_ranked(resolve_file(setup.list_candidates), group_size) if qid in lists}
+            lists = {qid: [(d, s) for d, s in ranked if d in kept_docs.get(qid, ())] for qid, ranked in lists.items()}
+        lists = {qid: ranked[:group_size] for qid, ranked in lists.items()}
         kept = {qid: ranked for qid, ranked in lists.items() if qid in queries and len(ranked) >= 2}
         _report_skipped(log, "lists", len(lists) - len(kept), "not in the training queries or shorter than 2")
         return TrainingData("lists", candidates=kept, **common)
@@ -671,20 +683,20 @@ class EvalData:
 
 
 def load_eval_data(collection: Collection, run_dir: str | None = None, depth: int = 1000,
-                   max_queries: int | None = None) -> EvalData:
-    """Queries, qrels, documents and the top-`depth` candidates of a test collection. Candidates come
-    from `run_dir/<collection>.run[.gz]` when given, else the run shipped with the demo, else the
-    dataset's own scoreddocs. `max_queries` keeps the first judged queries only (smoke tests)."""
+                   max_queries: int | None = None, run: Path | None = None) -> EvalData:
+    """Queries, qrels, documents and the top-`depth` candidates of a test collection. Candidates come from
+    `run` (a first stage the kit ran) or `run_dir/<collection>.run[.gz]` when given, else the run shipped with
+    the demo, else the dataset's own scoreddocs. `max_queries` keeps the first judged queries only (smoke)."""
     dataset = load_dataset(collection.dataset_id)
     queries, qrels = load_queries(dataset), load_qrels(dataset, collection.relevance)
-    path = None
-    if run_dir:
+    path = Path(run) if run else None
+    if path is None and run_dir:
         options = [Path(run_dir) / f"{collection.name}.run{ext}" for ext in ("", ".gz", ".trec", ".trec.gz")]
         path = next((p for p in options if p.exists()), None)
         if path is None:
             raise KitError(f"no candidates for {collection.name}: expected {options[0]} (or .gz) in --run-dir; "
                            f"see the README section 'Candidates'")
-    elif collection.run:
+    elif path is None and collection.run:
         path = REPO / collection.run
     if path is not None:
         ranked, name, source = read_run(path, depth), f"{path.name}@{depth}", str(path)

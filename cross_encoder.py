@@ -256,6 +256,7 @@ class TrainConfig:
     teacher_pairs: str | None = None   # replaces the setup's Hofstätter-format file (margin_mse)
     teacher_lists: str | None = None   # replaces the setup's listwise teacher run (distill_ranknet, adr_mse)
     max_examples: int | None = None
+    validate_every: int = 0     # steps between validations; the best checkpoint is kept (paper: NanoBEIR, 5,000)
     grad_accumulation: int = 1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -310,8 +311,9 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     Resumes from out_dir/checkpoint.pt when it exists (same config), so rerunning the command after a
     crash continues where it stopped and ends with the same model as an uninterrupted run on CPU.
-    `validate(model) -> float` (higher is better), when given, is called every `validate_every` steps
-    and the best model is kept (Morand et al. select on NanoBEIR); otherwise the last one is saved."""
+    `validate(model, pair_tokenizer) -> float` (higher is better), when given, is called every
+    `validate_every` steps and at the last, and the best model is kept (Morand et al. select on NanoBEIR); the
+    values go to training.json's "curve". Otherwise the last model is saved."""
     import torch
     from tqdm import tqdm
 
@@ -337,7 +339,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, cfg.steps))
 
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    step, best = 0, {"value": -float("inf"), "step": None}
+    step, best, curve = 0, {"value": -float("inf"), "step": None}, []
     state = _read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     if state is not None:
         if state["config"] != dataclasses.asdict(cfg):
@@ -348,7 +350,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         torch.set_rng_state(state["rng_cpu"])
         if device.startswith("cuda") and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
-        step, best = state["step"], state["best"]
+        step, best, curve = state["step"], state["best"], state.get("curve", [])
         log(f"resuming from {checkpoint_path} at step {step}")
     # Log lines after the checkpoint belong to the interrupted attempt: drop them.
     kept = [l for l in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(l)["step"] <= step]
@@ -356,7 +358,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     def save_checkpoint():
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "config": dataclasses.asdict(cfg),
+                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "curve": curve,
+                 "config": dataclasses.asdict(cfg),
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
         tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
@@ -429,9 +432,10 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
             bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
             window_start, window_pairs = time.perf_counter(), 0
         if validating:
-            value = validate(model)
+            value = validate(model, pair_tokenizer)
             model.train()
             log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
+            curve.append({"step": step, "value": value})
             if value > best["value"]:
                 best = {"value": value, "step": step}
                 save_model(out_dir / "model")
@@ -440,7 +444,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     bar.close()
     if validate is None or not validate_every:
         save_model(out_dir / "model")
-    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best})
+    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best, "curve": curve})
     return out_dir / "model"
 
 

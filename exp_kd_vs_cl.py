@@ -73,9 +73,11 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell; teacher files in teachers/)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -89,13 +91,17 @@ class Args:
     teacher_depth: int | None = None
     """top candidates per training query a teacher scores, with the positives (default: the setup's depth)"""
     demo_negatives: str = "dense"
-    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from a dense first stage (as the paper) or bm25"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch (test collections and teacher scoring)"""
     num_workers: int = 0
     """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
@@ -164,12 +170,15 @@ def main() -> None:
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
         return grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
-                                learning_rate=args.learning_rate, negatives=args.demo_negatives, **teachers)
+                                learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists, **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
-    options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+    options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
+                   keep_checkpoint=args.keep_checkpoint)
+    selecting = next((c for c in teachers.values() if c.validate_every), None)  # paper: NanoBEIR selection
+    validate = grid.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size) if selecting else None
     for cfg in teachers.values():
-        grid.train_cell(cfg, results, device, **options)
+        grid.train_cell(cfg, results, device, validate=validate, **options)
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,
@@ -187,9 +196,9 @@ def main() -> None:
             extra = {} if source is None else {"teacher_scores": files[key][0]} if objective == "kl" \
                 else {"teacher_pairs": files[key][1]}
             configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
-    metrics, per_query = grid.train_and_evaluate(configs, collections, results, device, run_dir=args.run_dir, depth=depth,
-                                                 batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
-                                                 **options)
+    metrics, per_query = grid.train_and_evaluate(configs, collections, results, device, run_dir=args.run_dir,
+                                                 method=args.retriever, depth=depth, batch_size=args.eval_batch_size,
+                                                 max_queries=30 if args.smoke else None, **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
     out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args, mode, already_in_name=["precision"])

@@ -59,9 +59,11 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank: names of the mode's, ir_datasets ids, or JSON specs of local collections (default: all of the mode's)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -75,13 +77,17 @@ class Args:
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
     demo_negatives: str = "dense"
-    """--demo/--smoke: where InfoNCE's negatives and the teacher's lists come from: dense (as the paper) or bm25"""
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from a dense first stage (as the paper) or bm25"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
     """DataLoader workers that tokenize training and re-ranking batches (several on a GPU machine; 0 on a CPU)"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
@@ -119,7 +125,7 @@ def main() -> None:
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
         passed = backbones if "backbones" in args.given else []
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
-    first_stage = grid.first_stage_label(collections, args.run_dir)
+    first_stage = grid.first_stage_label(collections, args.run_dir, args.retriever, depth)
     results = grid.open_results(args.results)
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
           f"{precision} on {device}")
@@ -127,15 +133,15 @@ def main() -> None:
     # 2. One training configuration per (backbone, objective, seed) ------------------------------
     configs = {f"{backbone}|{objective}": [
         grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                         learning_rate=args.learning_rate, negatives=args.demo_negatives,
+                         learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
                          teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
     metrics, per_query = grid.train_and_evaluate(
-        configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=first_stage,
-        batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
-        checkpoint_every=args.checkpoint_every)
+        configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
+        first_stage=first_stage, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
     out = tables.tables_folder(results, f"rq2_{mode}", args, mode)

