@@ -408,7 +408,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         bar.update(1)
         validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
         logging = step % log_every == 0 or step == cfg.steps
-        if not (logging or validating or step % checkpoint_every == 0):
+        stopping = step < cfg.steps and common.stop_requested()  # a time limit or preemption: checkpoint, then stop
+        if not (logging or validating or stopping or step % checkpoint_every == 0):
             continue  # reading the loss back waits for the GPU: only before a log line or a save
         values = torch.stack(unread).tolist()
         unread = []
@@ -435,8 +436,12 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
             if value > best["value"]:
                 best = {"value": value, "step": step}
                 save_model(out_dir / "model")
-        if step % checkpoint_every == 0 or step == cfg.steps:
+        if step % checkpoint_every == 0 or step == cfg.steps or stopping:
             save_checkpoint()
+        if stopping:
+            bar.close()
+            raise common.Interrupted(f"{out_dir.name} stopped at step {step} of {cfg.steps} ({stopping}); "
+                                     f"its checkpoint is saved and a rerun resumes from it")
     bar.close()
     if validate is None or not validate_every:
         save_model(out_dir / "model")
@@ -511,6 +516,8 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
         # On a GPU, tokenizing batch k+1 (here or in the workers) overlaps the GPU's work on batch k, whose
         # scores are collected only after batch k+1 is queued (the tokenizer can still be the slower of the two).
         for chosen, inputs in batches:
+            if common.stop_requested():  # a time limit or preemption: this collection is re-ranked again on resume
+                raise common.Interrupted(f"re-ranking stopped ({common.stop_requested()})")
             chosen = np.asarray(chosen)  # a DataLoader hands the positions back as a tensor
             inputs = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True) for k, v in inputs.items()}
             with autocast(device, precision):

@@ -17,15 +17,21 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
+import functools
 import hashlib
 import inspect
 import json
 import math
+import os
+import socket
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import common
 import cross_encoder
@@ -47,11 +53,17 @@ FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models scor
 # 1. The command line: flags, their rules, and what they resolve to
 # ================================================================================================
 def main_guard(main) -> None:
-    """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback."""
+    """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback. A script that
+    ends early without error (EarlyExit: a plan, a submission, cells left to other workers) prints its note."""
     try:
         main()
+    except EarlyExit as early:
+        print(early)
     except KitError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except common.Interrupted as stop:
+        print(f"error: {stop}; rerun the same command to go on", file=sys.stderr)
         sys.exit(2)
 
 
@@ -124,7 +136,28 @@ FLAG_RULES = {
     "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
     "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
     "demo_negatives": (lambda v: v in ("dense", "bm25"), "dense or bm25"),
+    "gpus": (lambda v: v in (0, 1), "1 GPU per task (a cell trains on one GPU; README, 'Many GPUs and SLURM'), or 0"),
+    "cpus": (_at_least(1), "CPU cores per task, at least 1"),
+    "mem": (_at_least(1), "memory per task in GB, at least 1"),
+    "array_parallelism": (_at_least(1), "a number of tasks at once, at least 1"),
+    "time_limit": (lambda v: slurm_minutes(v) is not None, "a SLURM time: minutes, HH:MM:SS or D-HH:MM:SS"),
 }
+# Options of --slurm (and of --plan, which shows what --slurm would submit).
+SLURM_OPTIONS = ("partition", "time_limit", "gpus", "cpus", "mem", "account", "array_parallelism")
+
+
+def slurm_minutes(text: str) -> float | None:
+    """A SLURM time limit in minutes ('90', '4:00:00', '1-12:00:00', '2-0', ...); None if not one."""
+    import re
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
+    if not match:
+        return None
+    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        return days * 1440 + first * 60 + (second or 0) + (third or 0) / 60
+    if third is not None:  # H:M:S
+        return first * 60 + second + third / 60
+    return first + (second or 0) / 60  # M or M:S
 
 
 def check_flags(args) -> None:
@@ -141,6 +174,15 @@ def check_flags(args) -> None:
                            + (" (a seed repeated is not a second replicate)" if name == "seeds" else ""))
     if getattr(args, "demo", False) and getattr(args, "smoke", False):
         raise KitError("--demo and --smoke together: pass one of them")
+    if getattr(args, "plan", False) and getattr(args, "slurm", False):
+        raise KitError("--plan and --slurm together: --plan shows what --slurm would submit and runs nothing; pass one")
+    if getattr(args, "slurm", False) and "gpu" in args.given:
+        raise KitError("--gpu with --slurm: each task runs on the GPU that SLURM gives it (--gpus 1, the default) or "
+                       "on its CPUs (--gpus 0)")
+    stray = [o for o in SLURM_OPTIONS if o in getattr(args, "given", ()) and not (args.slurm or args.plan)]
+    if stray:
+        raise KitError(f"--{stray[0].replace('_', '-')} is an option of --slurm: pass it with --slurm (or with --plan, "
+                       f"to see what would be submitted)")
     if getattr(args, "demo_negatives", "dense") == "bm25" and not (args.demo or args.smoke):
         raise KitError("--demo-negatives bm25 is the demo's earlier data: pass it with --demo or --smoke")
 
@@ -160,13 +202,19 @@ def resolve_setting(args) -> Setting:
     honoured is a KitError, before any data is read. Also chooses where collections are read from (the
     demo's private ir_datasets home, or the user's own in paper mode)."""
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    if mode == "paper" and "gpu" not in args.given:
+    slurm, plan = getattr(args, "slurm", False), getattr(args, "plan", False)
+    if mode == "paper" and "gpu" not in args.given and not slurm:
         raise KitError("the paper's setting trains 200k steps per cell: pass --gpu N to train on a GPU (or --gpu -1 "
                        "to use the CPU anyway; --demo runs the offline demo)")
-    device = cross_encoder.choose_device(args.gpu)
+    # --slurm and --plan describe where the work will run, which need not be this machine (a login node, a laptop).
+    device = ("cuda:0" if args.gpus else "cpu") if slurm else \
+        (f"cuda:{args.gpu}" if args.gpu >= 0 else "cpu") if plan else cross_encoder.choose_device(args.gpu)
     cross_encoder.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
-                                                device)
+    wanted = "fp32" if args.smoke and args.precision == "auto" else args.precision
+    if (slurm or plan) and device.startswith("cuda") and wanted == "auto":
+        precision = "bf16"  # what "auto" gives on the GPUs the rates were measured on (README, "Many GPUs and SLURM")
+    else:
+        precision = cross_encoder.resolve_precision(wanted, device)
     seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
     common.choose_ir_datasets_home(demo=mode != "paper")
     collections = select_collections(
@@ -343,46 +391,211 @@ def cell_dir(results: Path, cfg: TrainConfig) -> Path:
     return Path(results) / "cells" / f"{common.slug(cfg.backbone)}__{cfg.objective}__seed{cfg.seed}__{cell_key(cfg)}"
 
 
-class _CellLock:
-    """An exclusive lock on a cell folder, so that two processes never train the same cell at once."""
+# Locks. One process at a time works on a cell (trains it, re-ranks with it), whichever machine it runs on: the
+# results folder may sit on a shared filesystem (NFS, Lustre), where flock is unreliable. So a lock is a file:
+#   <cell>/LOCK   {"host", "machine", "pid", "started", "command"}, made atomically by link(2) from a file of the
+#                 worker's own (the way open(2)'s manual gives for NFS: link, then trust the link count), and
+#                 touched every HEARTBEAT_S seconds by a thread of its holder (its mtime is the heartbeat).
+# A lock is stale, and taken over, when its holder is a process of this machine that has ended (a killed worker:
+# at once), or when its heartbeat is older than STALE_AFTER_S (a worker on another machine that died, or lost its
+# node). Taking over goes through a second lock, LOCK.break, made the same way, so that two workers never both
+# take over one lock. A holder whose lock was taken over (it had not beaten for STALE_AFTER_S: a suspended
+# process, a frozen filesystem) stops at its next step. Training state lives in the cell's checkpoint, not in the
+# worker, so a cell's result does not depend on which worker trained it or how often it changed hands.
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+POLL_S = 5.0  # how often a worker waiting for a cell looks again
 
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
 
-    def __enter__(self):
-        import fcntl
-        self.handle = open(self.path, "w")
+def _machine() -> str:
+    """This machine, more exactly than its host name: the kernel's boot id and this process's pid namespace (two
+    containers, or two boots, of one host name do not share process ids)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, namespace = "", 0
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
+def _process_started(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot), to tell a reused pid from the holder; None if
+    it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+
+
+class CellLock:
+    """The lock of one folder of the results store (see above). `acquire()` takes it or says it is busy; the
+    holder's heartbeat runs until `release()`."""
+
+    def __init__(self, folder: Path, log=print):
+        self.path, self.log = Path(folder) / "LOCK", log
+        self.me = {"host": socket.gethostname(), "machine": _machine(), "pid": os.getpid(),
+                   "started": _process_started(os.getpid()), "token": uuid.uuid4().hex,
+                   "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+        self._beat = None
+
+    def _link(self, target: Path) -> bool:
+        """Make `target` hold this worker's record, atomically: False if it exists."""
+        own = target.with_name(f".{target.name}.{self.me['token']}")
+        own.write_text(json.dumps(self.me))
+        try:
+            os.link(own, target)
+            return True
         except OSError as error:
-            self.handle.close()
-            import errno
-            if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise KitError(f"{self.path.parent} is in use by another process; wait for it or use another "
-                           f"--results folder") from None
-        return self
+            if error.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links here: O_EXCL
+                try:
+                    handle = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                os.write(handle, json.dumps(self.me).encode())
+                os.close(handle)
+                return True
+            return os.stat(own).st_nlink == 2  # NFS: the reply may be lost although the link was made
+        finally:
+            own.unlink(missing_ok=True)
 
-    def __exit__(self, *exc):
-        self.handle.close()
+    @staticmethod
+    def read(path: Path) -> tuple[dict | None, float]:
+        """(the record of a lock file, seconds since its last heartbeat); (None, 0) when there is none."""
+        try:
+            record = json.loads(path.read_text() or "{}")
+            return record, time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None, 0.0
+        except (OSError, ValueError):  # written by O_EXCL and not yet filled in: young, so not stale
+            return {}, 0.0
+
+    def stale(self, record: dict, age: float) -> str | None:
+        """Why a lock `age` seconds past its heartbeat is stale, or None while its holder may be alive."""
+        if record.get("machine") == self.me["machine"] and record.get("pid"):
+            started = _process_started(record["pid"])
+            if started is None or (record.get("started") not in (None, "?") and started not in ("?", record["started"])):
+                return f"its process {record['pid']} has ended"
+        if age > STALE_AFTER_S:
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free or stale; False while a live worker holds it."""
+        if self._link(self.path):
+            return self._start()
+        record, age = self.read(self.path)
+        if record is None:  # released in between
+            return self._link(self.path) and self._start()
+        reason = self.stale(record, age)
+        if reason is None:
+            return False
+        breaker = self.path.with_name("LOCK.break")
+        if not self._link(breaker):
+            if self.read(breaker)[1] > STALE_AFTER_S:  # a worker died while taking over: clear its break lock
+                breaker.unlink(missing_ok=True)
+            return False
+        try:
+            again, age = self.read(self.path)
+            if again == record and self.stale(again, age):  # still the stale lock seen above, and still stale
+                self.path.unlink(missing_ok=True)
+                self.log(f"note: took over {self.path} from {record.get('host')}:{record.get('pid')} ({reason})")
+        finally:
+            breaker.unlink(missing_ok=True)
+        return self._link(self.path) and self._start()
+
+    def acquire(self, wait: bool = False, done=lambda: False) -> bool:
+        """Take the lock: True once held; False when it is busy and `wait` is False, or when `done()` became true
+        (another worker finished the work) while waiting."""
+        said = False
+        while not done():
+            if self.try_acquire():
+                return True
+            if not wait:
+                return False
+            if not said:
+                record, _ = self.read(self.path)
+                self.log(f"waiting for {self.path.parent.name}: {describe_holder(record)} is working on it")
+                said = True
+            time.sleep(POLL_S)
+        return False
+
+    def _start(self) -> bool:
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(HEARTBEAT_S):
+                record, _ = self.read(self.path)
+                if (record or {}).get("token") != self.me["token"]:
+                    common.request_stop(f"the lock {self.path} was taken over by {describe_holder(record)}: this "
+                                        f"worker had not beaten for {STALE_AFTER_S:.0f} s (suspended?)")
+                    return
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass  # a filesystem that hiccups: the next beat tries again
+
+        self._beat = (stop, threading.Thread(target=beat, daemon=True, name=f"heartbeat {self.path.parent.name}"))
+        self._beat[1].start()
+        return True
+
+    def release(self) -> None:
+        if self._beat:
+            self._beat[0].set()
+            self._beat[1].join()
+            self._beat = None
+        record, _ = self.read(self.path)
+        if record and record.get("token") == self.me["token"]:  # never remove a lock that was taken over
+            self.path.unlink(missing_ok=True)
 
 
-def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, **train_options) -> Path:
-    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted."""
+def describe_holder(record: dict | None) -> str:
+    if not record:
+        return "another worker"
+    return f"{record.get('host', '?')}:{record.get('pid', '?')}"
+
+
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bool = True,
+               **train_options) -> Path | None:
+    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted. A cell
+    that another live worker is training is waited for (`wait`), or None is returned."""
     folder = cell_dir(results, cfg)
     if (folder / "DONE").exists():
         return folder / "model"
     folder.mkdir(parents=True, exist_ok=True)
-    with _CellLock(folder):
-        if (folder / "DONE").exists():  # finished by another process while we waited
-            return folder / "model"
-        common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
-        started = time.time()
-        model_dir = cross_encoder.train(cfg, folder, device, log=log, **train_options)
-        write_model_card(cfg, folder)
-        figures.training_curve(folder)
-        common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1)})
-    return model_dir
+    lock = CellLock(folder, log)
+    if not lock.acquire(wait=wait, done=(folder / "DONE").exists):
+        return folder / "model" if (folder / "DONE").exists() else None
+    try:
+        if not (folder / "DONE").exists():  # finished by another process while we waited
+            _train_locked(cfg, folder, device, log, **train_options)
+    finally:
+        lock.release()
+    return folder / "model"
+
+
+def _train_locked(cfg: TrainConfig, folder: Path, device: str, log=print, **train_options) -> None:
+    """Train a cell whose lock this process holds, and mark it DONE (with where and how long it trained)."""
+    common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
+    started = time.time()
+    cross_encoder.train(cfg, folder, device, log=log, **train_options)
+    write_model_card(cfg, folder)
+    figures.training_curve(folder)
+    common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1), "device": device_name(device),
+                                               "worker": f"{socket.gethostname()}:{os.getpid()}"})
+
+
+def device_name(device: str) -> str:
+    """'cpu (N cores)' or 'cuda: <GPU name>': where a cell trained, so that plans compare rates of one kind."""
+    if device.startswith("cuda"):
+        import torch
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
@@ -493,19 +706,29 @@ def evaluate_first_stage(data: EvalData, results: Path):
     return _save_metrics(folder, run, data, "first-stage")
 
 
-def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
-              precision: str, tag: str, batch_size: int, progress: bool, workers: int):
-    """(aggregate, per_query) of the model in `model_dir` re-ranking `data`, stored in `home`/eval/ and reused.
-    `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key."""
+def eval_folder(home: Path, data: EvalData, max_length: int, query_max_length: int, precision: str) -> Path:
+    """Where the evaluation of the model of `home` on `data` is stored (finished once its metrics.json exists)."""
     key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.collection.relevance, data.candidates_name,
                                    data.collection.measures, max_length, query_max_length,
                                    precision]).encode()).hexdigest()[:10]
-    folder = home / "eval" / f"{data.collection.name}__{key}"
+    return home / "eval" / f"{data.collection.name}__{key}"
+
+
+def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
+              precision: str, tag: str, batch_size: int, progress: bool, workers: int):
+    """(aggregate, per_query) of the model in `model_dir` re-ranking `data`, stored in `home`/eval/ and reused.
+    `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key.
+    How long it took is kept beside (timing.json), for the plans of later runs (launch.py)."""
+    folder = eval_folder(home, data, max_length, query_max_length, precision)
     if (folder / "metrics.json").exists():
         return _load_metrics(folder)
+    started = time.time()
     model, pair_tokenizer = cross_encoder.load_trained(model_dir, max_length, query_max_length, device)
     run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
                                device=device, precision=precision, progress=progress, workers=workers)
+    pairs = sum(len(docs) for docs in run.values())
+    common.atomic_write_json(folder / "timing.json", {"pairs": pairs, "seconds": round(time.time() - started, 2),
+                                                      "device": device_name(device)})
     return _save_metrics(folder, run, data, tag)
 
 
@@ -536,14 +759,19 @@ def resolve_model(name: str) -> Path:
                        f"check the id and the network, or pass a local folder") from None
 
 
+def model_home(results: Path, name: str) -> Path:
+    """The folder of results/models/ where the evaluations of a model trained elsewhere are stored, keyed by its
+    files' content (`name`: a folder, or a Hugging Face id fetched by resolve_model)."""
+    key = hashlib.sha1(json.dumps(folder_fingerprint(resolve_model(name)), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(results) / "models" / f"{common.slug(name)}__{key}"
+
+
 def evaluate_model(name: str, results: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
                    precision: str, batch_size: int = 64, progress: bool = True, workers: int = 0):
     """(aggregate, per_query) of a cross-encoder trained elsewhere re-ranking `data`, on the same candidates, with
     the same lengths and measures as the cells; stored under results/models/, keyed by its files' content."""
-    folder = resolve_model(name)
-    key = hashlib.sha1(json.dumps(folder_fingerprint(folder), sort_keys=True).encode()).hexdigest()[:10]
-    return _evaluate(folder, Path(results) / "models" / f"{common.slug(name)}__{key}", data, device, max_length,
-                     query_max_length, precision, f"model-{common.slug(name)}", batch_size, progress, workers)
+    return _evaluate(resolve_model(name), model_home(results, name), data, device, max_length, query_max_length,
+                     precision, f"model-{common.slug(name)}", batch_size, progress, workers)
 
 
 # ================================================================================================
@@ -556,12 +784,117 @@ def first_stage_label(collections: list[Collection], run_dir: str | None) -> str
     return "BM25" if all(c.run and "bm25" in c.run for c in collections) else "first stage"
 
 
+class EarlyExit(Exception):
+    """Ends a script before its tables, and not in error: a plan printed, a grid submitted to SLURM, or cells left
+    to other workers (whichever finishes the last cell writes the tables). main_guard prints it; exit status 0."""
+
+
+class Unit(NamedTuple):
+    """One piece of a grid's work: a cell (train it if needed, then every evaluation it lacks) or a model trained
+    elsewhere (its evaluations). One worker at a time works on it, under the lock of its folder."""
+    label: str
+    folder: Path
+    backbone: str
+    complete: Callable[[], bool]  # nothing left to do
+    run: Callable[[], None]       # called with the lock held
+    row: Callable[[], str]        # its results, once complete, for the progress line
+
+
+def work(units: list[Unit], log=print, max_units: int | None = None, estimate=None) -> None:
+    """The worker's loop, the same in every process started on a results folder: work on each unit that is neither
+    complete nor locked by a live worker, in order, and print its row as it lands with the time left. Returns once
+    every unit is complete; raises EarlyExit when the rest is in other workers' hands (or `max_units` were done
+    here: a --slurm task does one). `estimate(units) -> seconds` (launch.py's rates) gives the time left, scaled by
+    how long the units done here took against their estimates; without it, the mean time of the units done here."""
+    done_here: list[float] = []
+    expected: list[float] = []  # what `estimate` said of each unit done here, before it ran
+    while True:
+        worked = False
+        for unit in units:
+            if max_units is not None and len(done_here) >= max_units:
+                break
+            if unit.complete():
+                continue
+            unit.folder.mkdir(parents=True, exist_ok=True)
+            lock = CellLock(unit.folder, log)
+            if not lock.acquire(done=unit.complete):
+                continue  # a live worker has it: take the next one
+            try:
+                started = time.time()
+                if not unit.complete():  # finished by another worker between the look and the lock
+                    expected.append(estimate([unit]) if estimate else 0.0)
+                    unit.run()
+                    done_here.append(time.time() - started)
+                    worked = True
+            finally:
+                lock.release()
+            if worked and done_here and unit.complete():
+                log(_landed(unit, units, done_here, expected, estimate))
+        left = [u for u in units if not u.complete()]
+        if not left:
+            return
+        if max_units is not None and len(done_here) >= max_units:
+            raise EarlyExit(f"note: this worker stops after {max_units} cell(s); {len(left)} left to the other "
+                            f"tasks (the one that finishes the last writes the tables)")
+        if not worked:
+            holders = sorted({describe_holder(CellLock.read(u.folder / "LOCK")[0]) for u in left})
+            raise EarlyExit(f"note: {len(left)} cell(s) left, all in the hands of other workers ({', '.join(holders)}); "
+                            f"the worker that finishes the last one writes the tables, and rerunning this command "
+                            f"then prints them (it only reads)")
+
+
+def _landed(unit: Unit, units: list[Unit], done_here: list[float], expected: list[float], estimate) -> str:
+    """'[k/n] <cell>: <its row> (<time here>); <m> left, about <t> at <w> worker(s)'."""
+    left = [u for u in units if not u.complete()]
+    busy = {CellLock.read(u.folder / "LOCK")[0].get("token") for u in left if (u.folder / "LOCK").exists()} - {None}
+    workers = max(1, len(busy))
+    if estimate is not None and sum(expected) > 0:
+        seconds = estimate(left) * sum(done_here) / sum(expected) / workers
+    else:
+        seconds = sum(done_here) / len(done_here) * len(left) / workers
+    rest = (f"{len(left)} left, about {format_duration(seconds)} at {workers} worker(s)" if left
+            else "the grid is complete")
+    return (f"[{len(units) - len(left)}/{len(units)}] {unit.label}: {unit.row()} ({format_duration(done_here[-1])} "
+            f"here); {rest}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 72 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def train_cells(cfgs: Sequence[TrainConfig], results: Path, device: str, log=print, **train_options) -> None:
+    """Train (or reuse) every cell of `cfgs` before going on (teachers that later cells learn from): those that
+    are free here, then wait for those that other workers are training."""
+    units = []
+    for cfg in dict((cell_dir(results, c), c) for c in cfgs).values():
+        folder = cell_dir(results, cfg)
+        units.append(Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, cfg.backbone,
+                          (folder / "DONE").exists, functools.partial(_train_locked, cfg, folder, device, log,
+                                                                      **train_options), lambda: "trained"))
+    try:
+        work(units, log)
+    except EarlyExit:
+        for cfg in cfgs:
+            train_cell(cfg, results, device, log=log, wait=True, **train_options)
+
+
 def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
                        first_stage: str | None = "auto", max_queries: int | None = None, progress: bool = True,
-                       models: Sequence[str] = (), log=print, **train_options):
+                       models: Sequence[str] = (), log=print, max_units: int | None = None, estimate=None,
+                       **train_options):
     """Train (or reuse) every cell and re-rank every collection with it, and with every model of `models`
     (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>".
+
+    Any number of processes may run this on one results folder at once (workers: README, "Many GPUs and SLURM"):
+    each works on the cells that are free (`work`), and the one that finds every cell complete returns the
+    results, read from the store, so they do not depend on which worker computed what; the others raise EarlyExit.
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
@@ -578,19 +911,59 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
     if first_stage:  # shown beside the re-rankers, never tested: its per-query values are not returned
         for name, data in datasets.items():
             metrics.setdefault(first_stage, {})[name] = [evaluate_first_stage(data, results)[0]]
+    workers = train_options.get("num_workers", 0)
+    shared = next(c for seeds in configs.values() for c in seeds)  # the lengths and precision every cell shares
+
+    def evaluations(home: Path, cfg: TrainConfig) -> dict[str, Path]:
+        return {name: eval_folder(home, data, cfg.max_length, cfg.query_max_length, cfg.precision)
+                for name, data in datasets.items()}
+
+    def row(found: dict[str, Path]) -> str:
+        values = {name: _load_metrics(folder)[0] for name, folder in found.items()}
+        return ", ".join(f"{name} {tables_measure(datasets[name].collection)} {m[tables_measure(datasets[name].collection)]:.4f}"
+                         for name, m in values.items())
+
+    def cell_unit(cfg: TrainConfig) -> Unit:
+        folder, found = cell_dir(results, cfg), evaluations(cell_dir(results, cfg), cfg)
+
+        def run():
+            if not (folder / "DONE").exists():
+                _train_locked(cfg, folder, device, log, progress=progress, **train_options)
+            for data in datasets.values():
+                evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress, workers=workers)
+        return Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, cfg.backbone,
+                    lambda: (folder / "DONE").exists() and all((f / "metrics.json").exists() for f in found.values()),
+                    run, lambda: row(found))
+
+    def model_unit(name: str) -> Unit:
+        home = model_home(results, name)
+        found = evaluations(home, shared)
+
+        def run():
+            for data in datasets.values():
+                evaluate_model(name, results, data, device, shared.max_length, shared.query_max_length,
+                               shared.precision, batch_size, progress, workers)
+        return Unit(f"model {name}", home, name, lambda: all((f / "metrics.json").exists() for f in found.values()),
+                    run, lambda: row(found))
+
+    cells = dict((cell_dir(results, c), c) for seeds in configs.values() for c in seeds)  # a cell of two systems: once
+    work([cell_unit(c) for c in cells.values()] + [model_unit(m) for m in folders], log, max_units, estimate)
+
+    # Every cell is complete: the results as stored, whoever computed them.
     for system, seeds in configs.items():
         for cfg in seeds:
-            train_cell(cfg, results, device, log=log, progress=progress, **train_options)
-            for name, data in datasets.items():
-                aggregate, pq = evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress,
-                                              workers=train_options.get("num_workers", 0))
+            for name, folder in evaluations(cell_dir(results, cfg), cfg).items():
+                aggregate, pq = _load_metrics(folder)
                 metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
                 per_query.setdefault(system, {}).setdefault(name, []).append(pq)
-    cfg = next(c for seeds in configs.values() for c in seeds)  # the lengths and precision every cell shares
     for model in folders:
-        for name, data in datasets.items():
-            aggregate, pq = evaluate_model(model, results, data, device, cfg.max_length, cfg.query_max_length,
-                                           cfg.precision, batch_size, progress, train_options.get("num_workers", 0))
+        for name, folder in evaluations(model_home(results, model), shared).items():
+            aggregate, pq = _load_metrics(folder)
             metrics.setdefault(f"model: {model}", {})[name] = [aggregate]
             per_query.setdefault(f"model: {model}", {})[name] = [pq]
     return metrics, per_query
+
+
+def tables_measure(collection: Collection) -> str:
+    """The measure a progress line shows for a collection: its form of nDCG@10, else its first."""
+    return "nDCG@10" if "nDCG@10" in collection.measures else collection.measures[0]
