@@ -22,8 +22,10 @@ Commands:
 How long it takes: --demo trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps and
 re-ranks 4 collections with each: most of a day on a 2-core CPU, minutes on a GPU (README.md, "How long
 it takes", has the measured figures); the paper's grid is 162 cells of 200k steps. --smoke: under a
-minute. Finished cells are reused by every script (RQ1 and RQ3 read the same ones), and an interrupted
-run resumes where it stopped.
+minute. `--plan` prints the estimate for this machine (or `--gpu 0`) before anything runs. Finished cells are
+reused by every script (RQ1 and RQ3 read the same ones), and an interrupted run resumes where it stopped. Several
+GPUs, machines or a SLURM cluster: start the same command once per GPU, or pass --slurm (README, "Many GPUs and
+SLURM").
 """
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ Sections, read top to bottom:
   1. the command line: flags and their rules, and what they resolve to (mode, device, precision, seeds,
      test collections)
   2. the configuration of one cell, and the checks made before the first cell trains
-  3. the results store: cells, keys, locks
+  3. the results store: cells, keys, locks (shared by any number of workers, on one machine or many)
   4. evaluations, cached beside their cell
-  5. the grid: train (or reuse) every cell, re-rank every collection
+  5. the grid: train (or reuse) every cell, re-rank every collection, as one worker among any number
+(launch.py decides how a grid runs: here, planned with --plan, or as a SLURM job array with --slurm.)
 """
 from __future__ import annotations
 
@@ -327,8 +328,9 @@ def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) 
 # ================================================================================================
 # results/FORMAT                                    layout version (RESULTS_FORMAT)
 # results/cells/<backbone>__<objective>__seed<k>__<config hash>/
-#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE
-#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  metrics.json (written last)
+#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE (where and how long it trained)
+#     LOCK (while a worker works on the cell: see "Locks" below)
+#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  timing.json  metrics.json (written last)
 # results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
 # A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
 # after everything else, so an interrupted cell is resumed, never read as finished.
@@ -859,6 +861,8 @@ def _landed(unit: Unit, units: list[Unit], done_here: list[float], expected: lis
 
 
 def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

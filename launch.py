@@ -453,9 +453,10 @@ def submit(args, script: str, tasks: int, results: Path) -> list:
         raise KitError(f"--slurm submits through submitit, which is not installed: pip install "
                        f"submitit=={SUBMITIT_VERSION}") from None
     cluster = os.environ.get("KIT_SUBMITIT_CLUSTER", "slurm")
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise KitError("--slurm: sbatch is not on this machine's PATH; run the command on the cluster's login node "
-                       "(--plan shows what would be submitted)")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if cluster == "slurm" and missing:
+        raise KitError(f"--slurm: {missing[0]} is not on this machine's PATH; run the command on the cluster's login "
+                       f"node (--plan shows what would be submitted)")
     executor = submitit.AutoExecutor(folder=Path(results).resolve() / "slurm", cluster=cluster,
                                      slurm_max_num_timeout=100)
     setup = [f"export PYTHONPATH={shlex.quote(str(common.REPO))}:$PYTHONPATH"]
@@ -497,8 +498,12 @@ def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections,
                              f"that finishes the last cell writes the tables, and rerunning this command without "
                              f"--slurm then prints them")
     queries = {c.name: collection_queries(c, max_queries) for c in collections}
-
     estimator = Estimator(configs, results, device)
+    plans = plan_cells(configs, collections, results, depth, queries, models)
+    todo = [p for p in plans if p.state != "done"]
+    if todo and not _TASK:  # what the grid costs, said before it starts (a demo on a laptop runs for hours)
+        print(f"{len(todo)} of {len(plans)} cell(s) to do, about {grid.format_duration(sum(map(estimator.seconds, todo)))} "
+              f"on {describe_device(device)} by the kit's rates, less what other workers take (--plan lists them)")
 
     def estimate(units: list[grid.Unit]) -> float:  # seconds left of these units, for the progress lines
         left = {u.folder for u in units}

@@ -132,3 +132,23 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     assert re.search(r"minilm-l6 infonce seed 12\s+to do\s+~46 min CPU", text)
     assert "--array=0-1%2 --time=1:00:00 --gpus-per-node=1" in text and "--partition=gpu" in text
     assert not list(results.glob("cells/*/DONE")) and not list(results.glob("cells/*/*.pt"))
+
+
+def test_slurm_submits_one_array_with_the_options_given(tmp_path):
+    """On a cluster: what reaches sbatch (a stand-in that keeps the script and answers with a job id)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    result = run(tmp_path / "results", "--slurm", "--partition", "gpu-a100", "--account", "lab", "--time-limit",
+                 "2-00:00:00", "--cpus", "6", "--mem", "48", "--array-parallelism", "2",
+                 env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert "note: submitted job array 4242 (4242_0, 4242_1, 4242_2)" in result.stdout
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu-a100", "#SBATCH --account=lab",
+                 "#SBATCH --time=2880", "#SBATCH --cpus-per-task=6", "#SBATCH --mem=48GB", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --signal=USR2@90", f"export PYTHONPATH={ROOT}:$PYTHONPATH"):
+        assert line in script, script
+    assert not list((tmp_path / "results").glob("cells/*/DONE"))  # nothing ran here
