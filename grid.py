@@ -862,7 +862,7 @@ def _landed(unit: Unit, units: list[Unit], done_here: list[float], expected: lis
 
 def format_duration(seconds: float) -> str:
     if seconds < 1:
-        return "under a second"
+        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

@@ -300,9 +300,9 @@ def plan_text(script: str, mode: str, configs, collections, results: Path, devic
     backbones = list(dict.fromkeys(c.backbone for c in cfgs.values()))
     counts = {s: sum(p.state.split(" (")[0] == s for p in plans) for s in ("done", "running")}
     todo = [p for p in plans if p.state != "done" and not p.state.startswith("running")]
-    lines = [f"Plan of {script} ({mode}): {len(cfgs)} cells ({len(backbones)} backbone(s) x "
-             f"{len({c.objective for c in cfgs.values()})} objective(s) x {len({c.seed for c in cfgs.values()})} "
-             f"seed(s)){f' and {len(models)} model(s)' if models else ''}, {cfg.precision} on "
+    lines = [f"Plan of {script} ({mode}): {len(cfgs)} cells of {len(backbones)} backbone(s), "
+             f"{len({c.objective for c in cfgs.values()})} objective(s) and {len({c.seed for c in cfgs.values()})} "
+             f"seed(s){f', and {len(models)} model(s)' if models else ''}, {cfg.precision} on "
              f"{describe_device(device)}; results in {results}. Nothing was run.",
              "", f"Cells: {counts['done']} done, {counts['running']} running, {len(todo)} to do"]
     width = max(len(p.label) for p in plans)
@@ -482,7 +482,12 @@ def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections,
         print(plan_text(script, mode, configs, collections, results, device, depth, max_queries, args, models))
         raise grid.EarlyExit("note: --plan ran nothing")
     if getattr(args, "slurm", False):
-        grid.preflight(configs)
+        # Checked here, before the tasks start (and the published files fetched once, on the login node), but for
+        # the teacher files that the tasks themselves make (exp_kd_vs_cl.py's, under the results folder).
+        made_here = Path(results).resolve()
+        grid.preflight({k: [c for c in cfgs if not (c.teacher_file() and made_here in
+                                                     common.resolve_file(c.teacher_file()).resolve().parents)]
+                        for k, cfgs in configs.items()})
         queries = {c.name: collection_queries(c, max_queries) for c in collections}
         plans = plan_cells(configs, collections, results, depth, queries, models)
         todo = [p for p in plans if p.state != "done" and not p.state.startswith("running")]
