@@ -821,17 +821,19 @@ def work(units: list[Unit], log=print, max_units: int | None = None, estimate=No
             lock = CellLock(unit.folder, log)
             if not lock.acquire(done=unit.complete):
                 continue  # a live worker has it: take the next one
+            ran = False
             try:
                 started = time.time()
                 if not unit.complete():  # finished by another worker between the look and the lock
                     expected.append(estimate([unit]) if estimate else 0.0)
                     unit.run()
                     done_here.append(time.time() - started)
-                    worked = True
+                    ran = worked = True
             finally:
                 lock.release()
-            if worked and done_here and unit.complete():
-                log(_landed(unit, units, done_here, expected, estimate))
+            if ran:
+                going_on = max_units is None or len(done_here) < max_units
+                log(_landed(unit, units, done_here, expected, estimate, going_on))
         left = [u for u in units if not u.complete()]
         if not left:
             return
@@ -845,11 +847,13 @@ def work(units: list[Unit], log=print, max_units: int | None = None, estimate=No
                             f"then prints them (it only reads)")
 
 
-def _landed(unit: Unit, units: list[Unit], done_here: list[float], expected: list[float], estimate) -> str:
-    """'[k/n] <cell>: <its row> (<time here>); <m> left, about <t> at <w> worker(s)'."""
+def _landed(unit: Unit, units: list[Unit], done_here: list[float], expected: list[float], estimate,
+            going_on: bool) -> str:
+    """'[k/n] <cell>: <its row> (<time here>); <m> left, about <t> at <w> worker(s)': the workers are those holding
+    a cell now, and this one if it goes on."""
     left = [u for u in units if not u.complete()]
-    busy = {CellLock.read(u.folder / "LOCK")[0].get("token") for u in left if (u.folder / "LOCK").exists()} - {None}
-    workers = max(1, len(busy))
+    busy = {(CellLock.read(u.folder / "LOCK")[0] or {}).get("token") for u in left} - {None}
+    workers = max(1, len(busy) + going_on)
     if estimate is not None and sum(expected) > 0:
         seconds = estimate(left) * sum(done_here) / sum(expected) / workers
     else:
