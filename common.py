@@ -52,6 +52,25 @@ class KitError(Exception):
     """A problem with the user's input or files. Scripts print it as one line and exit with 2."""
 
 
+class Interrupted(Exception):
+    """The work stopped early because a stop was asked for (request_stop: SLURM's signal before a time limit or a
+    preemption, or a lock taken over), at a point it resumes from exactly: training saved a checkpoint first."""
+
+
+_STOP: list[str] = []  # why a stop was asked for, if it was
+
+
+def request_stop(reason: str) -> None:
+    """Ask the work in progress to stop at its next safe point: training after the current step (with a
+    checkpoint), re-ranking after the current batch. Safe to call from a signal handler or another thread."""
+    _STOP.append(reason)
+
+
+def stop_requested() -> str | None:
+    """Why a stop was asked for, or None."""
+    return _STOP[0] if _STOP else None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)

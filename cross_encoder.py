@@ -10,6 +10,7 @@ Sections, read top to bottom:
   3. device and precision
   4. the training configuration and the training loop (checkpoint and resume)
   5. re-ranking
+  6. the model card saved beside a trained model (how to score with it, what it measured, what to cite)
 """
 from __future__ import annotations
 
@@ -411,7 +412,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         bar.update(1)
         validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
         logging = step % log_every == 0 or step == cfg.steps
-        if not (logging or validating or step % checkpoint_every == 0):
+        stopping = step < cfg.steps and common.stop_requested()  # a time limit or preemption: checkpoint, then stop
+        if not (logging or validating or stopping or step % checkpoint_every == 0):
             continue  # reading the loss back waits for the GPU: only before a log line or a save
         values = torch.stack(unread).tolist()
         unread = []
@@ -439,8 +441,12 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
             if value > best["value"]:
                 best = {"value": value, "step": step}
                 save_model(out_dir / "model")
-        if step % checkpoint_every == 0 or step == cfg.steps:
+        if step % checkpoint_every == 0 or step == cfg.steps or stopping:
             save_checkpoint()
+        if stopping:
+            bar.close()
+            raise common.Interrupted(f"{out_dir.name} stopped at step {step} of {cfg.steps} ({stopping}); "
+                                     f"its checkpoint is saved and a rerun resumes from it")
     bar.close()
     if validate is None or not validate_every:
         save_model(out_dir / "model")
@@ -515,6 +521,8 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
         # On a GPU, tokenizing batch k+1 (here or in the workers) overlaps the GPU's work on batch k, whose
         # scores are collected only after batch k+1 is queued (the tokenizer can still be the slower of the two).
         for chosen, inputs in batches:
+            if common.stop_requested():  # a time limit or preemption: this collection is re-ranked again on resume
+                raise common.Interrupted(f"re-ranking stopped ({common.stop_requested()})")
             chosen = np.asarray(chosen)  # a DataLoader hands the positions back as a tensor
             inputs = {k: (v.pin_memory() if on_gpu else v).to(device, non_blocking=True) for k, v in inputs.items()}
             with autocast(device, precision):
@@ -554,3 +562,87 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
             for (qid, docid), score in zip(pairs, scores.tolist()):
                 run.setdefault(qid, {})[docid] = score
     return run
+
+
+# ================================================================================================
+# 6. The model card
+# ================================================================================================
+CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
+             "Techniques for Cross-Encoders},\n  author={Morand, Victor and Vast, Mathias and Van Cooten, Basile and "
+             "Soulier, Laure and Mothe, Josiane and Piwowarski, Benjamin},\n  journal={arXiv preprint arXiv:2603.03010},"
+             "\n  year={2026}\n}",
+             "Xu et al. 2025": "@article{xu2025distillation,\n  title={Distillation versus Contrastive Learning: How to "
+             "Train Your Rerankers},\n  author={Xu, Zhichao and Huang, Zhiqi and Zhuang, Shengyao and Srikumar, Vivek},"
+             "\n  journal={arXiv preprint arXiv:2507.08336},\n  year={2025}\n}"}
+
+
+def write_model_card(cfg: TrainConfig, folder: Path) -> None:
+    """The cell's model/README.md: how it was trained, on what, how to score with it, what it measured
+    (every evaluation stored in the cell so far), and what to cite. Rewritten after each evaluation."""
+    model_dir = folder / "model"
+    if not model_dir.is_dir():
+        return
+    setup = paper_setup.TRAINING_SETUPS[cfg.training]
+    family = losses.DATA[cfg.objective]
+    data = {"pairs": f"triples {setup.triples}" if setup.triples else f"positives paired with negatives from {setup.pair_negatives}",
+            "teacher-pairs": f"teacher scores of triples, {cfg.teacher_file()}",
+            "groups": f"1 positive + {cfg.group_size - 1} negatives from {setup.candidates} (top {setup.candidate_depth})",
+            "teacher-groups": f"teacher scores {cfg.teacher_file()} of groups from {setup.candidates}",
+            "lists": f"the teacher's ordering {cfg.teacher_file()}, top {cfg.group_size}"}[family]
+    rows = []
+    for evaluation in sorted((folder / "eval").glob("*/metrics.json")):
+        metrics = json.loads(evaluation.read_text())
+        rows.append(f"| {evaluation.parent.name.split('__')[0]} | "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + " |")
+    cite = "Xu et al. 2025" if cfg.objective == "kl" else "Morand et al. 2026"
+    settings = "\n".join(f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items())
+    card = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [cross-encoder, reranking, {cfg.objective}]
+---
+# {cfg.backbone} cross-encoder trained with {cfg.objective} (seed {cfg.seed})
+
+A re-ranker trained by the cross-encoder reproducibility kit: one logit per (query, passage), higher is more
+relevant. Training queries: `{setup.queries}`; data of {cfg.objective}: {data}; {cfg.steps} steps.
+
+## How to score with it
+
+The score is the raw logit (no sigmoid). The query is cut to {cfg.query_max_length} tokens first, then the pair is
+tokenized with only the passage truncated, {cfg.max_length} tokens in all (both recorded in config.json under
+`cross_encoder_kit`; the maximum length is the tokenizer's `model_max_length`):
+
+```python
+import torch, transformers
+model = transformers.AutoModelForSequenceClassification.from_pretrained(PATH).eval()
+tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
+cut = tokenizer(query, add_special_tokens=False, truncation=True, max_length={cfg.query_max_length},
+                return_offsets_mapping=True)["offset_mapping"]
+query = query[:cut[-1][1]] if cut else query
+inputs = tokenizer([query] * len(passages), passages, truncation="only_second", padding=True, return_tensors="pt")
+scores = model(**inputs).logits[:, 0]
+```
+
+`sentence_transformers.CrossEncoder(PATH).predict([(query, passage), ...])` gives the same scores when the query
+is shorter than {cfg.query_max_length} tokens (it reads the maximum length and the identity activation from the
+saved files; it cannot give the query a budget of its own).
+
+## Training configuration
+
+| setting | value |
+|---|---|
+{settings}
+
+## Evaluation (re-ranking; nDCG@10 and the collection's other measures)
+
+| collection | measures |
+|---|---|
+{chr(10).join(rows) if rows else "| (none yet) | |"}
+
+## Citation
+
+```bibtex
+{CITATIONS[cite]}
+```
+"""
+    common.atomic_write_text(model_dir / "README.md", card)

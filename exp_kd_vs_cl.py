@@ -39,6 +39,8 @@ import claims
 import common
 import cross_encoder
 import grid
+import workers
+import launch
 import paper_setup
 import tables
 
@@ -106,6 +108,24 @@ class Args:
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def _portable(path: Path) -> str:
@@ -119,15 +139,32 @@ def _portable(path: Path) -> str:
 
 
 def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, setup: paper_setup.TrainingSetup,
-                  n_queries: int | None, depth: int, batch_size: int, workers: int = 0) -> tuple[str, str]:
+                  n_queries: int | None, depth: int, batch_size: int, num_workers: int = 0,
+                  compute: bool = True) -> tuple[str, str]:
     """(TREC run of teacher scores, Hofstätter pairs file) of a trained teacher, computed once and reused:
-    the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries."""
+    the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries.
+    One worker computes them (the others wait for it); `compute=False` only names them (--plan, --slurm)."""
     folder = results / "teachers" / grid.cell_dir(results, cfg).name
     scores_path = folder / f"scores_q{n_queries or 'all'}_d{depth}.run.gz"
     pairs_path = folder / f"pairs_q{n_queries or 'all'}_d{depth}.tsv"
-    if scores_path.exists() and pairs_path.exists():
+    if not compute:
+        return _portable(scores_path), _portable(pairs_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = workers.CellLock(folder)
+    if not lock.acquire(wait=True, done=lambda: scores_path.exists() and pairs_path.exists()):
         print(f"reusing the teacher files in {folder}")
         return _portable(scores_path), _portable(pairs_path)
+    try:
+        if not (scores_path.exists() and pairs_path.exists()):
+            _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_size, num_workers, folder,
+                                scores_path, pairs_path)
+    finally:
+        lock.release()
+    return _portable(scores_path), _portable(pairs_path)
+
+
+def _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_size, num_workers, folder, scores_path,
+                        pairs_path) -> None:
     dataset = common.load_dataset(setup.queries)
     queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
     ranked = common.read_run(common.resolve_file(setup.candidates), depth)
@@ -143,11 +180,10 @@ def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, se
                                                        cfg.query_max_length, device)
     run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
                                batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
-                               workers=workers)
+                               workers=num_workers)
     common.write_teacher_pairs(pairs_path, ((run[q][p], run[q][n], q, p, n) for q in eligible
                                             for p in positives[q] for n in negatives[q]))  # atomic, shuffled
     common.write_run(scores_path, run, f"teacher-{common.slug(cfg.backbone)}-s{cfg.seed}")
-    return _portable(scores_path), _portable(pairs_path)
 
 
 def main() -> None:
@@ -175,14 +211,15 @@ def main() -> None:
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
     options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
                    keep_checkpoint=args.keep_checkpoint)
-    selecting = next((c for c in teachers.values() if c.validate_every), None)  # paper: NanoBEIR selection
-    validate = grid.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size) if selecting else None
-    for cfg in teachers.values():
-        grid.train_cell(cfg, results, device, validate=validate, **options)
+    launching = args.plan or args.slurm  # the teachers are cells of the plan, trained by the tasks
+    if not launching:
+        selecting = next((c for c in teachers.values() if c.validate_every), None)  # paper: NanoBEIR selection
+        validate = grid.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size) if selecting else None
+        grid.train_cells(list(teachers.values()), results, device, validate=validate, **options)
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,
-                                args.num_workers)
+                                args.num_workers, compute=not launching)
              for key, cfg in teachers.items()}
 
     # 4. Students: CL and four KD variants per student size, trained and evaluated with the teachers ---
@@ -196,9 +233,9 @@ def main() -> None:
             extra = {} if source is None else {"teacher_scores": files[key][0]} if objective == "kl" \
                 else {"teacher_pairs": files[key][1]}
             configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
-    metrics, per_query = grid.train_and_evaluate(configs, collections, results, device, run_dir=args.run_dir,
-                                                 method=args.retriever, depth=depth, batch_size=args.eval_batch_size,
-                                                 max_queries=30 if args.smoke else None, **options)
+    metrics, per_query = launch.train_and_evaluate(args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
+                                                 batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
+                                                 **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
     out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args, mode, already_in_name=["precision"])

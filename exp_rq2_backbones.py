@@ -22,8 +22,10 @@ Commands:
 How long it takes: --demo trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps and
 re-ranks 4 collections with each: most of a day on a 2-core CPU, minutes on a GPU (README.md, "How long
 it takes", has the measured figures); the paper's grid is 162 cells of 200k steps. --smoke: under a
-minute. Finished cells are reused by every script (RQ1 and RQ3 read the same ones), and an interrupted
-run resumes where it stopped.
+minute. `--plan` prints the estimate for this machine (or `--gpu 0`) before anything runs. Finished cells are
+reused by every script (RQ1 and RQ3 read the same ones), and an interrupted run resumes where it stopped. Several
+GPUs, machines or a SLURM cluster: start the same command once per GPU, or pass --slurm (README, "Many GPUs and
+SLURM").
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import claims
 import common
 import figures
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -92,6 +95,24 @@ class Args:
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def describe(members: list[str], collections: list[paper_setup.Collection]) -> str:
@@ -138,9 +159,9 @@ def main() -> None:
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
-    metrics, per_query = grid.train_and_evaluate(
-        configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
-        first_stage=first_stage, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+    metrics, per_query = launch.train_and_evaluate(
+        args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=first_stage,
+        batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------

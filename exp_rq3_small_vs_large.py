@@ -36,6 +36,7 @@ import common
 import cross_encoder
 import figures
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -95,6 +96,24 @@ class Args:
     """equivalence margin: a small model "matches" when its nDCG@10 is shown to lie within +-margin of the large one's"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[str, list[str]], measure: str,
@@ -178,9 +197,9 @@ def main() -> None:
                          learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
                          teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
-    metrics, per_query = grid.train_and_evaluate(
-        configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
-        first_stage=None, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+    metrics, per_query = launch.train_and_evaluate(
+        args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=None,
+        batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 3. Parameter counts (cached), backbones sorted by size ------------------------------------

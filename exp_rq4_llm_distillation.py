@@ -29,6 +29,7 @@ import numpy as np
 import claims
 import common
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -91,6 +92,24 @@ class Args:
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def llm_tests(per_query: dict, backbones: list[str], collections: list, llm_objectives: list[str],
@@ -158,9 +177,9 @@ def main() -> None:
                for backbone in backbones for objective in objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = grid.train_and_evaluate(
-        {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
-        method=args.retriever, depth=depth, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
+    metrics, per_query = launch.train_and_evaluate(
+        args, {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
+        depth=depth, batch_size=args.eval_batch_size, max_queries=30 if args.smoke else None,
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 4. Paired t-tests: one Holm family per (backbone, collection) ---------------------------

@@ -8,20 +8,24 @@ Sections, read top to bottom:
   1. the command line: flags and their rules, and what they resolve to (mode, device, precision, seeds,
      test collections)
   2. the configuration of one cell, and the checks made before the first cell trains
-  3. the results store: cells, keys, locks
+  3. the results store: cells, keys, locks (shared by any number of workers, on one machine or many)
   4. evaluations, cached beside their cell
-  5. the grid: train (or reuse) every cell, re-rank every collection
+  5. the grid: train (or reuse) every cell, re-rank every collection, as one worker among any number
+(launch.py decides how a grid runs: here, planned with --plan, or as a SLURM job array with --slurm.)
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
+import functools
 import glob
 import hashlib
 import inspect
 import json
 import math
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -36,6 +40,7 @@ import figures
 import first_stage as first_stage_module
 import losses
 import paper_setup
+import workers
 from common import EvalData, KitError
 from cross_encoder import TrainConfig
 from paper_setup import Collection
@@ -51,11 +56,17 @@ FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models scor
 # 1. The command line: flags, their rules, and what they resolve to
 # ================================================================================================
 def main_guard(main) -> None:
-    """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback."""
+    """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback. A script that
+    ends early without error (workers.EarlyExit: a plan, a submission, cells left to other workers) prints its note."""
     try:
         main()
+    except workers.EarlyExit as early:
+        print(early)
     except KitError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except common.Interrupted as stop:
+        print(f"error: {stop}; rerun the same command to go on", file=sys.stderr)
         sys.exit(2)
 
 
@@ -130,7 +141,28 @@ FLAG_RULES = {
     "demo_negatives": (lambda v: v in ("dense", "bm25"), "dense or bm25"),
     "retriever": (lambda v: v in ("splade", "bm25"), "splade or bm25"),
     "paper_lists": (lambda v: v in ("colbert-top50", "rankzephyr-top50"), "colbert-top50 or rankzephyr-top50"),
+    "gpus": (lambda v: v in (0, 1), "1 GPU per task (a cell trains on one GPU; README, 'Many GPUs and SLURM'), or 0"),
+    "cpus": (_at_least(1), "CPU cores per task, at least 1"),
+    "mem": (_at_least(1), "memory per task in GB, at least 1"),
+    "array_parallelism": (_at_least(1), "a number of tasks at once, at least 1"),
+    "time_limit": (lambda v: slurm_minutes(v) is not None, "a SLURM time: minutes, HH:MM:SS or D-HH:MM:SS"),
 }
+# Options of --slurm (and of --plan, which shows what --slurm would submit).
+SLURM_OPTIONS = ("partition", "time_limit", "gpus", "cpus", "mem", "account", "array_parallelism")
+
+
+def slurm_minutes(text: str) -> float | None:
+    """A SLURM time limit in minutes ('90', '4:00:00', '1-12:00:00', '2-0', ...); None if not one."""
+    import re
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
+    if not match:
+        return None
+    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        return days * 1440 + first * 60 + (second or 0) + (third or 0) / 60
+    if third is not None:  # H:M:S
+        return first * 60 + second + third / 60
+    return first + (second or 0) / 60  # M or M:S
 
 
 def check_flags(args) -> None:
@@ -147,6 +179,15 @@ def check_flags(args) -> None:
                            + (" (a seed repeated is not a second replicate)" if name == "seeds" else ""))
     if getattr(args, "demo", False) and getattr(args, "smoke", False):
         raise KitError("--demo and --smoke together: pass one of them")
+    if getattr(args, "plan", False) and getattr(args, "slurm", False):
+        raise KitError("--plan and --slurm together: --plan shows what --slurm would submit and runs nothing; pass one")
+    if getattr(args, "slurm", False) and "gpu" in args.given:
+        raise KitError("--gpu with --slurm: each task runs on the GPU that SLURM gives it (--gpus 1, the default) or "
+                       "on its CPUs (--gpus 0)")
+    stray = [o for o in SLURM_OPTIONS if o in getattr(args, "given", ()) and not (args.slurm or args.plan)]
+    if stray:
+        raise KitError(f"--{stray[0].replace('_', '-')} is an option of --slurm: pass it with --slurm (or with --plan, "
+                       f"to see what would be submitted)")
     if getattr(args, "demo_negatives", "dense") == "bm25" and not (args.demo or args.smoke):
         raise KitError("--demo-negatives bm25 is the demo's earlier data: pass it with --demo or --smoke")
 
@@ -166,13 +207,19 @@ def resolve_setting(args) -> Setting:
     honoured is a KitError, before any data is read. Also chooses where collections are read from (the
     demo's private ir_datasets home, or the user's own in paper mode)."""
     mode = "smoke" if args.smoke else "demo" if args.demo else "paper"
-    if mode == "paper" and "gpu" not in args.given:
+    slurm, plan = getattr(args, "slurm", False), getattr(args, "plan", False)
+    if mode == "paper" and "gpu" not in args.given and not slurm:
         raise KitError("the paper's setting trains 200k steps per cell: pass --gpu N to train on a GPU (or --gpu -1 "
                        "to use the CPU anyway; --demo runs the offline demo)")
-    device = cross_encoder.choose_device(args.gpu)
+    # --slurm and --plan describe where the work will run, which need not be this machine (a login node, a laptop).
+    device = ("cuda:0" if args.gpus else "cpu") if slurm else \
+        (f"cuda:{args.gpu}" if args.gpu >= 0 else "cpu") if plan else cross_encoder.choose_device(args.gpu)
     cross_encoder.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
-    precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision,
-                                                device)
+    wanted = "fp32" if args.smoke and args.precision == "auto" else args.precision
+    if (slurm or plan) and device.startswith("cuda") and wanted == "auto":
+        precision = "bf16"  # what "auto" gives on the GPUs the rates were measured on (README, "Many GPUs and SLURM")
+    else:
+        precision = cross_encoder.resolve_precision(wanted, device)
     seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
     common.choose_ir_datasets_home(demo=mode != "paper")
     collections = select_collections(
@@ -367,8 +414,9 @@ def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) 
 # ================================================================================================
 # results/FORMAT                                    layout version (RESULTS_FORMAT)
 # results/cells/<backbone>__<objective>__seed<k>__<config hash>/
-#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE
-#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  metrics.json (written last)
+#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE (where and how long it trained)
+#     LOCK (while a worker works on the cell: see "Locks" below)
+#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  timing.json  metrics.json (written last)
 # results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
 # A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
 # after everything else, so an interrupted cell is resumed, never read as finished.
@@ -433,55 +481,52 @@ def cell_dir(results: Path, cfg: TrainConfig) -> Path:
     return Path(results) / "cells" / f"{common.slug(cfg.backbone)}__{cfg.objective}__seed{cfg.seed}__{cell_key(cfg)}"
 
 
-class _CellLock:
-    """An exclusive lock on a cell folder, so that two processes never train the same cell at once."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-
-    def __enter__(self):
-        import fcntl
-        self.handle = open(self.path, "w")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            self.handle.close()
-            import errno
-            if error.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise KitError(f"{self.path.parent} is in use by another process; wait for it or use another "
-                           f"--results folder") from None
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
-
-
-def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, keep_checkpoint: bool = False,
-               validate=None, **train_options) -> Path:
-    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted. A
-    finished cell keeps its model and, unless `keep_checkpoint`, drops its last checkpoint (the optimizer's
-    state doubles the model's size and nothing reads it again). `validate(model, pair_tokenizer)` selects the
-    checkpoint when the configuration asks for it (cfg.validate_every)."""
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bool = True,
+               **train_options) -> Path | None:
+    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted. A cell
+    that another live worker is training is waited for (`wait`), or None is returned. `train_options` are
+    _train_locked's."""
     folder = cell_dir(results, cfg)
     if (folder / "DONE").exists():
         return folder / "model"
     folder.mkdir(parents=True, exist_ok=True)
-    with _CellLock(folder):
-        if (folder / "DONE").exists():  # finished by another process while we waited
-            return folder / "model"
-        common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
-        started = time.time()
-        if cfg.validate_every and validate is None:
-            raise RuntimeError("this configuration selects its checkpoint: pass validate")
-        model_dir = cross_encoder.train(cfg, folder, device, log=log, validate=validate,
-                                        validate_every=cfg.validate_every, **train_options)
-        write_model_card(cfg, folder)
-        figures.training_curve(folder)
-        common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1)})
-        if not keep_checkpoint:
-            (folder / "checkpoint.pt").unlink(missing_ok=True)
-    return model_dir
+    lock = workers.CellLock(folder, log)
+    if not lock.acquire(wait=wait, done=(folder / "DONE").exists):
+        return folder / "model" if (folder / "DONE").exists() else None
+    try:
+        if not (folder / "DONE").exists():  # finished by another process while we waited
+            _train_locked(cfg, folder, device, log, **train_options)
+    finally:
+        lock.release()
+    return folder / "model"
+
+
+def _train_locked(cfg: TrainConfig, folder: Path, device: str, log=print, keep_checkpoint: bool = False,
+                  validate=None, **train_options) -> None:
+    """Train a cell whose lock this process holds, and mark it DONE (with where and how long it trained). A
+    finished cell keeps its model and, unless `keep_checkpoint`, drops its last checkpoint (the optimizer's
+    state doubles the model's size and nothing reads it again). `validate(model, pair_tokenizer)` selects the
+    checkpoint when the configuration asks for it (cfg.validate_every)."""
+    if cfg.validate_every and validate is None:
+        raise RuntimeError("this configuration selects its checkpoint: pass validate")
+    common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
+    started = time.time()
+    cross_encoder.train(cfg, folder, device, log=log, validate=validate, validate_every=cfg.validate_every,
+                        **train_options)
+    cross_encoder.write_model_card(cfg, folder)
+    figures.training_curve(folder)
+    common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1), "device": device_name(device),
+                                               "worker": f"{socket.gethostname()}:{os.getpid()}"})
+    if not keep_checkpoint:
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def device_name(device: str) -> str:
+    """'cpu (N cores)' or 'cuda: <GPU name>': where a cell trained, so that plans compare rates of one kind."""
+    if device.startswith("cuda"):
+        import torch
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def nanobeir_validator(cfg: TrainConfig, device: str, method: str, batch_size: int, log=print):
@@ -499,87 +544,6 @@ def nanobeir_validator(cfg: TrainConfig, device: str, method: str, batch_size: i
             values.append(common.evaluate(run, data.qrels, ["nDCG@10"])[0]["nDCG@10"])
         return float(np.mean(values))
     return validate
-
-
-CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
-             "Techniques for Cross-Encoders},\n  author={Morand, Victor and Vast, Mathias and Van Cooten, Basile and "
-             "Soulier, Laure and Mothe, Josiane and Piwowarski, Benjamin},\n  journal={arXiv preprint arXiv:2603.03010},"
-             "\n  year={2026}\n}",
-             "Xu et al. 2025": "@article{xu2025distillation,\n  title={Distillation versus Contrastive Learning: How to "
-             "Train Your Rerankers},\n  author={Xu, Zhichao and Huang, Zhiqi and Zhuang, Shengyao and Srikumar, Vivek},"
-             "\n  journal={arXiv preprint arXiv:2507.08336},\n  year={2025}\n}"}
-
-
-def write_model_card(cfg: TrainConfig, folder: Path) -> None:
-    """The cell's model/README.md: how it was trained, on what, how to score with it, what it measured
-    (every evaluation stored in the cell so far), and what to cite. Rewritten after each evaluation."""
-    model_dir = folder / "model"
-    if not model_dir.is_dir():
-        return
-    setup = paper_setup.TRAINING_SETUPS[cfg.training]
-    family = losses.DATA[cfg.objective]
-    data = {"pairs": f"triples {setup.triples}" if setup.triples else f"positives paired with negatives from {setup.pair_negatives}",
-            "teacher-pairs": f"teacher scores of triples, {cfg.teacher_file()}",
-            "groups": f"1 positive + {cfg.group_size - 1} negatives from {setup.candidates} (top {setup.candidate_depth})",
-            "teacher-groups": f"teacher scores {cfg.teacher_file()} of groups from {setup.candidates}",
-            "lists": f"the teacher's ordering {cfg.teacher_file()}, top {cfg.group_size}"}[family]
-    rows = []
-    for evaluation in sorted((folder / "eval").glob("*/metrics.json")):
-        metrics = json.loads(evaluation.read_text())
-        rows.append(f"| {evaluation.parent.name.split('__')[0]} | "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + " |")
-    cite = "Xu et al. 2025" if cfg.objective == "kl" else "Morand et al. 2026"
-    settings = "\n".join(f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items())
-    card = f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [cross-encoder, reranking, {cfg.objective}]
----
-# {cfg.backbone} cross-encoder trained with {cfg.objective} (seed {cfg.seed})
-
-A re-ranker trained by the cross-encoder reproducibility kit: one logit per (query, passage), higher is more
-relevant. Training queries: `{setup.queries}`; data of {cfg.objective}: {data}; {cfg.steps} steps.
-
-## How to score with it
-
-The score is the raw logit (no sigmoid). The query is cut to {cfg.query_max_length} tokens first, then the pair is
-tokenized with only the passage truncated, {cfg.max_length} tokens in all (both recorded in config.json under
-`cross_encoder_kit`; the maximum length is the tokenizer's `model_max_length`):
-
-```python
-import torch, transformers
-model = transformers.AutoModelForSequenceClassification.from_pretrained(PATH).eval()
-tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
-cut = tokenizer(query, add_special_tokens=False, truncation=True, max_length={cfg.query_max_length},
-                return_offsets_mapping=True)["offset_mapping"]
-query = query[:cut[-1][1]] if cut else query
-inputs = tokenizer([query] * len(passages), passages, truncation="only_second", padding=True, return_tensors="pt")
-scores = model(**inputs).logits[:, 0]
-```
-
-`sentence_transformers.CrossEncoder(PATH).predict([(query, passage), ...])` gives the same scores when the query
-is shorter than {cfg.query_max_length} tokens (it reads the maximum length and the identity activation from the
-saved files; it cannot give the query a budget of its own).
-
-## Training configuration
-
-| setting | value |
-|---|---|
-{settings}
-
-## Evaluation (re-ranking; nDCG@10 and the collection's other measures)
-
-| collection | measures |
-|---|---|
-{chr(10).join(rows) if rows else "| (none yet) | |"}
-
-## Citation
-
-```bibtex
-{CITATIONS[cite]}
-```
-"""
-    common.atomic_write_text(model_dir / "README.md", card)
 
 
 # ================================================================================================
@@ -609,19 +573,29 @@ def evaluate_first_stage(data: EvalData, results: Path):
     return _save_metrics(folder, run, data, "first-stage")
 
 
-def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
-              precision: str, tag: str, batch_size: int, progress: bool, workers: int):
-    """(aggregate, per_query) of the model in `model_dir` re-ranking `data`, stored in `home`/eval/ and reused.
-    `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key."""
+def eval_folder(home: Path, data: EvalData, max_length: int, query_max_length: int, precision: str) -> Path:
+    """Where the evaluation of the model of `home` on `data` is stored (finished once its metrics.json exists)."""
     key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.collection.relevance, data.candidates_name,
                                    data.collection.measures, max_length, query_max_length,
                                    precision]).encode()).hexdigest()[:10]
-    folder = home / "eval" / f"{data.collection.name}__{key}"
+    return home / "eval" / f"{data.collection.name}__{key}"
+
+
+def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
+              precision: str, tag: str, batch_size: int, progress: bool, workers: int):
+    """(aggregate, per_query) of the model in `model_dir` re-ranking `data`, stored in `home`/eval/ and reused.
+    `workers` tokenize in parallel (see `cross_encoder.score_pairs`); they do not change the scores, so not the key.
+    How long it took is kept beside (timing.json), for the plans of later runs (launch.py)."""
+    folder = eval_folder(home, data, max_length, query_max_length, precision)
     if (folder / "metrics.json").exists():
         return _load_metrics(folder)
+    started = time.time()
     model, pair_tokenizer = cross_encoder.load_trained(model_dir, max_length, query_max_length, device)
     run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
                                device=device, precision=precision, progress=progress, workers=workers)
+    pairs = sum(len(docs) for docs in run.values())
+    common.atomic_write_json(folder / "timing.json", {"pairs": pairs, "seconds": round(time.time() - started, 2),
+                                                      "device": device_name(device)})
     return _save_metrics(folder, run, data, tag)
 
 
@@ -631,7 +605,7 @@ def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, 
     folder = cell_dir(results, cfg)
     found = _evaluate(folder / "model", folder, data, device, cfg.max_length, cfg.query_max_length, cfg.precision,
                       f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}", batch_size, progress, workers)
-    write_model_card(cfg, folder)
+    cross_encoder.write_model_card(cfg, folder)
     return found
 
 
@@ -652,14 +626,19 @@ def resolve_model(name: str) -> Path:
                        f"check the id and the network, or pass a local folder") from None
 
 
+def model_home(results: Path, name: str) -> Path:
+    """The folder of results/models/ where the evaluations of a model trained elsewhere are stored, keyed by its
+    files' content (`name`: a folder, or a Hugging Face id fetched by resolve_model)."""
+    key = hashlib.sha1(json.dumps(folder_fingerprint(resolve_model(name)), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(results) / "models" / f"{common.slug(name)}__{key}"
+
+
 def evaluate_model(name: str, results: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
                    precision: str, batch_size: int = 64, progress: bool = True, workers: int = 0):
     """(aggregate, per_query) of a cross-encoder trained elsewhere re-ranking `data`, on the same candidates, with
     the same lengths and measures as the cells; stored under results/models/, keyed by its files' content."""
-    folder = resolve_model(name)
-    key = hashlib.sha1(json.dumps(folder_fingerprint(folder), sort_keys=True).encode()).hexdigest()[:10]
-    return _evaluate(folder, Path(results) / "models" / f"{common.slug(name)}__{key}", data, device, max_length,
-                     query_max_length, precision, f"model-{common.slug(name)}", batch_size, progress, workers)
+    return _evaluate(resolve_model(name), model_home(results, name), data, device, max_length, query_max_length,
+                     precision, f"model-{common.slug(name)}", batch_size, progress, workers)
 
 
 # ================================================================================================
@@ -676,12 +655,33 @@ def first_stage_label(collections: list[Collection], run_dir: str | None, method
     return first_stage_module.label(method, depth) if not any(c.run for c in collections) else "first stage"
 
 
+def train_cells(cfgs: Sequence[TrainConfig], results: Path, device: str, log=print, **train_options) -> None:
+    """Train (or reuse) every cell of `cfgs` before going on (teachers that later cells learn from): those that
+    are free here, then wait for those that other workers are training."""
+    units = []
+    for cfg in dict((cell_dir(results, c), c) for c in cfgs).values():
+        folder = cell_dir(results, cfg)
+        units.append(workers.Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, cfg.backbone,
+                          (folder / "DONE").exists, functools.partial(_train_locked, cfg, folder, device, log,
+                                                                      **train_options), lambda: "trained"))
+    try:
+        workers.work(units, log)
+    except workers.EarlyExit:
+        for cfg in cfgs:
+            train_cell(cfg, results, device, log=log, wait=True, **train_options)
+
+
 def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
                        first_stage: str | None = "auto", max_queries: int | None = None, progress: bool = True,
-                       models: Sequence[str] = (), method: str = "splade", log=print, **train_options):
+                       models: Sequence[str] = (), method: str = "splade", log=print, max_units: int | None = None,
+                       estimate=None, **train_options):
     """Train (or reuse) every cell and re-rank every collection with it, and with every model of `models`
     (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>".
+
+    Any number of processes may run this on one results folder at once (workers: README, "Many GPUs and SLURM"):
+    each works on the cells that are free (`work`), and the one that finds every cell complete returns the
+    results, read from the store, so they do not depend on which worker computed what; the others raise workers.EarlyExit.
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
@@ -704,19 +704,59 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
             metrics.setdefault(first_stage, {})[name] = [evaluate_first_stage(data, results)[0]]
     selecting = next((c for seeds in configs.values() for c in seeds if c.validate_every), None)
     validate = nanobeir_validator(selecting, device, method, batch_size, log) if selecting else None
+    num_workers = train_options.get("num_workers", 0)
+    shared = next(c for seeds in configs.values() for c in seeds)  # the lengths and precision every cell shares
+
+    def evaluations(home: Path, cfg: TrainConfig) -> dict[str, Path]:
+        return {name: eval_folder(home, data, cfg.max_length, cfg.query_max_length, cfg.precision)
+                for name, data in datasets.items()}
+
+    def row(found: dict[str, Path]) -> str:
+        values = {name: _load_metrics(folder)[0] for name, folder in found.items()}
+        return ", ".join(f"{name} {tables_measure(datasets[name].collection)} {m[tables_measure(datasets[name].collection)]:.4f}"
+                         for name, m in values.items())
+
+    def cell_unit(cfg: TrainConfig) -> workers.Unit:
+        folder, found = cell_dir(results, cfg), evaluations(cell_dir(results, cfg), cfg)
+
+        def run():
+            if not (folder / "DONE").exists():
+                _train_locked(cfg, folder, device, log, progress=progress, validate=validate, **train_options)
+            for data in datasets.values():
+                evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress, workers=num_workers)
+        return workers.Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, cfg.backbone,
+                    lambda: (folder / "DONE").exists() and all((f / "metrics.json").exists() for f in found.values()),
+                    run, lambda: row(found))
+
+    def model_unit(name: str) -> workers.Unit:
+        home = model_home(results, name)
+        found = evaluations(home, shared)
+
+        def run():
+            for data in datasets.values():
+                evaluate_model(name, results, data, device, shared.max_length, shared.query_max_length,
+                               shared.precision, batch_size, progress, num_workers)
+        return workers.Unit(f"model {name}", home, name, lambda: all((f / "metrics.json").exists() for f in found.values()),
+                    run, lambda: row(found))
+
+    cells = dict((cell_dir(results, c), c) for seeds in configs.values() for c in seeds)  # a cell of two systems: once
+    workers.work([cell_unit(c) for c in cells.values()] + [model_unit(m) for m in folders], log, max_units, estimate)
+
+    # Every cell is complete: the results as stored, whoever computed them.
     for system, seeds in configs.items():
         for cfg in seeds:
-            train_cell(cfg, results, device, log=log, progress=progress, validate=validate, **train_options)
-            for name, data in datasets.items():
-                aggregate, pq = evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress,
-                                              workers=train_options.get("num_workers", 0))
+            for name, folder in evaluations(cell_dir(results, cfg), cfg).items():
+                aggregate, pq = _load_metrics(folder)
                 metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
                 per_query.setdefault(system, {}).setdefault(name, []).append(pq)
-    cfg = next(c for seeds in configs.values() for c in seeds)  # the lengths and precision every cell shares
     for model in folders:
-        for name, data in datasets.items():
-            aggregate, pq = evaluate_model(model, results, data, device, cfg.max_length, cfg.query_max_length,
-                                           cfg.precision, batch_size, progress, train_options.get("num_workers", 0))
+        for name, folder in evaluations(model_home(results, model), shared).items():
+            aggregate, pq = _load_metrics(folder)
             metrics.setdefault(f"model: {model}", {})[name] = [aggregate]
             per_query.setdefault(f"model: {model}", {})[name] = [pq]
     return metrics, per_query
+
+
+def tables_measure(collection: Collection) -> str:
+    """The measure a progress line shows for a collection: its form of nDCG@10, else its first."""
+    return "nDCG@10" if "nDCG@10" in collection.measures else collection.measures[0]

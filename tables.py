@@ -294,7 +294,7 @@ def measure_file_name(measure: str) -> str:
 
 # Options that change how a run executes, never what its tables hold.
 HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "num_workers",
-                                "checkpoint_every", "keep_checkpoint"})
+                                "checkpoint_every", "keep_checkpoint", "plan", "slurm", *grid.SLURM_OPTIONS})
 
 
 def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Sequence[str] = ()) -> Path:

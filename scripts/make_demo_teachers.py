@@ -145,6 +145,7 @@ def main() -> None:
 
     # 3. Train (or reuse) each member, then score every candidate with it ----------------------
     member_runs = []
+    grid.train_cells(members, results, device, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
     for cfg in members:
         model_dir = grid.train_cell(cfg, results, device, num_workers=args.num_workers,
                                     checkpoint_every=args.checkpoint_every)

@@ -52,6 +52,8 @@ def files(tmp_path_factory):
     (root / "old_results").mkdir()
     (root / "old_results" / "FORMAT").write_text("1\n")
     (root / "a_file").write_text("not a folder\n")
+    (root / "no_submitit" / "submitit").mkdir(parents=True)  # a Python where submitit is not installed
+    (root / "no_submitit" / "submitit" / "__init__.py").write_text("raise ImportError('No module named submitit')\n")
     # a kit cache whose demo copy of the Cranfield qrels has a grade of 2.5
     qrels = root / "cache_bad_qrels" / "ir_datasets_demo" / "cranfield" / "qrels.txt"
     qrels.parent.mkdir(parents=True)
@@ -140,6 +142,13 @@ CASES = {
                                               "{tmp}/huge_pairs.tsv"], {}, 2,
                                              "error: {tmp}/huge_pairs.tsv, line 1: malformed teacher line (score "
                                              "'1e300' is beyond the range of a 32-bit float"),
+    "a --slurm option without --slurm": (SMOKE + ["--partition", "gpu"], {}, 2,
+                                         "error: --partition is an option of --slurm: pass it with --slurm"),
+    "--plan and --slurm": (SMOKE + ["--plan", "--slurm"], {}, 2, "error: --plan and --slurm together"),
+    "--slurm without submitit": (SMOKE + ["--slurm", "--gpus", "0"],
+                                 {"PYTHONPATH": "{tmp}/no_submitit" + os.pathsep + os.environ.get("PYTHONPATH", "")}, 2,
+                                 "error: --slurm submits through submitit, which is not installed: pip install "
+                                 "submitit=="),
     "a loss that becomes infinite before any checkpoint": (
         ["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/large_pairs.tsv", "--collections", "vaswani"],
         {}, 2, "error: the loss became non-finite at step 1 (margin_mse, lr 0.001); no checkpoint was written before "
