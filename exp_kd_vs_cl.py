@@ -92,8 +92,8 @@ class Args:
     """training queries each teacher scores, sampled with a fixed seed (default: 10,000 paper, all demo; 0: all)"""
     teacher_depth: int | None = None
     """top candidates per training query a teacher scores, with the positives (default: the setup's depth)"""
-    demo_negatives: str = "dense"
-    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from a dense first stage (as the paper) or bm25"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
     paper_lists: str = "colbert-top50"
     """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64

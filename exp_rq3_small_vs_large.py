@@ -78,8 +78,8 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
-    demo_negatives: str = "dense"
-    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from a dense first stage (as the paper) or bm25"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
     paper_lists: str = "colbert-top50"
     """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64

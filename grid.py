@@ -188,8 +188,9 @@ def check_flags(args) -> None:
     if stray:
         raise KitError(f"--{stray[0].replace('_', '-')} is an option of --slurm: pass it with --slurm (or with --plan, "
                        f"to see what would be submitted)")
-    if getattr(args, "demo_negatives", "dense") == "bm25" and not (args.demo or args.smoke):
-        raise KitError("--demo-negatives bm25 is the demo's earlier data: pass it with --demo or --smoke")
+    if "demo_negatives" in getattr(args, "given", ()) and not (args.demo or args.smoke):
+        raise KitError("--demo-negatives chooses the demo's data: pass it with --demo or --smoke (the paper's "
+                       "setting always trains on the paper's data)")
 
 
 class Setting(NamedTuple):
@@ -262,9 +263,9 @@ def is_ir_datasets_id(name: str) -> bool:
 def make_config(mode: str, backbone: str, objective: str, seed: int, precision: str, steps: int | None = None,
                 learning_rate: float | None = None, negatives: str = "dense", lists: str = "colbert-top50",
                 **teachers) -> TrainConfig:
-    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke"). `negatives`: "dense"
-    (the paper's data: InfoNCE's negatives and the teacher's lists from a dense first stage) or, in the demo
-    and smoke modes, "bm25" (the kit's earlier demo: every objective's negatives from BM25). `lists`, in
+    """The training configuration of one cell under `mode` ("paper", "demo" or "smoke"). `negatives`, in the demo
+    and smoke modes: "dense" (as the paper: InfoNCE's negatives and the teacher's lists from a dense first stage)
+    or "bm25" (every objective's negatives from BM25); the paper's setting reads the paper's data. `lists`, in
     paper mode: "colbert-top50" (RankZephyr's order of ColBERTv2's top 50, as the paper) or "rankzephyr-top50"
     (the first 50 of RankZephyr's 100, the kit's earlier lists)."""
     recipe, spec = paper_setup.RECIPES[mode], cross_encoder.get_backbone(backbone)
@@ -289,7 +290,7 @@ def make_config(mode: str, backbone: str, objective: str, seed: int, precision: 
                        warmup_steps=min(recipe["warmup_steps"], max(1, steps // 10)),
                        batch_queries=batch_queries, group_size=group_size, max_length=recipe["max_length"],
                        query_max_length=recipe["query_max_length"], precision=precision,
-                       training=recipe["training"] + ("-bm25" if negatives == "bm25" else "")
+                       training=recipe["training"] + ("-bm25" if negatives == "bm25" and mode != "paper" else "")
                        + ("-rz50" if lists == "rankzephyr-top50" and mode == "paper" else ""),
                        validate_every=recipe.get("validate_every", 0), **teachers)
 

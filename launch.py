@@ -340,10 +340,15 @@ def plan_text(script: str, mode: str, configs, collections, results: Path, devic
                  f" (a cell is not split: the longest takes {workers.format_duration(longest)}).")
     now = sum(f.stat().st_size for p in plans if p.folder.is_dir() for f in p.folder.rglob("*") if f.is_file())
     model = sum(TOTAL.get(p.backbone, TOTAL["bert-base"]) * BYTES_PER_PARAMETER["model"] for p in todo if p.steps_left)
-    checkpoint = sum(TOTAL.get(p.backbone, TOTAL["bert-base"]) * BYTES_PER_PARAMETER["checkpoint"]
-                     for p in todo if p.steps_left)
+    checkpoints = sorted((TOTAL.get(p.backbone, TOTAL["bert-base"]) * BYTES_PER_PARAMETER["checkpoint"]
+                          for p in todo if p.steps_left), reverse=True)
+    if getattr(args, "keep_checkpoint", False):
+        checkpoint, kept = sum(checkpoints), "last checkpoints, kept"
+    else:  # a finished cell drops its checkpoint: only the cells training at once hold one
+        at_once = min(len(checkpoints), args.array_parallelism)
+        checkpoint, kept = sum(checkpoints[:at_once]), f"checkpoints of the {at_once} cells training at once"
     runs = sum(p.rerank_pairs for p in todo) * BYTES_PER_RERANKED_PAIR
-    lines.append(f"Disk: {(model + checkpoint + runs) / 1e9:,.1f} GB more (models {model / 1e9:,.1f}, last checkpoints "
+    lines.append(f"Disk: {(model + checkpoint + runs) / 1e9:,.1f} GB more (models {model / 1e9:,.1f}, {kept} "
                  f"{checkpoint / 1e9:,.1f}, runs {runs / 1e9:,.1f}); these cells hold {now / 1e9:,.2f} GB now.")
     tasks_device = "cuda:0" if args.gpus else "cpu"
     tasks = Estimator(configs, results, tasks_device, cores=args.cpus)

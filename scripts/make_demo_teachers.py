@@ -21,7 +21,7 @@ dense first stage's candidates (as RankZephyr ordered ColBERTv2's), here all-Min
 (--demo-negatives bm25).
 
 Commands (from the repository root):
-  # the shipped files (trains or reuses 3 demo cells, then scores about 60k pairs with each member)
+  # the shipped files (trains or reuses 3 demo cells, then scores 68,756 pairs with each member)
   python scripts/make_demo_teachers.py
   # a tiny random model on a handful of queries (tests); writes to <results>/smoke-teachers
   python scripts/make_demo_teachers.py --smoke --results /tmp/kit-teach-smoke
@@ -42,8 +42,8 @@ What it writes to --out-dir (default data/teachers; names from paper_setup.DEMO_
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
 files. Output is deterministic: a fixed shuffle, ties broken by doc id, a rerun gives identical bytes.
 
-How long it takes: three 800-step cells (reused when they exist), then each member scores about 41k
-pairs: about 2.5 hours on a 2-core CPU, about 2 minutes on one H100 (README.md, "The offline demo set"
+How long it takes: three 800-step cells (reused when they exist), then each member scores 68,756
+pairs: some 4-5 hours on a 2-core CPU, a few minutes on one H100 (README.md, "The offline demo set"
 and "How long it takes"). --smoke takes under a minute. An interrupted run resumes: rerun the same command.
 """
 from __future__ import annotations
