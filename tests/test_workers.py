@@ -133,6 +133,13 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     assert re.search(r"minilm-l6 infonce seed 12\s+to do\s+~46 min CPU", text)
     assert "--array=0-1%2 --time=1:00:00 --gpus-per-node=1" in text and "--partition=gpu" in text
     assert not list(results.glob("cells/*/DONE")) and not list(results.glob("cells/*/*.pt"))
+    # disk: a finished cell drops its checkpoint, so only the cells training at once hold one, unless kept
+    one = launch.TOTAL["minilm-l6"] * launch.BYTES_PER_PARAMETER["checkpoint"] / 1e9
+    assert f"checkpoints of the 2 cells training at once {2 * one:,.1f}" in text
+    args.keep_checkpoint, args.array_parallelism = True, 1  # the lock is released by now: 3 cells to do, all kept
+    kept = launch.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
+                            50, None, args)
+    assert f"last checkpoints, kept {3 * one:,.1f}" in kept
 
 
 def test_slurm_submits_one_array_with_the_options_given(tmp_path):
