@@ -1,12 +1,12 @@
-"""The kit's shared core: errors and the command line, data, evaluation and the paired statistics.
+"""The kit's shared core: errors, data, evaluation and the paired statistics.
 
 The experiment scripts import this file for everything they read and measure; the cross-encoder
-itself (backbones, tokenization, the training loop, re-ranking) is cross_encoder.py, the results store
-and the grid runner grid.py, every table tables.py, and every fact taken from the papers
-paper_setup.py.
+itself (backbones, tokenization, the training loop, re-ranking) is cross_encoder.py, the command line,
+the results store and the grid runner grid.py, every table tables.py, every fact taken from the papers
+paper_setup.py, and the papers' claims claims.py.
 
 Sections, read top to bottom:
-  0. errors, the command line and small file helpers
+  0. errors and small file helpers
   1. ir_datasets and the published files it does not know (fetched once, md5 checked)
   2. readers for TREC runs, qrels and teacher files (streaming; a bad line names file and line)
   3. training batches per objective family, as [Q, n] groups
@@ -15,15 +15,12 @@ Sections, read top to bottom:
 """
 from __future__ import annotations
 
-import argparse
 import array
-import ast
 import contextlib
 import dataclasses
 import functools
 import gzip
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -40,6 +37,7 @@ import ir_measures
 import numpy as np
 import scipy.stats
 
+import losses
 import paper_setup
 from paper_setup import Collection, TrainingSetup
 
@@ -48,107 +46,29 @@ SHIPPED_IR_DATASETS_HOME = REPO / "data" / "ir_datasets_home"
 
 
 # ================================================================================================
-# 0. Errors, the command line, file helpers
+# 0. Errors and file helpers
 # ================================================================================================
 class KitError(Exception):
     """A problem with the user's input or files. Scripts print it as one line and exit with 2."""
 
 
-def main_guard(main) -> None:
-    """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback."""
-    try:
-        main()
-    except KitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+class Interrupted(Exception):
+    """The work stopped early because a stop was asked for (request_stop: SLURM's signal before a time limit or a
+    preemption, or a lock taken over), at a point it resumes from exactly: training saved a checkpoint first."""
 
 
-def _field_docs(cls) -> dict[str, str]:
-    """The docstring under each dataclass field (CleanRL style), which becomes its --help line."""
-    docs, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
-            docs[node.target.id] = following.value.value.strip()
-    return docs
+_STOP: list[str] = []  # why a stop was asked for, if it was
 
 
-def field_default(field: dataclasses.Field):
-    """A dataclass field's default value, made fresh where it comes from a factory."""
-    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+def request_stop(reason: str) -> None:
+    """Ask the work in progress to stop at its next safe point: training after the current step (with a
+    checkpoint), re-ranking after the current batch. Safe to call from a signal handler or another thread."""
+    _STOP.append(reason)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's usage block + message becomes the kit's one line
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse_args(cls, argv: list[str] | None = None):
-    """Parse `--field value` flags into the dataclass `cls`; lists take several values, bools are switches.
-    The flags the command line named are kept in `args.given` (a default may differ per mode, an explicit
-    value never does), and every value is checked against FLAG_RULES before anything runs."""
-    parser = _OneLineParser(description=(sys.modules[cls.__module__].__doc__ or "").split("\n\n")[0])
-    docs = _field_docs(cls)
-    for field in dataclasses.fields(cls):
-        default = field_default(field)
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
-        flag, help_text = "--" + field.name.replace("_", "-"), f"{docs.get(field.name, '')} (default: {shown})"
-        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
-        if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif kind.startswith("list"):
-            item = float if "float" in kind else int if "int" in kind else str
-            parser.add_argument(flag, nargs="+", type=item, default=argparse.SUPPRESS, help=help_text)
-        else:
-            item = {"int": int, "float": float}.get(kind.replace(" | None", "").replace("Optional[", "").rstrip("]"), str)
-            parser.add_argument(flag, type=item, default=argparse.SUPPRESS, help=help_text)
-    given = vars(parser.parse_args(argv))
-    args = cls(**{**{f.name: field_default(f) for f in dataclasses.fields(cls)}, **given})
-    args.given = frozenset(given)
-    check_flags(args)
-    return args
-
-
-def _at_least(low):
-    return lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v >= low)
-
-
-# What each flag accepts (None: the mode's default), whichever script has it.
-FLAG_RULES = {
-    "steps": (_at_least(1), "a whole number of training steps, at least 1"),
-    "learning_rate": (lambda v: v is None or (math.isfinite(v) and v > 0), "a learning rate above 0"),
-    "depth": (_at_least(1), "the number of candidates re-ranked per query, at least 1"),
-    "eval_batch_size": (_at_least(1), "pairs per re-ranking batch, at least 1"),
-    "checkpoint_every": (_at_least(1), "steps between checkpoints, at least 1"),
-    "num_workers": (_at_least(0), "a number of worker processes, 0 or more"),
-    "eval_token_budget": (_at_least(0), "tokens per re-ranking batch, 0 to batch by --eval-batch-size pairs"),
-    "gpu": (_at_least(-1), "a CUDA device index, or -1 for the CPU"),
-    "alpha": (lambda v: 0 < v < 1, "a significance level between 0 and 1"),
-    "margin": (lambda v: math.isfinite(v) and v > 0, "an equivalence margin above 0"),
-    "teacher_queries": (_at_least(0), "a number of training queries, 0 for all"),
-    "teacher_depth": (_at_least(1), "a number of candidates per query, at least 1"),
-    "teacher_seed": (_at_least(0), "a seed, 0 or more"),
-    "same_size_seed": (_at_least(0), "a seed, 0 or more"),
-    "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
-    "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
-}
-
-
-def check_flags(args) -> None:
-    """One line for the first flag whose value cannot be honoured, before any data is read."""
-    def show(value):
-        return " ".join(map(str, value)) if isinstance(value, list) else value
-    for name in [f.name for f in dataclasses.fields(args)]:
-        value, flag = getattr(args, name), "--" + name.replace("_", "-")
-        if name in FLAG_RULES and not FLAG_RULES[name][0](value):
-            raise KitError(f"{flag} {show(value)}: expected {FLAG_RULES[name][1]}")
-        if isinstance(value, list) and len(set(value)) < len(value):
-            twice = next(v for v in value if value.count(v) > 1)
-            raise KitError(f"{flag} {show(value)}: {twice} is named twice; name each once"
-                           + (" (a seed repeated is not a second replicate)" if name == "seeds" else ""))
-    if getattr(args, "demo", False) and getattr(args, "smoke", False):
-        raise KitError("--demo and --smoke together: pass one of them")
+def stop_requested() -> str | None:
+    """Why a stop was asked for, or None."""
+    return _STOP[0] if _STOP else None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -220,7 +140,7 @@ def user_ir_datasets_home() -> Path:
     return Path(os.environ.get("IR_DATASETS_HOME") or Path.home() / ".ir_datasets")
 
 
-_chosen_home: list[Path] = []  # the ir_datasets home of this process, once chosen
+_chosen_home: list[tuple[Path, bool]] = []  # (the ir_datasets home of this process, is it the demo's), once chosen
 
 
 def choose_ir_datasets_home(demo: bool) -> Path:
@@ -231,10 +151,10 @@ def choose_ir_datasets_home(demo: bool) -> Path:
     ir_datasets downloads the official data, and never the demo's files. ir_datasets reads its home once,
     when first imported, so a process chooses once."""
     home = (kit_cache() / "ir_datasets_demo" if demo else user_ir_datasets_home()).resolve()
-    if _chosen_home and _chosen_home[0] != home:
-        raise RuntimeError(f"this process reads collections from {_chosen_home[0]} already; it cannot switch to {home}")
+    if _chosen_home and _chosen_home[0] != (home, demo):
+        raise RuntimeError(f"this process reads collections from {_chosen_home[0][0]} already; it cannot switch to {home}")
     if not _chosen_home:
-        _chosen_home.append(home)
+        _chosen_home.append((home, demo))
         os.environ["IR_DATASETS_HOME"] = str(home)  # before ir_datasets is imported (load_dataset imports it)
     return home
 
@@ -249,11 +169,15 @@ def install_demo_data(home: Path) -> None:
 
 
 def load_dataset(dataset_id: str):
-    """The ir_datasets dataset, from the home choose_ir_datasets_home() picked; an unknown id is a KitError."""
+    """The ir_datasets dataset, from the home choose_ir_datasets_home() picked; a local collection for a
+    "local:<spec>" id; an unknown id is a KitError."""
+    if dataset_id.startswith("local:"):
+        return LocalCollection(Path(dataset_id[len("local:"):]))
     if not _chosen_home:
         raise RuntimeError("call common.choose_ir_datasets_home(demo=...) before loading a collection")
-    if _chosen_home[0] == (kit_cache() / "ir_datasets_demo").resolve():
-        install_demo_data(_chosen_home[0])
+    home, demo = _chosen_home[0]
+    if demo:
+        install_demo_data(home)
     import ir_datasets  # imported late: it reads IR_DATASETS_HOME when imported
     import logging
     # ir_datasets logs each step (one logger per module) and each failed download attempt: the progress bars
@@ -263,6 +187,104 @@ def load_dataset(dataset_id: str):
         return ir_datasets.load(dataset_id)
     except KeyError:
         raise KitError(f"unknown ir_datasets id {dataset_id!r}; see https://ir-datasets.com for valid ids") from None
+
+
+class LocalQuery(NamedTuple):
+    query_id: str
+    text: str
+
+
+class LocalQrel(NamedTuple):
+    query_id: str
+    doc_id: str
+    relevance: int
+
+
+class LocalDoc(NamedTuple):
+    doc_id: str
+    title: str
+    text: str
+
+    def default_text(self) -> str:
+        return f"{self.title} {self.text}".strip()
+
+
+class LocalCollection:
+    """A test collection of your own, described by a small JSON spec whose paths are relative to it:
+
+        {"name": "my-collection", "queries": "queries.tsv", "qrels": "qrels.txt", "documents": "corpus.jsonl",
+         "run": "bm25.run", "group": "out-of-domain", "measures": ["nDCG@10", "RR@10", "R@100"]}
+
+    queries: TSV `qid<TAB>text` or JSONL {"_id", "text"}; qrels: TREC `qid 0 docid grade`; documents: JSONL
+    {"_id", "title", "text"} (BEIR's corpus.jsonl) or TSV `docid<TAB>text`; run: a TREC run of the candidates.
+    Everything is read and checked when the collection is opened (a bad line names file and line); it then
+    answers the few calls the kit makes of an ir_datasets dataset."""
+
+    def __init__(self, spec: Path):
+        self.spec = Path(spec)
+        self.fields = read_collection_spec(self.spec)
+        files = {k: self.spec.parent / self.fields[k] for k in ("queries", "qrels", "documents")}
+        self.queries = [LocalQuery(q, t) for q, t in _records(files["queries"], ("_id", "text"))]
+        self.qrels = [LocalQrel(q, d, g) for q, docs in read_qrels_file(files["qrels"]).items() for d, g in docs.items()]
+        self.docs = {d: LocalDoc(d, title, text) for d, text, title in _records(files["documents"], ("_id", "text", "title"))}
+
+    def dataset_id(self) -> str:
+        return f"local:{self.spec}"
+
+    def queries_iter(self):
+        return iter(self.queries)
+
+    def qrels_iter(self):
+        return iter(self.qrels)
+
+    def docs_iter(self):
+        return iter(self.docs.values())
+
+    def docs_store(self):
+        return self
+
+    def get_many(self, doc_ids):
+        return {d: self.docs[d] for d in doc_ids if d in self.docs}
+
+    def has_scoreddocs(self) -> bool:
+        return False
+
+
+def read_collection_spec(spec: Path) -> dict:
+    """The JSON spec of a local collection, with its required fields and files checked."""
+    try:
+        fields = json.loads(open_text(spec).read())
+    except json.JSONDecodeError as error:
+        raise KitError(f"{spec}: not a JSON collection spec ({error}); see common.LocalCollection") from None
+    missing = [k for k in ("name", "queries", "qrels", "documents", "run") if k not in fields]
+    if missing:
+        raise KitError(f"{spec}: the collection spec has no {', '.join(missing)}; see common.LocalCollection")
+    for key in ("queries", "qrels", "documents", "run"):
+        if not (spec.parent / fields[key]).is_file():
+            raise KitError(f"{spec}: its {key} file {spec.parent / fields[key]} does not exist")
+    return fields
+
+
+def _records(path: Path, keys: tuple) -> Iterator[tuple]:
+    """Rows of a JSONL file (the fields `keys`, "" where absent; "_id" also read as "doc_id" / "query_id") or of a
+    TSV file (its columns in that order)."""
+    with open_text(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                if path.name.endswith((".jsonl", ".jsonl.gz")):
+                    record = json.loads(line)
+                    record.setdefault("_id", record.get("doc_id", record.get("query_id")))
+                    row = tuple(str(record.get(k) or "") for k in keys)
+                else:
+                    row = tuple(line.rstrip("\n").split("\t")) + ("",) * len(keys)
+                    row = row[:len(keys)]
+                if not row[0] or not row[1]:
+                    raise ValueError("expected an id and a text")
+                yield row
+            except (ValueError, AttributeError) as error:
+                raise KitError(f"{path}, line {number}: malformed line ({error}): {line.strip()[:80]!r}") from None
 
 
 def external_path(name: str) -> Path:
@@ -320,14 +342,20 @@ def reading(dataset, what: str):
         raise KitError(f"{dataset.dataset_id()}: its {what} could not be read or downloaded ({type(error).__name__}: "
                        f"{str(error).splitlines()[0][:160]}); check the network, or see "
                        f"https://ir-datasets.com for where to place the files by hand") from None
+    except RuntimeError as error:  # ir_datasets' word for source files that are not all in place
+        raise KitError(f"{dataset.dataset_id()}: its {what} could not be read ({str(error).splitlines()[0][:240]})"
+                       ) from None
     except ValueError as error:
         raise KitError(f"{dataset.dataset_id()}: its {what} could not be parsed ({error}); check the files in "
-                       f"{user_ir_datasets_home() if not _chosen_home else _chosen_home[0]}") from None
+                       f"{_chosen_home[0][0] if _chosen_home else user_ir_datasets_home()}") from None
 
 
 def load_queries(dataset) -> dict[str, str]:
+    """{query id: text}, the text as ir_datasets' default_text() gives it (a TREC topic's title: Robust04's
+    queries have no `.text` field)."""
     with reading(dataset, "queries"):
-        return {query.query_id: query.text.strip() for query in dataset.queries_iter()}
+        return {q.query_id: (q.default_text() if hasattr(q, "default_text") else q.text).strip()
+                for q in dataset.queries_iter()}
 
 
 def load_qrels(dataset, relevance: tuple = ()) -> dict[str, dict[str, int]]:
@@ -553,12 +581,12 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
                         log=print) -> TrainingData:
     """The training data of `objective`, built the way Morand et al. built it for its family.
     Queries without a positive (or with too few negatives) are skipped and counted, not fatal."""
-    kind = paper_setup.OBJECTIVE_DATA.get(objective)
+    kind = losses.DATA.get(objective)
     if kind is None:
-        raise KitError(f"unknown objective {objective!r}; valid: {', '.join(paper_setup.OBJECTIVE_DATA)}")
+        raise KitError(f"unknown objective {objective!r}; valid: {', '.join(losses.DATA)}")
     dataset = load_dataset(setup.queries)
     source = {"teacher-pairs": setup.teacher_pairs, "lists": setup.teacher_lists, "teacher-groups": teacher_scores,
-              "pairs": setup.triples or setup.candidates, "groups": setup.candidates}[kind]
+              "pairs": setup.triples or setup.pair_negatives, "groups": setup.candidates}[kind]
     queries, documents = load_queries(dataset), DocumentLookup(dataset, source=str(source))
     common = dict(queries=queries, documents=documents, batch_queries=batch_queries, seed=seed)
     if kind == "teacher-pairs" or (kind == "pairs" and setup.triples):
@@ -575,7 +603,12 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
     qrels = load_qrels(dataset)
     positives = {qid: sorted(d for d, rel in docs.items() if rel > 0) for qid, docs in qrels.items()}
     if kind == "lists":
-        lists = read_run(resolve_file(setup.teacher_lists), group_size)
+        lists = read_run(resolve_file(setup.teacher_lists))
+        if setup.list_candidates:  # keep, in the teacher's order, the documents of another first stage's top
+            kept_docs = {qid: {d for d, _ in ranked} for qid, ranked in
+                         iter_ranked(resolve_file(setup.list_candidates), group_size) if qid in lists}
+            lists = {qid: [(d, s) for d, s in ranked if d in kept_docs.get(qid, ())] for qid, ranked in lists.items()}
+        lists = {qid: ranked[:group_size] for qid, ranked in lists.items()}
         kept = {qid: ranked for qid, ranked in lists.items() if qid in queries and len(ranked) >= 2}
         _report_skipped(log, "lists", len(lists) - len(kept), "not in the training queries or shorter than 2")
         return TrainingData("lists", candidates=kept, **common)
@@ -586,10 +619,11 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
                            f"holding the teacher's scores of each training query's positives and candidates)")
         teacher = {qid: dict(docs) for qid, docs in read_run(resolve_file(teacher_scores)).items()}
     n = group_size if kind in ("groups", "teacher-groups") else 2
+    first_stage = setup.candidates if kind in ("groups", "teacher-groups") else setup.pair_negatives
     kept_positives, negatives = {}, {}
     # Streamed query by query and stored compactly: the paper's ColBERTv2 run has ~500 lines for each of
     # ~500k training queries, too many to hold as Python strings.
-    for qid, ranked in iter_ranked(resolve_file(setup.candidates), setup.candidate_depth):
+    for qid, ranked in iter_ranked(resolve_file(first_stage), setup.candidate_depth):
         scored = teacher.get(qid, {}) if teacher is not None else None
         pos = [d for d in positives.get(qid, []) if scored is None or d in scored]
         neg = [d for d, _ in ranked if d not in qrels.get(qid, {}) or qrels[qid][d] <= 0]
@@ -668,20 +702,20 @@ class EvalData:
 
 
 def load_eval_data(collection: Collection, run_dir: str | None = None, depth: int = 1000,
-                   max_queries: int | None = None) -> EvalData:
-    """Queries, qrels, documents and the top-`depth` candidates of a test collection. Candidates come
-    from `run_dir/<collection>.run[.gz]` when given, else the run shipped with the demo, else the
-    dataset's own scoreddocs. `max_queries` keeps the first judged queries only (smoke tests)."""
+                   max_queries: int | None = None, run: Path | None = None) -> EvalData:
+    """Queries, qrels, documents and the top-`depth` candidates of a test collection. Candidates come from
+    `run` (a first stage the kit ran) or `run_dir/<collection>.run[.gz]` when given, else the run shipped with
+    the demo, else the dataset's own scoreddocs. `max_queries` keeps the first judged queries only (smoke)."""
     dataset = load_dataset(collection.dataset_id)
     queries, qrels = load_queries(dataset), load_qrels(dataset, collection.relevance)
-    path = None
-    if run_dir:
+    path = Path(run) if run else None
+    if path is None and run_dir:
         options = [Path(run_dir) / f"{collection.name}.run{ext}" for ext in ("", ".gz", ".trec", ".trec.gz")]
         path = next((p for p in options if p.exists()), None)
         if path is None:
             raise KitError(f"no candidates for {collection.name}: expected {options[0]} (or .gz) in --run-dir; "
                            f"see the README section 'Candidates'")
-    elif collection.run:
+    elif path is None and collection.run:
         path = REPO / collection.run
     if path is not None:
         ranked, name, source = read_run(path, depth), f"{path.name}@{depth}", str(path)

@@ -3,8 +3,9 @@
 A cross-encoder reads a (query, passage) pair and returns one logit, the passage's score for the
 query. train() fits one to an objective of losses.py on the batches of common.TrainingData and saves
 it in the Hugging Face format; score_pairs() and rerank() score candidates with it in fp32.
-Two modules serve it: token_cache.py keeps pairs' token ids (rerank() tokenizes a collection's
-candidates once for every cell), unpadded.py runs a batch packed into one row without padding.
+Three modules serve it: token_cache.py keeps pairs' token ids (rerank() tokenizes a collection's
+candidates once for every cell), batching.py makes the batches, unpadded.py runs a batch packed into one
+row without padding.
 
 Sections, read top to bottom:
   1. backbones: the pretrained encoder with a fresh one-logit head
@@ -12,6 +13,7 @@ Sections, read top to bottom:
   3. device and precision
   4. the training configuration and the training loop (checkpoint and resume)
   5. re-ranking
+  6. the model card saved beside a trained model (how to score with it, what it measured, what to cite)
 """
 from __future__ import annotations
 
@@ -22,16 +24,22 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+import batching
 import common
+import losses
 import paper_setup
 import token_cache
 import unpadded
 from common import KitError
 from paper_setup import Backbone
 from token_cache import PairTokens
+
+if TYPE_CHECKING:  # for the annotations only; torch is imported where it runs
+    import torch
 
 
 # ================================================================================================
@@ -133,6 +141,18 @@ def _keep_first_layers(model, k: int) -> None:
     model.config.num_hidden_layers = k
 
 
+def export_settings(model, tokenizer, cfg) -> None:
+    """Record in the saved model how the kit scores with it, so that other tools rank as the kit does: the
+    maximum length (tokenizer.model_max_length, which sentence-transformers' CrossEncoder and a plain tokenizer
+    call read), the query's own budget, and that the score is the raw logit (CrossEncoder would apply a
+    sigmoid to a one-logit model by default; it is monotone, but the kit's scores are logits)."""
+    tokenizer.model_max_length = min(cfg.max_length, tokenizer.model_max_length)
+    model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}
+    model.config.cross_encoder_kit = {"max_length": tokenizer.model_max_length, "query_max_length": cfg.query_max_length,
+                                      "score": "raw logit, higher is more relevant", "objective": cfg.objective,
+                                      "backbone": cfg.backbone, "seed": cfg.seed}
+
+
 def load_trained(model_dir: Path, max_length: int, query_max_length: int, device: str = "cpu"):
     """(model, pair tokenizer) of a trained cross-encoder saved by train() (or any one-logit model folder)."""
     import transformers
@@ -186,52 +206,12 @@ class PairTokenizer:
 
     def encode_pairs(self, queries: list[str], passages: list[str], workers: int = 0, chunk: int = 1024) -> PairTokens:
         """`encode` over many pairs, `chunk` at a time, in `workers` processes when > 0."""
-        pieces = _Chunks(self, queries, passages, chunk)
-        return PairTokens.concatenate(list(_in_workers(pieces, workers) if workers else pieces))
+        return batching.encode_pairs(self, queries, passages, workers, chunk)
 
     def pad(self, tokens: PairTokens, chosen) -> dict:
         """The pairs `chosen` of `tokens` as __call__ would return them (padded to the longest)."""
         return tokens.pad_batch(chosen, self.tokenizer.pad_token_id, getattr(self.tokenizer, "pad_token_type_id", 0),
                                 self.tokenizer.padding_side)
-
-
-class _Chunks:
-    """Map-style dataset: item k is `encode` of the k-th `size` pairs (DataLoader workers tokenize them)."""
-
-    def __init__(self, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], size: int):
-        self.pair_tokenizer, self.queries, self.passages, self.size = pair_tokenizer, queries, passages, size
-
-    def __len__(self):
-        return -(-len(self.queries) // self.size)
-
-    def __getitem__(self, index):
-        span = slice(index * self.size, (index + 1) * self.size)
-        return self.pair_tokenizer.encode(self.queries[span], self.passages[span])
-
-    def __iter__(self):
-        return (self[k] for k in range(len(self)))
-
-
-def _unchanged(item):
-    return item
-
-
-def _in_workers(dataset, workers: int):
-    """Iterate a map-style dataset through `workers` DataLoader worker processes, in order."""
-    import torch
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
-                                         prefetch_factor=4, collate_fn=_unchanged)
-    # The workers fork inside iter(): they inherit TOKENIZERS_PARALLELISM=false (one tokenizer thread each,
-    # no fork-safety warning), and this process gets its own setting back at once.
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        return iter(loader)
-    finally:
-        if previous is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
 def make_pair_tokenizer(model, tokenizer, max_length: int, query_max_length: int) -> PairTokenizer:
@@ -311,6 +291,7 @@ class TrainConfig:
     teacher_pairs: str | None = None   # replaces the setup's Hofstätter-format file (margin_mse)
     teacher_lists: str | None = None   # replaces the setup's listwise teacher run (distill_ranknet, adr_mse)
     max_examples: int | None = None
+    validate_every: int = 0     # steps between validations; the best checkpoint is kept (paper: NanoBEIR, 5,000)
     grad_accumulation: int = 1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -329,7 +310,7 @@ class TrainConfig:
         setup = paper_setup.TRAINING_SETUPS[self.training]
         return {"teacher-pairs": self.teacher_pairs or setup.teacher_pairs,
                 "lists": self.teacher_lists or setup.teacher_lists,
-                "teacher-groups": self.teacher_scores}.get(paper_setup.OBJECTIVE_DATA.get(self.objective))
+                "teacher-groups": self.teacher_scores}.get(losses.DATA.get(self.objective))
 
 
 OFF_BY_DEFAULT = ("unpadded", "compile")
@@ -363,8 +344,7 @@ class _StepBatches:
 
     def __init__(self, data: common.TrainingData, pair_tokenizer: PairTokenizer, start: int, stop: int,
                  packed: bool = False):
-        self.data, self.pair_tokenizer, self.start, self.stop = data, pair_tokenizer, start, stop
-        self.packed = packed
+        self.data, self.pair_tokenizer, self.start, self.stop, self.packed = data, pair_tokenizer, start, stop, packed
 
     def __len__(self):
         return self.stop - self.start
@@ -372,45 +352,6 @@ class _StepBatches:
     def __getitem__(self, index):
         batch = self.data.batch(self.start + index)
         return self.pair_tokenizer.packed_batch(batch) if self.packed else self.pair_tokenizer.batch(batch)
-
-
-def _ahead(items, depth: int):
-    """Iterate `items` in a background thread that stays up to `depth` items ahead: the next batches are
-    tokenized while the current step runs (the tokenizer releases the GIL). The items and their order are
-    those of `items`; an exception in the thread is raised here, at the item where it happened."""
-    import queue
-    import threading
-    ready, stop, end = queue.Queue(depth), threading.Event(), object()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def fill():
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((end, None))
-        except BaseException as error:  # handed to the training loop
-            put((None, error))
-
-    threading.Thread(target=fill, daemon=True, name="kit-batches-ahead").start()
-    try:
-        while True:
-            item, error = ready.get()
-            if error is not None:
-                raise error
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
 
 
 def linear_warmup_decay(warmup: int, total: int):
@@ -424,10 +365,10 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     Resumes from out_dir/checkpoint.pt when it exists (same config), so rerunning the command after a
     crash continues where it stopped and ends with the same model as an uninterrupted run on CPU.
-    `validate(model) -> float` (higher is better), when given, is called every `validate_every` steps
-    and the best model is kept (Morand et al. select on NanoBEIR); otherwise the last one is saved."""
+    `validate(model, pair_tokenizer) -> float` (higher is better), when given, is called every
+    `validate_every` steps and at the last, and the best model is kept (Morand et al. select on NanoBEIR); the
+    values go to training.json's "curve". Otherwise the last model is saved."""
     import torch
-    import losses
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -442,7 +383,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     data = common.build_training_data(cfg.objective, setup, cfg.batch_queries, cfg.group_size, cfg.seed,
                                       cfg.max_examples, cfg.teacher_scores, log=log)
     pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
-    packed = cfg.unpadded and _can_unpad(model, log)
+    packed = cfg.unpadded and unpadded.usable(model, log)
     if cfg.compile:
         compile_model(model)
 
@@ -455,7 +396,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, cfg.steps))
 
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    step, best = 0, {"value": -float("inf"), "step": None}
+    step, best, curve = 0, {"value": -float("inf"), "step": None}, []
     state = _read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     if state is not None:
         if config_record(state["config"]) != cfg.record():
@@ -466,7 +407,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         torch.set_rng_state(state["rng_cpu"])
         if device.startswith("cuda") and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
-        step, best = state["step"], state["best"]
+        step, best, curve = state["step"], state["best"], state.get("curve", [])
         log(f"resuming from {checkpoint_path} at step {step}")
     # Log lines after the checkpoint belong to the interrupted attempt: drop them.
     kept = [l for l in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(l)["step"] <= step]
@@ -474,7 +415,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
 
     def save_checkpoint():
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "config": cfg.record(),
+                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "curve": curve,
+                 "config": cfg.record(),
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
         tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
@@ -487,6 +429,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     def save_model(folder: Path):
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        export_settings(model, tokenizer, cfg)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(folder, ignore_errors=True)
@@ -506,11 +449,11 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     # Without worker processes, a thread tokenizes the next batches while the step runs; not when `validate`
     # may call the same tokenizer meanwhile (a fast tokenizer's truncation settings are per call, not per thread).
     ahead = not num_workers and validate is None
-    with contextlib.closing(_ahead(loader, depth=4)) if ahead else contextlib.nullcontext(loader) as batches:
+    with contextlib.closing(batching.ahead(loader, depth=4)) if ahead else contextlib.nullcontext(loader) as batches:
         for micro, (inputs, targets) in enumerate(batches, start=step * accumulation):
             targets = targets.to(device, non_blocking=True)
             with autocast(device, cfg.precision):
-                logits = forward_logits(model, inputs, device)
+                logits = unpadded.forward_logits(model, inputs, device)
             # The head and the loss run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
             loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
             loss.backward()
@@ -528,7 +471,8 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
             bar.update(1)
             validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
             logging = step % log_every == 0 or step == cfg.steps
-            if not (logging or validating or step % checkpoint_every == 0):
+            stopping = step < cfg.steps and common.stop_requested()  # a time limit or preemption: checkpoint, then stop
+            if not (logging or validating or stopping or step % checkpoint_every == 0):
                 continue  # reading the loss back waits for the GPU: only before a log line or a save
             values = torch.stack(unread).tolist()
             unread = []
@@ -549,88 +493,29 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
                 bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
                 window_start, window_pairs = time.perf_counter(), 0
             if validating:
-                value = validate(model)
+                value = validate(model, pair_tokenizer)
                 model.train()
                 log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
+                curve.append({"step": step, "value": value})
                 if value > best["value"]:
                     best = {"value": value, "step": step}
                     save_model(out_dir / "model")
-            if step % checkpoint_every == 0 or step == cfg.steps:
+            if step % checkpoint_every == 0 or step == cfg.steps or stopping:
                 save_checkpoint()
+            if stopping:
+                bar.close()
+                raise common.Interrupted(f"{out_dir.name} stopped at step {step} of {cfg.steps} ({stopping}); "
+                                         f"its checkpoint is saved and a rerun resumes from it")
     bar.close()
     if validate is None or not validate_every:
         save_model(out_dir / "model")
-    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best})
+    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best, "curve": curve})
     return out_dir / "model"
 
 
 # ================================================================================================
 # 5. Re-ranking
 # ================================================================================================
-class _PairBatches:
-    """Map-style dataset over re-ranking batches: item k is (positions of batch k's pairs, their tokens).
-    Tokenizing here lets DataLoader workers do it in parallel processes."""
-
-    def __init__(self, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], batches: list):
-        self.pair_tokenizer, self.queries, self.passages, self.batches = pair_tokenizer, queries, passages, batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, index):
-        chosen = self.batches[index]
-        return chosen, self.pair_tokenizer([self.queries[i] for i in chosen], [self.passages[i] for i in chosen])
-
-    def __iter__(self):
-        return (self[k] for k in range(len(self)))
-
-
-def token_budget_batches(lengths: np.ndarray, budget: int, padded: bool) -> list[np.ndarray]:
-    """Pairs longest first, cut into batches of at most `budget` tokens: padded, a batch costs its pair count
-    times its longest pair; unpadded, the sum of its lengths. A pair longer than the budget is a batch alone.
-    Similar lengths end up together, so a padded batch pads little."""
-    order = np.argsort(-lengths, kind="stable")
-    batches, start, total = [], 0, 0
-    for end, index in enumerate(order):
-        cost = (end - start + 1) * lengths[order[start]] if padded else total + lengths[index]
-        if end > start and cost > budget:
-            batches.append(order[start:end])
-            start, total = end, 0
-        total += lengths[index]
-    if len(order):
-        batches.append(order[start:])
-    return batches
-
-
-class _TokenBatches:
-    """Re-ranking batches built from stored token ids, padded or packed: no tokenizer call."""
-
-    def __init__(self, pair_tokenizer: PairTokenizer, tokens: PairTokens, batches: list, packed: bool):
-        self.pair_tokenizer, self.tokens, self.batches, self.packed = pair_tokenizer, tokens, batches, packed
-
-    def __iter__(self):
-        for chosen in self.batches:
-            yield chosen, (unpadded.pack(self.tokens, chosen) if self.packed else
-                           self.pair_tokenizer.pad(self.tokens, chosen))
-
-
-def _can_unpad(model, log=None) -> bool:
-    """Whether `model` runs packed batches; when not, says why once per model and the caller stays padded."""
-    reason = unpadded.unsupported_reason(model)
-    if reason and not getattr(model, "_kit_unpadded_note", False):
-        model._kit_unpadded_note = True
-        (log or (lambda text: print(text, file=sys.stderr)))(f"note: --unpadded: {reason}; this model runs padded batches")
-    return reason is None
-
-
-def forward_logits(model, inputs, device: str, pin: bool = False):
-    """Logits of a batch, padded (a dict of tensors) or packed (unpadded.Packed), moved to `device` first."""
-    if isinstance(inputs, unpadded.Packed):
-        return unpadded.packed_logits(model, inputs.to(device, non_blocking=True, pin=pin))
-    inputs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in inputs.items()}
-    return model(**inputs).logits
-
-
 def compile_model(model):
     """torch.compile the encoder in place (the head stays eager; save_pretrained and state_dict unchanged).
     Shapes vary from batch to batch, so it is compiled for dynamic shapes from the start."""
@@ -652,25 +537,12 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
     `tokens` (token_cache.PairTokens of these pairs) skips the tokenizer: the same batches, padded from the
     stored ids, give the same scores. `token_budget` > 0 batches pairs of similar token length up to that
     many tokens (padding counted); `unpad` packs each batch into one row without padding (unpadded.py), up to
-    `token_budget` or batch_size x max_length real tokens, for the families that allow it."""
+    `token_budget` or batch_size x max_length real tokens, for the families that allow it (batching.py)."""
     import torch
-    if unpad and not _can_unpad(model):
+    if unpad and not unpadded.usable(model):
         unpad, token_budget = False, token_budget or batch_size * pair_tokenizer.max_length
-    if tokens is None and (token_budget or unpad):
-        tokens = pair_tokenizer.encode_pairs(queries, passages, workers=workers)
-    if token_budget or unpad:
-        batches = _TokenBatches(pair_tokenizer, tokens, token_budget_batches(
-            tokens.lengths, token_budget or batch_size * pair_tokenizer.max_length, padded=not unpad), unpad)
-    else:
-        lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
-        order = np.argsort(-lengths, kind="stable")
-        chosen = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-        if tokens is not None:
-            batches = _TokenBatches(pair_tokenizer, tokens, chosen, packed=False)
-        else:
-            batches = _PairBatches(pair_tokenizer, queries, passages, chosen)
-            if workers:
-                batches = _in_workers(batches, workers)
+    batches = batching.reranking_batches(pair_tokenizer, queries, passages, batch_size, workers, tokens,
+                                         token_budget, unpad)
     scores = np.empty(len(queries), dtype=np.float32)
     on_gpu = device.startswith("cuda")
     score_head_in_fp32(model)
@@ -690,9 +562,11 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
         # On a GPU, preparing batch k+1 (here or in the workers) overlaps the GPU's work on batch k, whose
         # scores are collected only after batch k+1 is queued (the tokenizer can still be the slower of the two).
         for chosen, inputs in batches:
+            if common.stop_requested():  # a time limit or preemption: this collection is re-ranked again on resume
+                raise common.Interrupted(f"re-ranking stopped ({common.stop_requested()})")
             chosen = np.asarray(chosen)
             with autocast(device, precision):
-                logits = forward_logits(model, inputs, device, pin=on_gpu).float().view(-1)
+                logits = unpadded.forward_logits(model, inputs, device, pin=on_gpu).float().view(-1)
             ready = None
             if on_gpu:
                 host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
@@ -736,3 +610,87 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
             for (qid, docid), score in zip(pairs, scores.tolist()):
                 run.setdefault(qid, {})[docid] = score
     return run
+
+
+# ================================================================================================
+# 6. The model card
+# ================================================================================================
+CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
+             "Techniques for Cross-Encoders},\n  author={Morand, Victor and Vast, Mathias and Van Cooten, Basile and "
+             "Soulier, Laure and Mothe, Josiane and Piwowarski, Benjamin},\n  journal={arXiv preprint arXiv:2603.03010},"
+             "\n  year={2026}\n}",
+             "Xu et al. 2025": "@article{xu2025distillation,\n  title={Distillation versus Contrastive Learning: How to "
+             "Train Your Rerankers},\n  author={Xu, Zhichao and Huang, Zhiqi and Zhuang, Shengyao and Srikumar, Vivek},"
+             "\n  journal={arXiv preprint arXiv:2507.08336},\n  year={2025}\n}"}
+
+
+def write_model_card(cfg: TrainConfig, folder: Path) -> None:
+    """The cell's model/README.md: how it was trained, on what, how to score with it, what it measured
+    (every evaluation stored in the cell so far), and what to cite. Rewritten after each evaluation."""
+    model_dir = folder / "model"
+    if not model_dir.is_dir():
+        return
+    setup = paper_setup.TRAINING_SETUPS[cfg.training]
+    family = losses.DATA[cfg.objective]
+    data = {"pairs": f"triples {setup.triples}" if setup.triples else f"positives paired with negatives from {setup.pair_negatives}",
+            "teacher-pairs": f"teacher scores of triples, {cfg.teacher_file()}",
+            "groups": f"1 positive + {cfg.group_size - 1} negatives from {setup.candidates} (top {setup.candidate_depth})",
+            "teacher-groups": f"teacher scores {cfg.teacher_file()} of groups from {setup.candidates}",
+            "lists": f"the teacher's ordering {cfg.teacher_file()}, top {cfg.group_size}"}[family]
+    rows = []
+    for evaluation in sorted((folder / "eval").glob("*/metrics.json")):
+        metrics = json.loads(evaluation.read_text())
+        rows.append(f"| {evaluation.parent.name.split('__')[0]} | "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + " |")
+    cite = "Xu et al. 2025" if cfg.objective == "kl" else "Morand et al. 2026"
+    settings = "\n".join(f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items())
+    card = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [cross-encoder, reranking, {cfg.objective}]
+---
+# {cfg.backbone} cross-encoder trained with {cfg.objective} (seed {cfg.seed})
+
+A re-ranker trained by the cross-encoder reproducibility kit: one logit per (query, passage), higher is more
+relevant. Training queries: `{setup.queries}`; data of {cfg.objective}: {data}; {cfg.steps} steps.
+
+## How to score with it
+
+The score is the raw logit (no sigmoid). The query is cut to {cfg.query_max_length} tokens first, then the pair is
+tokenized with only the passage truncated, {cfg.max_length} tokens in all (both recorded in config.json under
+`cross_encoder_kit`; the maximum length is the tokenizer's `model_max_length`):
+
+```python
+import torch, transformers
+model = transformers.AutoModelForSequenceClassification.from_pretrained(PATH).eval()
+tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
+cut = tokenizer(query, add_special_tokens=False, truncation=True, max_length={cfg.query_max_length},
+                return_offsets_mapping=True)["offset_mapping"]
+query = query[:cut[-1][1]] if cut else query
+inputs = tokenizer([query] * len(passages), passages, truncation="only_second", padding=True, return_tensors="pt")
+scores = model(**inputs).logits[:, 0]
+```
+
+`sentence_transformers.CrossEncoder(PATH).predict([(query, passage), ...])` gives the same scores when the query
+is shorter than {cfg.query_max_length} tokens (it reads the maximum length and the identity activation from the
+saved files; it cannot give the query a budget of its own).
+
+## Training configuration
+
+| setting | value |
+|---|---|
+{settings}
+
+## Evaluation (re-ranking; nDCG@10 and the collection's other measures)
+
+| collection | measures |
+|---|---|
+{chr(10).join(rows) if rows else "| (none yet) | |"}
+
+## Citation
+
+```bibtex
+{CITATIONS[cite]}
+```
+"""
+    common.atomic_write_text(model_dir / "README.md", card)

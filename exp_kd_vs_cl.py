@@ -35,9 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+import claims
 import common
 import cross_encoder
 import grid
+import workers
+import launch
 import paper_setup
 import tables
 import token_cache
@@ -73,9 +76,11 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell; teacher files in teachers/)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -88,6 +93,10 @@ class Args:
     """training queries each teacher scores, sampled with a fixed seed (default: 10,000 paper, all demo; 0: all)"""
     teacher_depth: int | None = None
     """top candidates per training query a teacher scores, with the positives (default: the setup's depth)"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch (test collections and teacher scoring)"""
     num_workers: int = 0
@@ -103,10 +112,30 @@ class Args:
     the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def _portable(path: Path) -> str:
@@ -120,16 +149,32 @@ def _portable(path: Path) -> str:
 
 
 def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, setup: paper_setup.TrainingSetup,
-                  n_queries: int | None, depth: int, batch_size: int, workers: int = 0,
-                  token_budget: int = 0) -> tuple[str, str]:
+                  n_queries: int | None, depth: int, batch_size: int, num_workers: int = 0,
+                  compute: bool = True, token_budget: int = 0) -> tuple[str, str]:
     """(TREC run of teacher scores, Hofstätter pairs file) of a trained teacher, computed once and reused:
-    the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries."""
+    the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries.
+    One worker computes them (the others wait for it); `compute=False` only names them (--plan, --slurm)."""
     folder = results / "teachers" / grid.cell_dir(results, cfg).name
     scores_path = folder / f"scores_q{n_queries or 'all'}_d{depth}.run.gz"
     pairs_path = folder / f"pairs_q{n_queries or 'all'}_d{depth}.tsv"
-    if scores_path.exists() and pairs_path.exists():
+    if not compute:
+        return _portable(scores_path), _portable(pairs_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = workers.CellLock(folder)
+    if not lock.acquire(wait=True, done=lambda: scores_path.exists() and pairs_path.exists()):
         print(f"reusing the teacher files in {folder}")
         return _portable(scores_path), _portable(pairs_path)
+    try:
+        if not (scores_path.exists() and pairs_path.exists()):
+            _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_size, num_workers, folder,
+                                scores_path, pairs_path, token_budget)
+    finally:
+        lock.release()
+    return _portable(scores_path), _portable(pairs_path)
+
+
+def _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_size, num_workers, folder, scores_path,
+                        pairs_path, token_budget: int = 0) -> None:
     dataset = common.load_dataset(setup.queries)
     queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
     ranked = common.read_run(common.resolve_file(setup.candidates), depth)
@@ -147,16 +192,15 @@ def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, se
         cross_encoder.compile_model(model)
     run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
                                batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
-                               workers=workers, tokens_folder=token_cache.results_folder(results),
+                               workers=num_workers, tokens_folder=token_cache.results_folder(results),
                                token_budget=token_budget, unpad=cfg.unpadded)
     common.write_teacher_pairs(pairs_path, ((run[q][p], run[q][n], q, p, n) for q in eligible
                                             for p in positives[q] for n in negatives[q]))  # atomic, shuffled
     common.write_run(scores_path, run, f"teacher-{common.slug(cfg.backbone)}-s{cfg.seed}")
-    return _portable(scores_path), _portable(pairs_path)
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, students, teachers and collections -----------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -175,17 +219,23 @@ def main() -> None:
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
     def config(backbone, objective, seed, **teachers):
         return grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps or default_steps,
-                                learning_rate=args.learning_rate, unpadded=args.unpadded, compile=args.compile,
-                                **teachers)
+                                learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
+                                unpadded=args.unpadded, compile=args.compile, **teachers)
     teachers = {("large", None): config(large, "infonce", args.teacher_seed),
                 **{("same", s): config(s, "infonce", args.same_size_seed) for s in students}}
-    options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
-    for cfg in teachers.values():
-        grid.train_cell(cfg, results, device, **options)
+    options = dict(num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
+                   keep_checkpoint=args.keep_checkpoint)
+    launching = args.plan or args.slurm  # the teachers are cells of the plan, trained by the tasks
+    if not launching:
+        selecting = next((c for c in teachers.values() if c.validate_every), None)  # paper: NanoBEIR selection
+        validate = grid.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size,
+                                           tokens_folder=token_cache.results_folder(results),
+                                           token_budget=args.eval_token_budget) if selecting else None
+        grid.train_cells(list(teachers.values()), results, device, validate=validate, **options)
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,
-                                args.num_workers, args.eval_token_budget)
+                                args.num_workers, compute=not launching, token_budget=args.eval_token_budget)
              for key, cfg in teachers.items()}
 
     # 4. Students: CL and four KD variants per student size, trained and evaluated with the teachers ---
@@ -199,7 +249,7 @@ def main() -> None:
             extra = {} if source is None else {"teacher_scores": files[key][0]} if objective == "kl" \
                 else {"teacher_pairs": files[key][1]}
             configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
-    metrics, per_query = grid.train_and_evaluate(configs, collections, results, device, run_dir=args.run_dir, depth=depth,
+    metrics, per_query = launch.train_and_evaluate(args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
                                                  batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
                                                  max_queries=30 if args.smoke else None, **options)
 
@@ -248,6 +298,16 @@ def main() -> None:
     tables.write_table(table, out, "kd_vs_cl_summary")
     print("\n" + table.console + "\n\n" + table.latex + f"\ntables written to {out}")
 
+    # 7. The claims this script checks (Xu et al.; their numbers are not shipped, so only these results) --
+    tests = [t for s in students for t in claims.tests_from_records(
+        [r for r in summary if r["student"] == s], METHODS[0][0], [c.name for c in collections])]
+    verdicts = [claims.beats_baseline("X1", tests, [m for m, _, source in METHODS if source == "large"], METHODS[0][0],
+                                      mode),
+                claims.beats_baseline("X2", tests, [m for m, _, source in METHODS if source == "same"], METHODS[0][0],
+                                      mode)]
+    claims.save(results, out.name, verdicts)
+    claims.print_verdicts(verdicts)
+
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

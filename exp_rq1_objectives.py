@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import claims
 import common
+import figures
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -49,9 +52,13 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
+    models: list[str] = dataclasses.field(default_factory=list)
+    """cross-encoders trained elsewhere, re-ranked as rows: Hugging Face ids (xpmir/cross-encoder-bert-base-BCE) or folders"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -64,6 +71,10 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -79,14 +90,34 @@ class Args:
     the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device and collections ---------------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -98,29 +129,55 @@ def main() -> None:
 
     # 2. One training configuration per (objective, seed) --------------------------------------
     configs = {objective: [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                            learning_rate=args.learning_rate, unpadded=args.unpadded,
-                                            compile=args.compile, teacher_pairs=args.teacher_pairs,
-                                            teacher_lists=args.teacher_lists)
+                                            learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
+                                            unpadded=args.unpadded, compile=args.compile,
+                                            teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists)
                            for seed in seeds]
                for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = grid.train_and_evaluate(
-        configs, collections, results, device, run_dir=args.run_dir, depth=depth,
-        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
-        checkpoint_every=args.checkpoint_every)
+    metrics, per_query = launch.train_and_evaluate(
+        args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint,
+        models=args.models)
+    if any(m.startswith("xpmir/cross-encoder-") for m in args.models):
+        print("note: a released xpmir/cross-encoder-* checkpoint is the best of the paper's 3 seeds, not their mean")
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
     out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args, mode, already_in_name=["backbone"])
+    published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
     for measure in ("nDCG@10", "RR@10"):
         if not any(tables.measure_of(c, measure) in c.measures for c in collections):
             continue  # no collection reports this measure, in any form
         table = tables.grid_table(metrics, per_query, collections, measure, baseline=args.objectives[0],
-                                  title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
+                                  title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha,
+                                  published={o: published[backbone, o] for o in args.objectives
+                                             if (backbone, o) in published and measure == "nDCG@10"})
         tables.write_table(table, out, f"rq1_{tables.measure_file_name(measure)}")
         print("\n" + table.console + "\n\n" + table.latex)
+        if measure == "nDCG@10":
+            records = table.records
+    baseline, intervals = args.objectives[0], {}  # each objective minus the baseline, with its 95% interval
+    for objective in args.objectives[1:]:
+        for c in collections:
+            difference = common.macro_difference([([p["nDCG@10"] for p in per_query[objective][c.name]],
+                                                   [p["nDCG@10"] for p in per_query[baseline][c.name]])])
+            intervals.setdefault(objective, {})[c.name] = (difference.mean, *difference.interval())
+    figures.differences(out / "rq1_differences_nDCG10.png", intervals, baseline, f"RQ1: objectives on {backbone} ({mode})")
     print(f"tables written to {out}")
+
+    # 5. The claim this script checks: what the published table says, what these results say -------
+    verdicts = [v for v in claims.published_verdicts() if v.claim == "M1"]
+    if args.objectives[0] == "bce":
+        where = claims.scale_of(mode, [backbone], args.objectives, collections, seeds)
+        tests = claims.tests_from_records(records, "bce", [c.name for c in collections])
+        verdicts.append(claims.beats_baseline("M1", tests, [o for o in claims.STRONG if o in args.objectives], "bce",
+                                              f"{where}, {backbone}"))
+        claims.save(results, out.name, verdicts[1:])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

@@ -22,15 +22,22 @@ Commands:
 How long it takes: --demo trains 3 backbones x 6 objectives x 1 seed = 18 cells of 800 steps and
 re-ranks 4 collections with each: most of a day on a 2-core CPU, minutes on a GPU (README.md, "How long
 it takes", has the measured figures); the paper's grid is 162 cells of 200k steps. --smoke: under a
-minute. Finished cells are reused by every script (RQ1 and RQ3 read the same ones), and an interrupted
-run resumes where it stopped.
+minute. `--plan` prints the estimate for this machine (or `--gpu 0`) before anything runs. Finished cells are
+reused by every script (RQ1 and RQ3 read the same ones), and an interrupted run resumes where it stopped. Several
+GPUs, machines or a SLURM cluster: start the same command once per GPU, or pass --slurm (README, "Many GPUs and
+SLURM").
 """
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+import claims
 import common
+import figures
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -55,9 +62,11 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -70,6 +79,10 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -85,10 +98,30 @@ class Args:
     the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def describe(members: list[str], collections: list[paper_setup.Collection]) -> str:
@@ -114,7 +147,7 @@ def pivot_table(rows: dict[str, dict[str, list[float]]], columns: list[str], tit
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, backbones and collections -------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -122,7 +155,7 @@ def main() -> None:
     if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
         passed = backbones if "backbones" in args.given else []
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
-    first_stage = grid.first_stage_label(collections, args.run_dir)
+    first_stage = grid.first_stage_label(collections, args.run_dir, args.retriever, depth)
     results = grid.open_results(args.results)
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
           f"{precision} on {device}")
@@ -130,41 +163,76 @@ def main() -> None:
     # 2. One training configuration per (backbone, objective, seed) ------------------------------
     configs = {f"{backbone}|{objective}": [
         grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                         learning_rate=args.learning_rate, unpadded=args.unpadded, compile=args.compile,
+                         learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
+                         unpadded=args.unpadded, compile=args.compile,
                          teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
-    metrics, per_query = grid.train_and_evaluate(
-        configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=first_stage,
-        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
-        checkpoint_every=args.checkpoint_every)
+    metrics, per_query = launch.train_and_evaluate(
+        args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=first_stage,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
     out = tables.tables_folder(results, f"rq2_{mode}", args, mode)
     baseline = args.objectives[0]
+    published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
+    tests = []  # every objective against the baseline, per backbone x collection: for claim M1
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system
         sub_metrics = {row: metrics[s] for row, s in systems.items()}
         sub_per_query = {row: per_query[s] for row, s in systems.items() if s in per_query}
         table = tables.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
-                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha)
+                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha,
+                                  published={o: published[backbone, o] for o in args.objectives
+                                             if (backbone, o) in published})
         tables.write_table(table, out, f"rq2_{common.slug(backbone)}_nDCG10")
         print("\n" + table.console)
+        tests += claims.tests_from_records(table.records, baseline, [c.name for c in collections])
+
+    def metrics_of(b, o, c):  # per-seed nDCG@10 of a cell on a collection
+        return [m["nDCG@10"] for m in metrics[f"{b}|{o}"].get(c, [])]
 
     # 5. Summary: backbones x objectives, mean nDCG@10 per collection group ----------------------
     means = {backbone: {o: tables.group_means(metrics[f"{backbone}|{o}"], collections, "nDCG@10") for o in args.objectives}
              for backbone in backbones}
     for group, members in tables.group_members(collections).items():  # groups --collections left empty are skipped
-        rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in backbones}
+        rows = {}
+        for b in backbones:
+            rows[b] = {o: means[b][o][group] for o in args.objectives if group in means[b][o]}
+            if any((b, o) in published for o in args.objectives):
+                rows[f"{b} (paper)"] = {o: [published[b, o][f"avg {group}"]] for o in args.objectives if (b, o) in published}
         note = (f"nDCG@10 averaged over the {len(members)} {group} collections ({describe(members, collections)}), "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = pivot_table(rows, args.objectives, f"RQ2 summary, {group}: backbones x objectives ({mode}, "
                                                    f"{precision})", note)
         tables.write_table(table, out, f"rq2_summary_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
+        figures.heatmap_vs_baseline(out / f"rq2_delta_{group}.png", {(b, o): float(np.mean(v)) for b in backbones
+                                                                    for o, v in rows[b].items()},
+                                    backbones, args.objectives, baseline, f"RQ2 {group}: nDCG@10 minus {baseline}")
+    if published:  # the kit's mean against the paper's, for every cell the paper reports
+        points = [(published[b, o][c], float(np.mean(metrics_of(b, o, c))), f"{b} {o} {c}") for b in backbones
+                  for o in args.objectives for c in [c.name for c in collections] if (b, o) in published
+                  and c in published[b, o] and metrics_of(b, o, c)]
+        figures.paper_vs_kit(out / "rq2_paper_vs_kit.png", points, f"RQ2 ({mode}): the kit against the paper")
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
+
+    # 6. The claims this script checks: what the published table says, what these results say ------
+    verdicts = [v for v in claims.published_verdicts() if v.claim in ("M1", "M2")]
+    where = claims.scale_of(mode, backbones, args.objectives, collections, seeds)
+    cell_means = {(b, o, c.name): float(np.mean([m["nDCG@10"] for m in metrics[f"{b}|{o}"][c.name]]))
+                  for b in backbones for o in args.objectives for c in collections}
+    if baseline == "bce":
+        verdicts.append(claims.beats_baseline("M1", tests, [o for o in claims.STRONG if o in args.objectives], "bce",
+                                              where))
+    verdicts.append(claims.factor_verdict(claims.factor_shares(cell_means, backbones, args.objectives,
+                                                               [c.name for c in collections]), where))
+    claims.save(results, out.name, [v for v in verdicts if v.scale != "published table"])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

@@ -30,11 +30,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 
+import claims
 import common
 import cross_encoder
+import figures
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -59,9 +61,11 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -74,6 +78,10 @@ class Args:
     """Hofstätter-format teacher file for margin_mse (default: the published T2 ensemble / the demo's)"""
     teacher_lists: str | None = None
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -89,12 +97,32 @@ class Args:
     the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     margin: float = 0.01
     """equivalence margin: a small model "matches" when its nDCG@10 is shown to lie within +-margin of the large one's"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[str, list[str]], measure: str,
@@ -147,8 +175,8 @@ def size_table(rows: dict[str, dict[str, list[float]]], params: dict[str, int], 
                note: str) -> tables.Table:
     """Backbones (rows, in the given order) x objectives: mean (± std over seeds); best per row starred/bold."""
     cells = tables.best_per_row(rows, columns)
-    size = {r: f"{params[r] / 1e6:.4g}M" for r in rows}
-    records = [{"backbone": r, "parameters": params[r], "objective": c, "mean": v.mean, "std": v.std,
+    size = {r: f"{params[r.removesuffix(' (paper)')] / 1e6:.4g}M" for r in rows}
+    records = [{"backbone": r, "parameters": params[r.removesuffix(" (paper)")], "objective": c, "mean": v.mean, "std": v.std,
                 "n_seeds": len(rows[r][c])} for (r, c), v in cells.items()]
     return tables.make_table(title, ["backbone", "params", *columns],
                              [[r, size[r], *(cells.get((r, c)) for c in columns)] for r in rows],
@@ -157,38 +185,8 @@ def size_table(rows: dict[str, dict[str, list[float]]], params: dict[str, int], 
                              align="lr" + "r" * len(columns))
 
 
-def plot_sizes(path: Path, means: dict, params: dict[str, int], objectives: list[str], groups: list[str],
-               title: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib to draw rq3_size.png)")
-        return
-    order = sorted(params, key=lambda b: (params[b], b))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, group in zip(axes[0], groups):
-        for objective in objectives:
-            points = [(params[b], np.mean(means[b][objective][group])) for b in order if group in means[b][objective]]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=objective)
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks([params[b] for b in order], [f"{b} ({params[b] / 1e6:.4g}M)" for b in order], rotation=40,
-                      ha="right", fontsize=7)
-        ax.set(xlabel="parameters (log scale)", ylabel=f"mean nDCG@10, {group}", title=group)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    print(f"plot written to {path}")
-
-
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, backbones and collections -------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -205,13 +203,15 @@ def main() -> None:
     # 2. Train (or reuse) every (backbone, objective, seed) cell and re-rank every collection ----
     configs = {f"{backbone}|{objective}": [
         grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                         learning_rate=args.learning_rate, unpadded=args.unpadded, compile=args.compile,
+                         learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
+                         unpadded=args.unpadded, compile=args.compile,
                          teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
-    metrics, per_query = grid.train_and_evaluate(
-        configs, collections, results, device, run_dir=args.run_dir, depth=depth, first_stage=None,
-        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, max_queries=30 if args.smoke else None, num_workers=args.num_workers,
-        checkpoint_every=args.checkpoint_every)
+    metrics, per_query = launch.train_and_evaluate(
+        args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=None,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 3. Parameter counts (cached), backbones sorted by size ------------------------------------
     params = count_parameters(results, {b: configs[f"{b}|{weak}"][0] for b in backbones})
@@ -221,8 +221,13 @@ def main() -> None:
     # 4. Effectiveness by size: per group, backbones (by size) x objectives ----------------------
     out = tables.tables_folder(results, f"rq3_{mode}", args, mode)
     means = {b: {o: tables.group_means(metrics[f"{b}|{o}"], collections, "nDCG@10") for o in args.objectives} for b in order}
+    published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
     for group in members:
-        rows = {b: {o: means[b][o][group] for o in args.objectives if group in means[b][o]} for b in order}
+        rows = {}
+        for b in order:
+            rows[b] = {o: means[b][o][group] for o in args.objectives if group in means[b][o]}
+            if any((b, o) in published for o in args.objectives):
+                rows[f"{b} (paper)"] = {o: [published[b, o][f"avg {group}"]] for o in args.objectives if (b, o) in published}
         note = (f"nDCG@10 averaged over the {len(members[group])} {group} collections, "
                 f"mean over {len(seeds)} seed(s) with the std when more than one.")
         table = size_table(rows, params, args.objectives, f"RQ3: effectiveness by size, {group} ({mode})", note)
@@ -257,10 +262,17 @@ def main() -> None:
     print("\n" + table.console + "\n\n" + table.latex)
 
     # 6. Plot: nDCG@10 against parameter count, one line per objective ---------------------------
-    plot_sizes(out / "rq3_size.png", means, params, args.objectives, list(members),
-               f"RQ3 ({mode}): nDCG@10 vs backbone size")
+    figures.size_curves(out / "rq3_size.png", means, params, args.objectives, list(members),
+                        f"RQ3 ({mode}): nDCG@10 vs backbone size")
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
+
+    # 7. The claim this script checks: what the published table says, what these results say --------
+    verdicts = [v for v in claims.published_verdicts() if v.claim == "M4"]
+    verdicts.append(claims.small_matches_large(list(tests.values()), list(members),
+                                               claims.scale_of(mode, backbones, args.objectives, collections, seeds)))
+    claims.save(results, out.name, verdicts[1:])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

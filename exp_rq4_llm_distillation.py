@@ -26,8 +26,10 @@ import dataclasses
 
 import numpy as np
 
+import claims
 import common
 import grid
+import launch
 import paper_setup
 import tables
 
@@ -55,9 +57,11 @@ class Args:
     results: str = "results"
     """results folder shared by all scripts (one sub-folder per trained cell)"""
     collections: list[str] = dataclasses.field(default_factory=list)
-    """test collections to re-rank, by name (default: all of the mode's; see paper_setup.PAPER_COLLECTIONS)"""
+    """test collections: the mode's names, ir_datasets ids, or local collection specs (.json); default: all the mode's"""
     run_dir: str | None = None
     """folder of first-stage runs named <collection>.run[.gz] (paper: SPLADE-v3-DistilBERT top-1000)"""
+    retriever: str = "splade"
+    """without --run-dir, the kit's own first stage for the paper's collections: splade (the paper's) or bm25"""
     depth: int | None = None
     """candidates re-ranked per test query (default: the recipe's: 1000 paper, 50 demo, 5 smoke)"""
     steps: int | None = None
@@ -72,6 +76,10 @@ class Args:
     """TREC run of a listwise teacher for distill_ranknet and adr_mse (default: RankZephyr / the demo's)"""
     measure: str = "nDCG@10"
     """measure that is tested and counted"""
+    demo_negatives: str = "bm25"
+    """--demo/--smoke: InfoNCE's negatives and the teacher's lists from BM25, or dense (as the paper; needs the dense teacher files: README)"""
+    paper_lists: str = "colbert-top50"
+    """paper mode: the LLM teacher's lists, RankZephyr's order of ColBERTv2's top 50 (as the paper) or rankzephyr-top50"""
     eval_batch_size: int = 64
     """pairs per re-ranking batch"""
     num_workers: int = 0
@@ -87,10 +95,30 @@ class Args:
     the compiled kernels round differently, so these cells are kept apart"""
     checkpoint_every: int = 500
     """steps between checkpoints; a rerun of the same command resumes from the last one"""
+    keep_checkpoint: bool = False
+    """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def llm_tests(per_query: dict, backbones: list[str], collections: list, llm_objectives: list[str],
@@ -139,7 +167,7 @@ def outcome_table(tests: list[dict], by: str | None, columns: list[str], title: 
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
 
     # 1. Mode, device, backbones and collections ----------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
@@ -152,16 +180,18 @@ def main() -> None:
 
     # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
     configs = {(backbone, objective): [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                                        learning_rate=args.learning_rate, unpadded=args.unpadded,
-                                                        compile=args.compile, teacher_pairs=args.teacher_pairs,
+                                                        learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
+                                                        unpadded=args.unpadded, compile=args.compile,
+                                                        teacher_pairs=args.teacher_pairs,
                                                         teacher_lists=args.teacher_lists) for seed in seeds]
                for backbone in backbones for objective in objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = grid.train_and_evaluate(
-        {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
+    metrics, per_query = launch.train_and_evaluate(
+        args, {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
         depth=depth, batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
-        max_queries=30 if args.smoke else None, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
+        max_queries=30 if args.smoke else None,
+        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 4. Paired t-tests: one Holm family per (backbone, collection) ---------------------------
     tests = llm_tests(per_query, backbones, collections, args.llm_objectives, args.other_objectives, args.measure,
@@ -188,15 +218,14 @@ def main() -> None:
         print("\n" + table.console + "\n\n" + table.latex)
     common.atomic_write_json(out / "rq4_tests.json", tests)  # every test, for other analyses
 
-    # 6. The answer in one line per LLM objective ----------------------------------------------
-    for llm in args.llm_objectives:
-        mine = [t for t in tests if t["llm"] == llm]
-        wins, losses = sum(t["outcome"] == "win" for t in mine), sum(t["outcome"] == "loss" for t in mine)
-        verdict = "better everywhere" if mine and wins == len(mine) else "not better everywhere"
-        print(f"{llm}: significantly better in {wins}, worse in {losses}, tied in {len(mine) - wins - losses} "
-              f"of {len(mine)} (comparison x backbone x collection) tests -> {verdict}")
     print(f"tables written to {out}")
+
+    # 6. The claim this script checks: what the published table says, what these results say --------
+    verdicts = [v for v in claims.published_verdicts() if v.claim == "M3"]
+    verdicts.append(claims.llm_verdict(tests, claims.scale_of(mode, backbones, objectives, collections, seeds)))
+    claims.save(results, out.name, verdicts[1:])
+    claims.print_verdicts(verdicts)
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
+import claims
 import common
 import grid
+import losses
 import paper_setup
 import tables
 
@@ -61,6 +63,8 @@ class Args:
     """objective every other one is tested against"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    paper: bool = False
+    """print what the paper's published table alone says of each claim (offline, no results needed) and stop"""
 
 
 def infer_mode(cfg: dict) -> str:
@@ -82,7 +86,7 @@ def _short(value) -> str:
 
 def system_label(cfg: dict, mode: str) -> str:
     """The objective, plus every setting that makes this cell's model differ from the mode's recipe."""
-    family = paper_setup.OBJECTIVE_DATA.get(cfg["objective"])
+    family = losses.DATA.get(cfg["objective"])
     extra = [_short(cfg[TEACHER_FIELD[family]])] if family in TEACHER_FIELD and cfg.get(TEACHER_FIELD[family]) else []
     try:
         default = dataclasses.asdict(grid.make_config(mode, cfg["backbone"], cfg["objective"], cfg["seed"],
@@ -137,45 +141,6 @@ def scan(results: Path, measure: str):
     return groups, fingerprints, unfinished
 
 
-def factor_shares(mean: dict, backbones: list[str], objectives: list[str], columns: list[str]) -> dict:
-    """How much of the variation of the cell means m[backbone, objective] (one matrix per column) the
-    objective and the backbone explain. Per column, on the backbones and objectives present in full, a
-    two-way ANOVA without replication gives the mean squares MS_o, MS_b, MS_e; the variance components
-    (MS_o - MS_e) / B and (MS_b - MS_e) / O (at least 0) and MS_e estimate the variance among objective
-    effects, among backbone effects and of the residual, whatever the number of levels. Returns, per factor,
-    the components averaged over columns (std = their square root, share = part of the three) and the mean
-    absolute gap between two levels of the factor with the other fixed."""
-    components, gaps = defaultdict(list), defaultdict(list)
-    for c in columns:
-        present = [o for o in objectives if all((b, o, c) in mean for b in backbones)]
-        rows = [b for b in backbones if all((b, o, c) in mean for o in present)]
-        for b in backbones:  # gaps between two objectives of one backbone, two backbones of one objective
-            values = [mean[b, o, c] for o in objectives if (b, o, c) in mean]
-            gaps["objective"] += [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
-        for o in objectives:
-            values = [mean[b, o, c] for b in backbones if (b, o, c) in mean]
-            gaps["backbone"] += [abs(x - y) for i, x in enumerate(values) for y in values[i + 1:]]
-        if len(present) < 2 or len(rows) < 2:
-            continue
-        m = np.array([[mean[b, o, c] for o in present] for b in rows])
-        n_b, n_o = m.shape
-        grand, by_b, by_o = m.mean(), m.mean(axis=1, keepdims=True), m.mean(axis=0, keepdims=True)
-        ms_b = n_o * ((by_b - grand) ** 2).sum() / (n_b - 1)
-        ms_o = n_b * ((by_o - grand) ** 2).sum() / (n_o - 1)
-        ms_e = ((m - by_b - by_o + grand) ** 2).sum() / ((n_b - 1) * (n_o - 1))
-        components["objective"].append(max(0.0, (ms_o - ms_e) / n_b))
-        components["backbone"].append(max(0.0, (ms_b - ms_e) / n_o))
-        components["residual"].append(ms_e)
-    total = sum(np.mean(components[f]) for f in components) if components else 0.0
-    out = {"collections": len(components["objective"])}
-    for factor in ("objective", "backbone", "residual"):
-        value = float(np.mean(components[factor])) if components[factor] else None
-        out[factor] = {"component": value, "std": float(np.sqrt(value)) if value is not None else None,
-                       "share": value / total if value is not None and total > 0 else None,
-                       "gap": float(np.mean(gaps[factor])) if gaps[factor] else None}
-    return out
-
-
 def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     """The four RQ5 tables and the statements of one (mode, precision) group."""
     slug = common.slug(tag.replace(", ", "-"))
@@ -192,7 +157,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     units = [(b, c) for b in backbones for c in columns]  # one backbone x collection cell
 
     # Mean rank, wins / ties / losses against the baseline, "X >= baseline in k of N" -----------------
-    ranks, beats, outcomes = defaultdict(list), defaultdict(list), defaultdict(list)
+    ranks, beats, outcomes, cell_tests = defaultdict(list), defaultdict(list), defaultdict(list), []
     for b, c in units:
         present = [s for s in labels if (b, s, c) in mean]
         if len(present) >= 2:
@@ -205,6 +170,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
         tests = [common.paired_ttest([pq for _, pq in cells[b, s, c].values()], base) for s in others]
         for s, t, p in zip(others, tests, common.holm([t.pvalue for t in tests])):
             outcomes[s].append("tie" if p >= args.alpha else "win" if t.mean_diff > 0 else "loss")
+            cell_tests.append({"system": s, "column": f"{b}/{c}", "diff": t.mean_diff, "significant": p < args.alpha})
             beats[s].append(mean[b, s, c] >= mean[b, args.baseline, c])
     rows, records, statements = [], [], []
     for s in sorted(labels, key=lambda s: (np.mean(ranks[s]) if ranks[s] else np.inf, s)):
@@ -230,7 +196,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
                                    f"({tag})", head, rows, note, records=records, label=f"tab:rq5-objectives-{slug}")
 
     # How much of the variation the objective explains, and how much the backbone ------------------
-    shares = factor_shares(mean, backbones, labels, list(columns))
+    shares = claims.factor_shares(mean, backbones, labels, list(columns))
     rows, records = [], []
     for factor in ("objective", "backbone", "residual"):
         part = shares[factor]
@@ -266,12 +232,28 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     per_collection = tables.make_table(f"RQ5: {args.measure} per collection, mean over backbones ({tag})",
                                        ["objective", *columns.values()], rows, "First stage = the re-ranked candidates",
                                        records=records, label=f"tab:rq5-collections-{slug}")
-    return {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}, \
-        statements
+    where = f"{tag}, every cell in the store"
+    verdicts = [claims.factor_verdict(shares, where)]
+    if args.baseline == "bce":
+        verdicts.insert(0, claims.beats_baseline("M1", cell_tests, [o for o in claims.STRONG if o in labels], "bce",
+                                                 where))
+    made = {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}
+    return made, statements, verdicts
+
+
+def verdict_table(verdicts: list[claims.Verdict]) -> tables.Table:
+    rows = [[v.claim, claims.CLAIMS[v.claim][0], v.scale, v.verdict, v.finding] for v in verdicts]
+    note = ("; ".join(f"{key}: {text}" for key, (_, text) in claims.CLAIMS.items() if key in {v.claim for v in verdicts})
+            + ". Published table: the paper's means, no test possible; other scales: the kit's results and tests.")
+    return tables.make_table("RQ5: the papers' claims", ["claim", "paper", "scale", "verdict", "finding"], rows, note,
+                             records=[v._asdict() for v in verdicts], align="lllll")
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
+    if args.paper:  # the published table alone: offline, nothing read from a results folder
+        claims.print_verdicts(claims.published_verdicts())
+        return
 
     # 1. Scan the results folder ------------------------------------------------------------
     results = Path(args.results)
@@ -300,10 +282,12 @@ def main() -> None:
                 first_stage[column] = metrics[args.measure]
 
     # 3. One summary per (mode, precision) ----------------------------------------------------------
+    verdicts = claims.published_verdicts() + claims.gather(results)
     for mode, precision in chosen:
         cells = groups[mode, precision]
         tag = f"{mode}, {precision}"
-        made, statements = summarise(cells, first_stage, args, tag)
+        made, statements, own = summarise(cells, first_stage, args, tag)
+        verdicts += own
         out = results / "tables" / f"rq5_{common.slug(mode)}_{precision}"
         for name, table in made.items():
             tables.write_table(table, out, name)
@@ -314,6 +298,12 @@ def main() -> None:
               else f"(no cell has the baseline {args.baseline}: no statements)")
         print(f"tables written to {out}")
 
+    # 4. Every claim's verdicts: the published table's, those the scripts saved, and the store's -----
+    claims.print_verdicts(verdicts)
+    table = verdict_table(sorted(verdicts, key=lambda v: v.claim))
+    tables.write_table(table, results / "tables" / "rq5_verdicts", "rq5_verdicts")
+    print(f"\nverdicts written to {results / 'tables' / 'rq5_verdicts'}")
+
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

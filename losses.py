@@ -32,12 +32,34 @@ kl                         teacher scores over a group (q, d+, D−)        not 
 
 Triples are laid out as ``[Q, 2]`` with the positive in column 0.
 
+Each loss is registered with ``@objective(data)``, which names the data it trains on, in one of five
+families (how common.build_training_data builds them is in paper_setup.TrainingSetup):
+
+- ``pairs``: (q, d+, d−) triples with labels (1, 0);
+- ``teacher-pairs``: triples with a teacher's scores (Hofstätter's format);
+- ``groups``: 1 positive + (n − 1) negatives sampled from a first stage's top-k, labels (1, 0, …);
+- ``teacher-groups``: such groups with a teacher's scores;
+- ``lists``: a teacher's ranking of a top-k, its scores (101 − rank) as targets.
+
+A new objective is one decorated function here: the scripts, the batches and the results store find it.
+
 Run this file (``python losses.py``) to see every objective on one small hand-made batch: each formula's
 terms computed step by step, and the value of the function above beside them.
 """
 
 import torch
 import torch.nn.functional as F
+
+LOSSES = {}  # name -> loss function
+DATA = {}    # name -> the data family it trains on
+
+
+def objective(data):
+    """Register the decorated loss under its name, with the data family it trains on."""
+    def register(loss):
+        LOSSES[loss.__name__], DATA[loss.__name__] = loss, data
+        return loss
+    return register
 
 
 def _prepare(name, scores, targets, *, min_candidates=1):
@@ -76,6 +98,7 @@ def _pairwise_margins(scores):
     return scores[:, :, None] - scores[:, None, :]
 
 
+@objective("pairs")
 def bce(scores, targets):
     """Pointwise binary cross-entropy on logits.
 
@@ -93,6 +116,7 @@ def bce(scores, targets):
     return F.binary_cross_entropy_with_logits(s, (t > 0).float())
 
 
+@objective("pairs")
 def hinge(scores, targets, *, margin=1.0):
     """Pairwise hinge (margin ranking) loss.
 
@@ -110,6 +134,7 @@ def hinge(scores, targets, *, margin=1.0):
     return F.relu(margin - _pairwise_margins(s))[mask].mean()
 
 
+@objective("groups")
 def infonce(scores, targets, *, temperature=1.0):
     """Listwise softmax cross-entropy over a group of candidates (InfoNCE / LCE).
 
@@ -139,6 +164,7 @@ def infonce(scores, targets, *, temperature=1.0):
     return (torch.logsumexp(s, dim=1) - torch.logsumexp(relevant, dim=1)).mean()
 
 
+@objective("teacher-pairs")
 def margin_mse(scores, targets):
     """MarginMSE: match the student's score margins to the teacher's.
 
@@ -161,6 +187,7 @@ def margin_mse(scores, targets):
     return F.mse_loss(student, teacher)
 
 
+@objective("lists")
 def distill_ranknet(scores, targets):
     """DistillRankNet: RankNet on every pair ordered by the teacher.
 
@@ -187,6 +214,7 @@ def _average_ranks(targets):
     return 1.0 + greater + 0.5 * tied_others
 
 
+@objective("lists")
 def adr_mse(scores, targets, *, temperature=1.0):
     """ADR-MSE: approximate discounted rank MSE.
 
@@ -214,6 +242,7 @@ def adr_mse(scores, targets, *, temperature=1.0):
     return ((pi - r) ** 2 / torch.log2(1.0 + r)).mean()
 
 
+@objective("teacher-groups")
 def kl(scores, targets, *, temperature=1.0):
     """Listwise KL distillation with temperature.
 
@@ -239,15 +268,6 @@ def kl(scores, targets, *, temperature=1.0):
     return temperature ** 2 * divergence
 
 
-LOSSES = {
-    "bce": bce,
-    "hinge": hinge,
-    "infonce": infonce,
-    "margin_mse": margin_mse,
-    "distill_ranknet": distill_ranknet,
-    "adr_mse": adr_mse,
-    "kl": kl,
-}
 
 
 def get_loss(name):

@@ -10,6 +10,7 @@ the paper's setup reads this file alone.
   3. where each objective's training data comes from
   4. backbones and their checkpoints
   5. recipes (steps, warm-up, lengths, batch per objective) and seeds
+  6. the paper's published results and released checkpoints
 """
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ PAPER_COLLECTIONS = [
       for domain in ("writing", "recreation", "science", "technology", "lifestyle")],
     Collection("robust04", "disks45/nocr/trec-robust-2004", "Robust04", ("nDCG@10", "P@20", "R@1000")),
 ]
+
+# Model selection (paper): every 5,000 steps the model re-ranks a top-100 of the first stage for the 13 NanoBEIR sets
+# (at most 50 queries each), and the checkpoint of best mean nDCG@10 is kept.
+NANOBEIR = [Collection(f"nano-{name}", f"nano-beir/{name}", "NanoBEIR", ("nDCG@10",)) for name in [
+    "arguana", "climate-fever", "dbpedia-entity", "fever", "fiqa", "hotpotqa", "msmarco", "nfcorpus", "nq", "quora",
+    "scidocs", "scifact", "webis-touche2020"]]
 
 # The demo: train on SciFact, test in domain on SciFact and out of domain on three small collections.
 DEMO_COLLECTIONS = [
@@ -93,42 +100,50 @@ EXTERNAL_FILES = {f.name: f for f in [
 # ================================================================================================
 # 3. Training data per objective
 # ================================================================================================
-# Which data each objective trains on (Morand et al. 2026; Xu et al. 2025 for kl):
-#   pairs  - (q, d+, d-) with labels (1, 0), or with teacher scores for margin_mse
-#   groups - 1 positive + (n-1) negatives sampled from a run's top-k, positives excluded
-#   lists  - a teacher's ordering of the top-k, its scores as targets (Rank-DistiLLM: 101 - rank)
-OBJECTIVE_DATA = {"bce": "pairs", "hinge": "pairs", "margin_mse": "teacher-pairs", "infonce": "groups",
-                  "kl": "teacher-groups", "distill_ranknet": "lists", "adr_mse": "lists"}
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
-    """Where each objective family takes its training data from."""
+    """Where each objective family takes its training data from (families: losses.DATA)."""
     queries: str                # ir_datasets id of the training queries and qrels
-    triples: str | None         # ir_datasets id with docpairs (q, d+, d-); None: sample d- from `candidates`
+    triples: str | None         # ir_datasets id with docpairs (q, d+, d-) for `pairs`; None: from `pair_negatives`
+    pair_negatives: str | None  # TREC run whose top `candidate_depth` gives the d- of `pairs` when there are no triples
     teacher_pairs: str          # Hofstätter-format scores of (q, d+, d-) triples, for margin_mse
-    candidates: str             # TREC run whose top `candidate_depth` gives the hard negatives
+    candidates: str             # TREC run whose top `candidate_depth` gives the hard negatives of `groups`
     teacher_lists: str          # TREC run ordered by the listwise teacher (score = 101 - rank)
     candidate_depth: int
+    list_candidates: str | None = None  # a run whose top list_depth a teacher's list keeps (in the teacher's order)
 
 
+# The paper: BCE and hinge on the official triples (BM25 negatives), MarginMSE on an ensemble's scores of
+# such triples, InfoNCE's negatives from a strong dense first stage (ColBERTv2's top-500), the LLM's lists
+# from that first stage too (RankZephyr's ordering of ColBERTv2's candidates).
 PAPER_TRAINING = TrainingSetup(
-    queries="msmarco-passage/train", triples="msmarco-passage/train/triples-small",
+    queries="msmarco-passage/train", triples="msmarco-passage/train/triples-small", pair_negatives=None,
     teacher_pairs="bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
     candidates="__colbert__msmarco-passage-train-judged.run",
     teacher_lists="__rankzephyr-colbert-10000-sampled-100__msmarco-passage-train-judged.run",
-    candidate_depth=500)
+    candidate_depth=500, list_candidates="__colbert__msmarco-passage-train-judged.run")
+# The paper's lists are RankZephyr's ordering of ColBERTv2's top 50. The published RankZephyr file (md5-checked)
+# ordered ColBERTv2's top 100: the kit keeps, in RankZephyr's order, the documents of ColBERTv2's top 50 (an
+# approximation: RankZephyr ranked them among 100, not among 50). --paper-lists rankzephyr-top50 keeps instead
+# the first 50 of RankZephyr's 100 (the kit's earlier lists).
+PAPER_RZ_TOP50_TRAINING = dataclasses.replace(PAPER_TRAINING, list_candidates=None)
 
-# The demo's teachers are an ensemble of cross-encoders the kit trains itself (scripts/make_demo_teachers.py):
-# there is no Hofstätter ensemble or RankZephyr run for SciFact.
+# The demo mirrors that asymmetry on SciFact: pairs (and the teacher's pairs) from BM25, InfoNCE's negatives
+# and the teacher's lists from a dense first stage, all-MiniLM-L6-v2 as a bi-encoder (scripts/make_dense_runs.py).
+# Its teachers are an ensemble of cross-encoders the kit trains itself (scripts/make_demo_teachers.py): there is no
+# Hofstätter ensemble or RankZephyr run for SciFact.
 DEMO_TRAINING = TrainingSetup(
-    queries="beir/scifact/train", triples=None,
+    queries="beir/scifact/train", triples=None, pair_negatives="data/runs/bm25/scifact-train.run.gz",
     teacher_pairs="data/teachers/scifact-train.ensemble-pairs.tsv",
-    candidates="data/runs/bm25/scifact-train.run.gz",
-    teacher_lists="data/teachers/scifact-train.ensemble-top50.run",
+    candidates="data/runs/dense/scifact-train.run.gz",
+    teacher_lists="data/teachers/scifact-train.ensemble-dense-top50.run",
     candidate_depth=100)
+# The kit's earlier demo (--demo-negatives bm25): every objective's negatives and the teacher's lists from BM25.
+DEMO_BM25_TRAINING = dataclasses.replace(DEMO_TRAINING, candidates="data/runs/bm25/scifact-train.run.gz",
+                                         teacher_lists="data/teachers/scifact-train.ensemble-top50.run")
 
-TRAINING_SETUPS = {"paper": PAPER_TRAINING, "demo": DEMO_TRAINING}  # by TrainConfig.training
+TRAINING_SETUPS = {"paper": PAPER_TRAINING, "paper-rz50": PAPER_RZ_TOP50_TRAINING,  # by TrainConfig.training
+                   "demo": DEMO_TRAINING, "demo-bm25": DEMO_BM25_TRAINING}
 
 
 # ================================================================================================
@@ -186,10 +201,11 @@ NAMED_BACKBONES = {**PAPER_BACKBONES, **DEMO_BACKBONES, **MORE_DEMO_BACKBONES, *
 # for every family); "smoke" runs a tiny model for a few steps (tests).
 # `rerank_depth` is the number of first-stage candidates re-ranked per test query: the paper's top 1000;
 # the demo's BM25 top 50 (almost the recall of the top 100 at half the scoring time; data/README.md).
+# `validate_every`: the paper's model selection on NANOBEIR (the demo and smoke modes keep their last step).
 RECIPES = {
     "paper": dict(steps=200_000, warmup_steps=5_000, max_length=512, query_max_length=64, training="paper",
                   pairs={"base": 32, "mini": 64}, group_queries={"base": 4, "mini": 8}, group_size=8,
-                  list_depth=50, rerank_depth=1000),
+                  list_depth=50, rerank_depth=1000, validate_every=5_000, validation_depth=100),
     "demo": dict(steps=800, warmup_steps=80, max_length=192, query_max_length=64, training="demo",
                  pairs={"base": 8, "mini": 8}, group_queries={"base": 2, "mini": 2}, group_size=8, list_depth=16,
                  rerank_depth=50),
@@ -200,3 +216,35 @@ RECIPES = {
 
 PAPER_SEEDS = [12, 13, 14]  # Morand et al.: 3 runs from seed 12
 SEEDS = {"paper": PAPER_SEEDS, "demo": PAPER_SEEDS[:1], "smoke": PAPER_SEEDS[:1]}  # by mode, unless --seeds
+
+
+# ================================================================================================
+# 6. The paper's published results and released checkpoints
+# ================================================================================================
+# nDCG@10 as published (mean of 3 seeds): the file says where it comes from and what to keep in mind.
+PUBLISHED_RESULTS = "data/paper/morand2026-ndcg10.tsv"
+PUBLISHED_BACKBONES = {"Ettin-17M": "ettin-17m", "Ettin-32M": "ettin-32m", "MiniLM-L12 (33M)": "minilm-l12",
+                       "Ettin-68M": "ettin-68m", "BERT-Base (110M)": "bert-base", "ELECTRA (110M)": "electra-base",
+                       "RoBERTa (125M)": "roberta-base", "Ettin-150M": "ettin-150m",
+                       "DeBERTav3 (184M)": "deberta-v3-base"}
+PUBLISHED_SIZES = {"ettin-17m": 17e6, "ettin-32m": 32e6, "minilm-l12": 33e6, "ettin-68m": 68e6, "bert-base": 110e6,
+                   "electra-base": 110e6, "roberta-base": 125e6, "ettin-150m": 150e6, "deberta-v3-base": 184e6}
+# Parameters of every named backbone (the paper's by its labels; the demo's and tiny ones counted by the kit),
+# for the disk a grid needs.
+PARAMETERS = {**PUBLISHED_SIZES, "minilm-l6": 22.7e6, "minilm-l5": 20.9e6, "minilm-l4": 19.2e6, "minilm-l3": 17.4e6,
+              "minilm-l2": 15.6e6, **{f"tiny-{arch}": 1.0e6 for arch in ("bert", "roberta", "electra", "deberta",
+                                                                         "modernbert")}}
+PUBLISHED_LOSSES = {"BCE": "bce", "Hinge": "hinge", "InfoNCE (ColBERTv2)": "infonce", "MarginMSE": "margin_mse",
+                    "DistillRankNET": "distill_ranknet", "ADR-MSE": "adr_mse"}
+# Each published column as the kit's column: a collection, or the mean over a group of collections (the
+# paper averages BEIR and LoTTE; so do the kit's "avg BEIR" and "avg LoTTE").
+PUBLISHED_COLUMNS = {"MSM": "msmarco-dev", "DL19": "dl19", "DL20": "dl20", "BEIR13": "avg BEIR",
+                     "Lotte-S": "avg LoTTE", "R04": "robust04"}
+# Released: one checkpoint per backbone x loss, the best of the 3 seeds by mean nDCG@10 over all test sets (not
+# their mean): xpmir/cross-encoder-<backbone>-<loss>. Seen to exist: DistillRankNET for all nine, bert-base
+# BCE/Hinge/infoNCE, MiniLM-L12 BCE/Hinge; the `-infoNCE` ones may be the in-batch variant (check their config.yaml).
+RELEASED_BACKBONES = {"bert-base": "bert-base", "roberta-base": "RoBERTa", "electra-base": "ELECTRA",
+                      "deberta-v3-base": "DeBERTav3", "minilm-l12": "MiniLM-L12", "ettin-17m": "ettin-17m",
+                      "ettin-32m": "ettin-32m", "ettin-68m": "ettin-68m", "ettin-150m": "ettin-150m"}
+RELEASED_LOSSES = {"bce": "BCE", "hinge": "Hinge", "infonce": "infoNCE", "margin_mse": "MarginMSE",
+                   "distill_ranknet": "DistillRankNET", "adr_mse": "ADR-MSE"}

@@ -27,6 +27,7 @@ import numpy as np
 from tabulate import tabulate
 
 import common
+import grid
 import paper_setup
 from paper_setup import Collection
 
@@ -127,7 +128,7 @@ def _span(counts) -> str:
 
 
 def results_table(values, comparisons, *, baseline: str, measure: str, title: str,
-                  alpha: float = 0.05, higher_is_better: bool = True) -> Table:
+                  alpha: float = 0.05, higher_is_better: bool = True, published: dict = {}) -> Table:
     """Format {system: {column: [value per seed]}} as console text, LaTeX and records.
 
     Rows keep the dict order; columns appear in order of first appearance. A cell shows the mean
@@ -135,29 +136,44 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
     value per column (compared as printed, so printed ties are all marked) gets a trailing "*"
     in the console and \\textbf in LaTeX. A dagger marks Holm-adjusted p < ``alpha`` in
     ``comparisons`` (output of common.compare_to_baseline; {} for no tests); it is re-derived here so
-    that the caption's alpha is the one actually applied.
+    that the caption's alpha is the one actually applied. Rows without a test when others have one (the
+    first stage) are shown for reference: not bold either. ``published``: {system: {column: mean}}, the
+    paper's published means, shown in a row under the system's with the difference kit - paper.
     """
     columns = list(dict.fromkeys(c for cells in values.values() for c in cells))
     cells = {(s, c): Value.of(seeds) for s, row in values.items() for c, seeds in row.items() if len(seeds)}
     n_seeds = {(s, c): len(seeds) for s, row in values.items() for c, seeds in row.items() if len(seeds)}
+    reference = [s for s in values if comparisons and s != baseline and s not in comparisons]
+    compared = [s for s in values if s not in reference]
     pick = max if higher_is_better else min
-    best = {c: pick(round(cells[s, c].mean, 4) for s in values if (s, c) in cells)
-            for c in columns if any((s, c) in cells for s in values)}
+    best = {c: pick(round(cells[s, c].mean, 4) for s in compared if (s, c) in cells)
+            for c in columns if any((s, c) in cells for s in compared)}
 
     def significant(system, column):
         comp = comparisons.get(system, {}).get(column)
         return comp is not None and comp.pvalue_holm < alpha
 
-    marked = {(s, c): v._replace(best=round(v.mean, 4) == best[c], dagger=significant(s, c))
+    marked = {(s, c): v._replace(best=s in compared and round(v.mean, 4) == best[c], dagger=significant(s, c))
               for (s, c), v in cells.items()}
-    rows = [[s, *(marked.get((s, c)) for c in columns)] for s in values]
+    rows = []
+    for s in values:
+        rows.append([s, *(marked.get((s, c)) for c in columns)])
+        if s in published:
+            paper = published[s]
+            rows.append([f"{s} (paper)", *(Value(paper[c]) if c in paper else None for c in columns)])
+            rows.append([f"{s} (kit - paper)", *(f"{cells[s, c].mean - paper[c]:+.4f}" if c in paper and (s, c) in cells
+                                                 else None for c in columns)])
 
     legend = "* best per column"
-    reference = [s for s in values if s != baseline and s not in comparisons]
     if comparisons:
         legend += (f"; † significant vs {baseline} (two-sided paired t-test, "
                    f"Holm-Bonferroni per column, alpha={alpha})")
         legend += f"; not tested (reference): {', '.join(reference)}" if reference else ""
+    if published:
+        legend += "; (paper): the paper's published mean of 3 seeds (no per-query values: not tested)"
+    released = [s for s in values if s.startswith("model: xpmir/cross-encoder-")]
+    if released:
+        legend += "; model: xpmir/...: a released checkpoint, the best of the paper's 3 seeds, not their mean"
     seed_counts = list(n_seeds.values())
     caption = f"{latex_escape(title)}. {latex_escape(measure)}"
     if seed_counts and max(seed_counts) > 1:
@@ -173,6 +189,11 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
                     rf"(family of {_span(family)} system{'s' if max(family) > 1 else ''} compared with the baseline).")
         if reference:
             caption += f" Shown for reference, not tested: {latex_escape(', '.join(reference))}."
+    if published:
+        caption += (" (paper): the mean of 3 seeds published by Morand et al. (2026), not tested (its per-query "
+                    "values are not published); (kit - paper): this table's mean minus it.")
+    if released:
+        caption += " A released xpmir/cross-encoder-* checkpoint is the best of the paper's 3 seeds, not their mean."
 
     # Records: untested cells (baseline, no comparison) carry None, not False.
     records = []
@@ -180,6 +201,7 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
         comp = comparisons.get(system, {}).get(column)
         records.append({"measure": measure, "system": system, "column": column, "mean": value.mean,
                         "std": value.std, "n_seeds": n_seeds[system, column],
+                        **({"paper_mean": published.get(system, {}).get(column)} if published else {}),
                         "pvalue": comp.pvalue if comp else None,
                         "pvalue_holm": comp.pvalue_holm if comp else None,
                         "significant": significant(system, column) if comp else None})
@@ -215,7 +237,7 @@ def measure_of(collection: Collection, measure: str) -> str:
 
 
 def grid_table(metrics, per_query, collections: list[Collection], measure: str, baseline: str, title: str,
-               alpha: float = 0.05, averages: bool = True) -> Table:
+               alpha: float = 0.05, averages: bool = True, published: dict = {}) -> Table:
     """One results table for `measure`: a column per collection (tested against `baseline`) and, when
     asked, the mean over each group of collections (in-domain, out-of-domain, ...) per seed. Each
     collection gives its own form of the measure (measure_of). Systems without per-query values (the
@@ -234,12 +256,14 @@ def grid_table(metrics, per_query, collections: list[Collection], measure: str, 
             if members and len(members) == sum(c.group == group for c in collections):
                 seeds = min(len(m) for m in members)
                 row[f"avg {group}"] = [float(np.mean([m[k] for m in members])) for k in range(seeds)]
-    tested = {s: {c.name: pq[c.name] and [p[own[c.name]] for p in pq[c.name]] for c in collections if c.name in pq}
+    tested = {s: {c.name: pq[c.name] and [p[own[c.name]] for p in pq[c.name]] for c in collections
+                  if c.name in pq and all(own[c.name] in p for p in pq[c.name])}  # LoTTE has no RR: no column
               for s, pq in per_query.items()}
     comparisons = common.compare_to_baseline(tested, baseline, alpha) if baseline in tested and len(tested) > 1 else {}
     variants = {m: [c for c, o in own.items() if o == m] for m in dict.fromkeys(own.values()) if m != measure}
     label = measure + "".join(f" ({m} on {', '.join(names)})" for m, names in variants.items())
-    return results_table(values, comparisons, baseline=baseline, measure=label, title=title, alpha=alpha)
+    return results_table(values, comparisons, baseline=baseline, measure=label, title=title, alpha=alpha,
+                         published=published)
 
 
 # ================================================================================================
@@ -271,7 +295,8 @@ def measure_file_name(measure: str) -> str:
 # Options that change how a run executes, never what its tables hold.
 # --unpadded and --compile are not among them: they change scores by rounding, so their tables are kept apart.
 HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "eval_token_budget",
-                                "num_workers", "checkpoint_every"})
+                                "num_workers", "checkpoint_every", "keep_checkpoint", "plan", "slurm",
+                                *grid.SLURM_OPTIONS})
 
 
 def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Sequence[str] = ()) -> Path:
@@ -288,7 +313,7 @@ def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Se
         if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name or field.name not in args.given:
             continue
         value = getattr(args, field.name)
-        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else common.field_default(field)):
+        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else grid.field_default(field)):
             changed[field.name] = value
     parts = []
     for option, value in changed.items():

@@ -22,9 +22,14 @@ interface: a packed row would let pairs attend to each other, so it stays on the
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import sys
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # for the annotations only; torch is imported where it runs
+    import torch
+
 
 NAME = "kit_varlen"
 SUPPORTED = {"bert", "roberta", "electra", "modernbert"}  # each checked against padded batches in the tests
@@ -84,6 +89,23 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+def usable(model, log=None) -> bool:
+    """Whether `model` runs packed batches; when not, says why once per model and the caller stays padded."""
+    reason = unsupported_reason(model)
+    if reason and not getattr(model, "_kit_unpadded_note", False):
+        model._kit_unpadded_note = True
+        (log or (lambda text: print(text, file=sys.stderr)))(f"note: --unpadded: {reason}; this model runs padded batches")
+    return reason is None
+
+
+def forward_logits(model, inputs, device: str, pin: bool = False):
+    """Logits of a batch, padded (a dict of tensors) or packed (Packed), moved to `device` first."""
+    if isinstance(inputs, Packed):
+        return packed_logits(model, inputs.to(device, non_blocking=True, pin=pin))
+    inputs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in inputs.items()}
+    return model(**inputs).logits
+
+
 class _PackedAttention:
     """Switches a model's attention to the packed kernel for one call, and back."""
 
@@ -137,10 +159,10 @@ def _kernel(query, dropout: float) -> str:
 
 def _has_varlen() -> bool:
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return False
-    return True
+    return callable(varlen_attn)
 
 
 def varlen_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,

@@ -20,6 +20,7 @@ import argparse
 import time
 
 from _util import add_threads_argument, demo_pairs, machine_line, median, print_table, set_threads
+import batching  # noqa: E402
 import cross_encoder  # noqa: E402
 import unpadded  # noqa: E402
 
@@ -83,7 +84,7 @@ def main():
         "stored ids, token budget, padded": (
             lambda: cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, tokens=tokens,
                                               token_budget=budget, **common),
-            computed(cross_encoder.token_budget_batches(lengths, budget, True), True)),
+            computed(batching.token_budget_batches(lengths, budget, True), True)),
     }
     if unpadded.unsupported_reason(model) is None:
         variants["stored ids, token budget, unpadded"] = (
@@ -137,7 +138,7 @@ def train(args, model, pair_tokenizer, pairs, device, sync, np, torch):
         for padded, packed in chosen:
             inputs, targets = padded if path == "padded" else packed
             with cross_encoder.autocast(device, args.precision):
-                logits = cross_encoder.forward_logits(model, inputs, device)
+                logits = unpadded.forward_logits(model, inputs, device)
             loss = bce(logits.float().view(targets.shape), targets.to(device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

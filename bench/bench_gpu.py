@@ -35,6 +35,7 @@ import time
 import traceback
 
 from _util import demo_pairs, median, print_table
+import batching  # noqa: E402
 import cross_encoder  # noqa: E402
 import unpadded  # noqa: E402
 from _util import forward_flops as model_forward_flops
@@ -204,7 +205,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
             for step, (inputs, targets) in enumerate(chosen, 1):
                 targets = targets.to(device, non_blocking=True)
                 with torch.autocast(kind, dtype=torch.bfloat16):
-                    logits = cross_encoder.forward_logits(model, inputs, device)
+                    logits = unpadded.forward_logits(model, inputs, device)
                 loss = bce(logits.float().view(targets.shape), targets)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -229,7 +230,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
                 "; ".join(n for n in notes if n))
 
         # Re-ranking
-        padded_runs = sum(len(b) * real[b].max() for b in cross_encoder.token_budget_batches(real, budget, True))
+        padded_runs = sum(len(b) * real[b].max() for b in batching.token_budget_batches(real, budget, True))
         chars = np.array([len(q) + len(p) for q, p in pairs])
         by_chars = np.argsort(-chars, kind="stable")  # score_pairs' batches by pair count
         by_count = sum(len(c) * real[c].max() for c in (by_chars[i:i + args.batch_size]

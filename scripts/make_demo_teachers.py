@@ -14,8 +14,14 @@ ranking, not an LLM's. The members are trained with different objectives, so the
 different scales; the mean leans towards the member with the widest spread (the script prints each
 member's score spread).
 
+The teacher sees the data the paper's teachers saw: the pairs of MarginMSE pair BM25 negatives (as
+Hofstätter's ensemble scored the official BM25 triples), the lists of DistillRankNet and ADR-MSE order a
+dense first stage's candidates (as RankZephyr ordered ColBERTv2's), here all-MiniLM-L6-v2's top 50
+(scripts/make_dense_runs.py). A second lists file orders the BM25 top 50, for the earlier demo
+(--demo-negatives bm25).
+
 Commands (from the repository root):
-  # the shipped files (trains or reuses 3 demo cells, then scores about 41k pairs with each member)
+  # the shipped files (trains or reuses 3 demo cells, then scores 68,756 pairs with each member)
   python scripts/make_demo_teachers.py
   # a tiny random model on a handful of queries (tests); writes to <results>/smoke-teachers
   python scripts/make_demo_teachers.py --smoke --results /tmp/kit-teach-smoke
@@ -26,16 +32,18 @@ What it writes to --out-dir (default data/teachers; names from paper_setup.DEMO_
                                        positive, paired with up to 20 negatives sampled (fixed seed) from
                                        the query's BM25 top-50, judged positives excluded; lines in a
                                        seeded shuffled order, scores in full
-  scifact-train.ensemble-top50.run     Rank-DistiLLM's format, TREC run `qid Q0 docid rank 101-rank rank`,
+  scifact-train.ensemble-dense-top50.run
+                                       Rank-DistiLLM's format, TREC run `qid Q0 docid rank 101-rank rank`,
                                        for distill_ranknet / adr_mse: the ensemble's ordering of each
-                                       training query's BM25 top-50 plus its positives, top 50
-  scifact-train.ensemble-scores.run.gz the ensemble's scores (in full, tag ensemble) of the same
-                                       candidates, for kl (exp_rq1_objectives.py --teacher-scores)
+                                       training query's dense top-50 plus its positives, top 50
+  scifact-train.ensemble-top50.run     the same for the BM25 top-50 (--demo-negatives bm25)
+  scifact-train.ensemble-scores.run.gz the ensemble's scores (in full, tag ensemble) of every candidate
+                                       (BM25 and dense top-50 and the positives), for kl
 Each member's scores are kept in its cell, results/cells/<cell>/scores/, so a rerun only rewrites the
 files. Output is deterministic: a fixed shuffle, ties broken by doc id, a rerun gives identical bytes.
 
-How long it takes: three 800-step cells (reused when they exist), then each member scores about 41k
-pairs: about 2.5 hours on a 2-core CPU, about 2 minutes on one H100 (README.md, "The offline demo set"
+How long it takes: three 800-step cells (reused when they exist), then each member scores 68,756
+pairs: some 4-5 hours on a 2-core CPU, a few minutes on one H100 (README.md, "The offline demo set"
 and "How long it takes"). --smoke takes under a minute. An interrupted run resumes: rerun the same command.
 """
 from __future__ import annotations
@@ -93,7 +101,7 @@ class Args:
 
 
 def main() -> None:
-    args = common.parse_args(Args)
+    args = grid.parse_args(Args)
     started = time.time()
 
     # 1. Mode, device, members -----------------------------------------------------------------
@@ -114,27 +122,30 @@ def main() -> None:
     print(f"teachers ({mode}): ensemble of {backbone} x {MEMBERS}, seed {SEED}, {precision} on {device} "
           f"-> {out_dir}")
 
-    # 2. Training queries, positives and candidates (BM25 top-50 + positives) -----------------
+    # 2. Training queries, positives and candidates (BM25 and dense top-50 + positives) -----------
     dataset = common.load_dataset(setup.queries)
     queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
     documents = common.DocumentLookup(dataset)
     positives = {qid: sorted(d for d, rel in docs.items() if rel > 0) for qid, docs in qrels.items()}
-    bm25 = common.read_run(common.resolve_file(setup.candidates), CANDIDATE_DEPTH)
-    qids = sorted(qid for qid in bm25 if qid in queries)
+    bm25 = common.read_run(common.resolve_file(setup.pair_negatives), CANDIDATE_DEPTH)
+    dense = common.read_run(common.resolve_file(setup.candidates), CANDIDATE_DEPTH)
+    qids = sorted(qid for qid in bm25 if qid in queries and qid in dense)
     if args.smoke:
         qids = [qid for qid in qids if positives.get(qid)][:SMOKE_QUERIES]
     if not qids:
-        raise common.KitError(f"{setup.candidates} shares no query id with {setup.queries}")
-    candidates = {qid: sorted({d for d, _ in bm25[qid]} | set(positives.get(qid, []))) for qid in qids}
+        raise common.KitError(f"{setup.pair_negatives} shares no query id with {setup.queries}")
+    candidates = {qid: sorted({d for d, _ in bm25[qid]} | {d for d, _ in dense[qid]} | set(positives.get(qid, [])))
+                  for qid in qids}
     n_pairs = sum(map(len, candidates.values()))
     print(f"{len(qids)} training queries ({sum(bool(positives.get(q)) for q in qids)} with a positive), "
           f"{n_pairs} (query, passage) pairs to score per member")
     # Key of this candidate set: a member's cached scores are reused only for the very same pairs.
-    pairs_key = hashlib.sha1(json.dumps([setup.queries, setup.candidates, CANDIDATE_DEPTH, candidates],
+    pairs_key = hashlib.sha1(json.dumps([setup.queries, CANDIDATE_DEPTH, candidates],
                                         sort_keys=True).encode()).hexdigest()[:10]
 
     # 3. Train (or reuse) each member, then score every candidate with it ----------------------
     member_runs = []
+    grid.train_cells(members, results, device, num_workers=args.num_workers, checkpoint_every=args.checkpoint_every)
     for cfg in members:
         model_dir = grid.train_cell(cfg, results, device, num_workers=args.num_workers,
                                     checkpoint_every=args.checkpoint_every)
@@ -169,7 +180,6 @@ def main() -> None:
     # Scores are written in full, so the three files agree on every score and every tie.
     ensemble = {qid: {d: float(np.mean([run[qid][d] for run in member_runs])) for d in candidates[qid]}
                 for qid in qids}
-    ranked = {qid: common.trec_order(scores.items()) for qid, scores in ensemble.items()}
 
     # 5. Hofstätter-format pairs: each positive with up to 20 sampled BM25 negatives ------------
     pair_rows = []
@@ -183,22 +193,31 @@ def main() -> None:
             chosen = sorted(rng.choice(len(negatives), min(NEGATIVES_PER_POSITIVE, len(negatives)), replace=False))
             pair_rows += [(ensemble[qid][pos], ensemble[qid][negatives[i]], qid, pos, negatives[i]) for i in chosen]
 
-    # 6. Rank-DistiLLM-format lists: the ensemble's top 50, score = 101 - rank -----------------
-    list_lines = [f"{qid} Q0 {docid} {rank} {101 - rank} rank\n"
-                  for qid in qids for rank, (docid, _) in enumerate(ranked[qid][:LIST_DEPTH], 1)]
+    # 6. Rank-DistiLLM-format lists: the ensemble's ordering of a first stage's top 50 and the positives,
+    #    top 50, score = 101 - rank (the dense first stage, as the paper's; BM25 for the earlier demo)
+    def list_lines(first_stage):
+        lines = []
+        for qid in qids:
+            pool = {d for d, _ in first_stage[qid]} | set(positives.get(qid, []))
+            ranked = common.trec_order((d, ensemble[qid][d]) for d in pool)[:LIST_DEPTH]
+            lines += [f"{qid} Q0 {docid} {rank} {101 - rank} rank\n" for rank, (docid, _) in enumerate(ranked, 1)]
+        return lines
 
-    # 7. Write the three files atomically --------------------------------------------------------
+    # 7. Write the files atomically ---------------------------------------------------------------
+    lists = {"dense lists": list_lines(dense), "bm25 lists": list_lines(bm25)}
     paths = {"pairs": out_dir / Path(setup.teacher_pairs).name,
-             "lists": out_dir / Path(setup.teacher_lists).name,
+             "dense lists": out_dir / Path(setup.teacher_lists).name,
+             "bm25 lists": out_dir / Path(paper_setup.DEMO_BM25_TRAINING.teacher_lists).name,
              "scores": out_dir / "scifact-train.ensemble-scores.run.gz"}
     common.write_teacher_pairs(paths["pairs"], pair_rows)  # shuffled, scores in full
-    common.atomic_write_text(paths["lists"], "".join(list_lines))
+    for name in lists:
+        common.atomic_write_text(paths[name], "".join(lists[name]))
     common.write_run(paths["scores"], ensemble, "ensemble")
-    counts = {"pairs": len(pair_rows), "lists": len(list_lines), "scores": n_pairs}
+    counts = {"pairs": len(pair_rows), **{name: len(lines) for name, lines in lists.items()}, "scores": n_pairs}
     for name, path in paths.items():
         print(f"{path}: {counts[name]} lines")
     print(f"done in {time.time() - started:.0f} s")
 
 
 if __name__ == "__main__":
-    common.main_guard(main)
+    grid.main_guard(main)

@@ -7,16 +7,19 @@ compared: at the default init a tiny model scores every pair within 1e-5 of the 
 would pass whatever the attention did.
 """
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import batching
 import common
 import cross_encoder
 import grid
@@ -88,16 +91,16 @@ def test_padding_stored_ids_gives_the_tokenizers_own_batches(pairs, arch, side):
 def test_token_budget_batches_hold_every_pair_once_within_the_budget():
     lengths = np.array([50, 7, 300, 64, 64, 12, 100, 99, 5, 250])
     for padded in (True, False):
-        batches = cross_encoder.token_budget_batches(lengths, 256, padded)
+        batches = batching.token_budget_batches(lengths, 256, padded)
         assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
         for batch in batches:
             cost = len(batch) * lengths[batch].max() if padded else lengths[batch].sum()
             assert cost <= 256 or len(batch) == 1, (padded, batch)
             assert list(lengths[batch]) == sorted(lengths[batch], reverse=True)
     # padded: 4 x 64 = 256 fits, a fifth pair would not; unpadded: 100 + 99 + 64 = 263 does not fit
-    assert [b.tolist() for b in cross_encoder.token_budget_batches(lengths, 256, padded=True)] == \
+    assert [b.tolist() for b in batching.token_budget_batches(lengths, 256, padded=True)] == \
         [[2], [9], [6, 7], [3, 4, 0, 5], [1, 8]]
-    assert [b.tolist() for b in cross_encoder.token_budget_batches(lengths, 256, padded=False)] == \
+    assert [b.tolist() for b in batching.token_budget_batches(lengths, 256, padded=False)] == \
         [[2], [9], [6, 7], [3, 4, 0, 5, 1, 8]]
 
 
@@ -182,7 +185,7 @@ def test_unpadded_scores_equal_padded_scores(pairs, arch, precision):
     model, pair_tokenizer = tiny(arch)
     assert unpadded.unsupported_reason(model) is None
     padded = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=8, precision=precision)
-    batches = cross_encoder.token_budget_batches(pair_tokenizer.encode_pairs(queries, passages).lengths, 400, False)
+    batches = batching.token_budget_batches(pair_tokenizer.encode_pairs(queries, passages).lengths, 400, False)
     assert max(map(len, batches)) >= 4  # pairs really share a packed row
     packed = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, precision=precision, unpad=True,
                                        token_budget=400)
@@ -220,7 +223,7 @@ def test_unpadded_training_gives_the_padded_loss_and_gradients(arch):
     results = []
     for inputs, targets in (pair_tokenizer.batch(batch), pair_tokenizer.packed_batch(batch)):
         model.zero_grad()
-        logits = cross_encoder.forward_logits(model, inputs, "cpu")
+        logits = unpadded.forward_logits(model, inputs, "cpu")
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float().view(targets.shape), targets)
         loss.backward()
         results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
@@ -248,19 +251,28 @@ def test_unpadded_training_runs_and_is_keyed_apart(tmp_path, monkeypatch):
 # ================================================================================================
 # Keys: what changes scores is keyed, what does not is not
 # ================================================================================================
-def test_cells_and_evaluations_are_keyed_by_unpadded_and_compile_only_when_on(tmp_path):
-    cfg = grid.make_config("smoke", "tiny-bert", "bce", 0, "fp32", steps=2)
-    # The key of a default cell is the one it had before these options existed.
-    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("unpadded", "compile")}
-    import hashlib
-    old_key = hashlib.sha1(json.dumps({"format": grid.RESULTS_FORMAT, **before}, sort_keys=True).encode()).hexdigest()
-    assert grid.cell_key(cfg) == old_key[:10]
+def test_cells_and_evaluations_are_keyed_by_unpadded_and_compile_only_when_on(monkeypatch):
+    for mode in ("smoke", "paper"):  # paper: validate_every is set, and stays keyed
+        cfg = grid.make_config(mode, "tiny-bert", "bce", 0, "fp32", steps=2)
+        # The key of a default cell is the one it had before these options existed: its fields without them.
+        before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("unpadded", "compile")}
+        with monkeypatch.context() as patched:
+            patched.setattr(cross_encoder.TrainConfig, "record", lambda self: dict(before))
+            old_key = grid.cell_key(cfg)
+        assert grid.cell_key(cfg) == old_key
     keys = {grid.cell_key(dataclasses.replace(cfg, **flags)) for flags in
             ({}, {"unpadded": True}, {"compile": True}, {"unpadded": True, "compile": True})}
     assert len(keys) == 4
     # A checkpoint written before these options existed resumes (its config has no such fields).
     assert cross_encoder.config_record(before) == cfg.record()
     assert cross_encoder.config_record({**before, "unpadded": True}) != cfg.record()
+    # An evaluation's folder likewise: the default one keeps the key it had before, the others differ.
+    data = types.SimpleNamespace(collection=VASWANI, candidates_name="bm25")
+    folders = [grid.eval_folder(Path("cell"), data, 96, 16, "fp32", **flags).name for flags in
+               ({}, {"unpadded": True}, {"compile": True})]
+    old_key = hashlib.sha1(json.dumps([VASWANI.dataset_id, VASWANI.relevance, "bm25", VASWANI.measures, 96, 16,
+                                       "fp32"]).encode()).hexdigest()[:10]
+    assert folders[0] == f"vaswani__{old_key}" and len(set(folders)) == 3
 
 
 def test_training_batches_are_tokenized_ahead_in_a_thread(tmp_path, monkeypatch):
@@ -279,7 +291,7 @@ def test_training_batches_are_tokenized_ahead_in_a_thread(tmp_path, monkeypatch)
     # with validation (which may call the same tokenizer) the batches are tokenized in the loop itself
     threads.clear()
     cross_encoder.train(grid.make_config("smoke", "tiny-bert", "bce", 0, "fp32", steps=2), tmp_path / "v",
-                        validate=lambda model: 0.0, validate_every=1, progress=False, log=quiet)
+                        validate=lambda model, pair_tokenizer: 0.0, validate_every=1, progress=False, log=quiet)
     assert threads == [threading.current_thread().name] * 2
 
 

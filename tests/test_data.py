@@ -163,15 +163,15 @@ def test_demo_ids_load_offline(dataset_id, n_queries, n_qrels, doc_id, text_star
 
 
 def test_shipped_demo_teachers_match_the_training_data():
-    """data/teachers/ as the demo reads it: pairs whose positive is judged and whose negative is not,
-    top-50 lists scored 101 - rank, every SciFact training query with a positive covered."""
+    """data/teachers/ as the demo reads it by default (--demo-negatives bm25): pairs whose positive is judged and
+    whose negative is not, top-50 lists scored 101 - rank, every SciFact training query with a positive covered."""
     dataset = common.load_dataset("beir/scifact/train")
     qrels = common.load_qrels(dataset)
     pairs = list(common.iter_teacher_pairs(common.resolve_file(paper_setup.DEMO_TRAINING.teacher_pairs)))
     assert len(pairs) == 18380
     assert all(pos in qrels[qid] and neg not in qrels[qid] for qid, pos, neg, _, _ in pairs)
     assert {qid for qid, *_ in pairs} == {q for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
-    lists = common.read_run(common.resolve_file(paper_setup.DEMO_TRAINING.teacher_lists))
+    lists = common.read_run(common.resolve_file(paper_setup.DEMO_BM25_TRAINING.teacher_lists))
     assert set(lists) == {qid for qid, *_ in pairs}
     for ranked in lists.values():
         assert 1 <= len(ranked) <= 50

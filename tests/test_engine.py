@@ -424,3 +424,40 @@ def test_evaluate_cell_results_are_reused(cell, monkeypatch):
     assert len(common.read_run(folder / "run.trec.gz")) == 10
     monkeypatch.setattr(cross_encoder, "rerank", refuse)
     assert grid.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False) == first
+
+
+def test_an_exported_cell_ranks_the_same_in_transformers_and_sentence_transformers(cell):
+    """The saved model records its lengths and raw-logit score: the model card's plain-transformers recipe and
+    sentence-transformers' CrossEncoder give the kit's scores (queries within their budget)."""
+    import transformers
+    model_dir = cell.model_dir
+    card = (model_dir / "README.md").read_text()
+    assert "## How to score with it" in card and "raw logit" in card and f"{cell.cfg.objective}" in card
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["cross_encoder_kit"]["max_length"] == cell.cfg.max_length == 64
+    assert config["cross_encoder_kit"]["query_max_length"] == cell.cfg.query_max_length
+    data = common.load_eval_data(VASWANI, depth=10, max_queries=6)
+    pairs = [(data.queries[q], d) for q in sorted(data.candidates) for d in data.candidates[q]]
+    texts = data.documents.get_many({d for _, d in pairs})
+    queries, passages = [q for q, _ in pairs], [texts[d] for _, d in pairs]
+    model, pair_tokenizer = cross_encoder.load_trained(model_dir, cell.cfg.max_length, cell.cfg.query_max_length)
+    kit = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages)
+    # plain transformers, as the card says
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    scores = []
+    with torch.inference_mode():
+        for query, passage in zip(queries, passages):
+            cut = tokenizer(query, add_special_tokens=False, truncation=True, max_length=16,
+                            return_offsets_mapping=True)["offset_mapping"]
+            query = query[:cut[-1][1]] if cut else query
+            inputs = tokenizer([query], [passage], truncation="only_second", padding=True, return_tensors="pt")
+            scores.append(float(plain(**inputs).logits[0, 0]))
+    np.testing.assert_allclose(scores, kit, rtol=1e-4, atol=1e-5)
+    assert list(np.argsort(-np.array(scores), kind="stable")) == list(np.argsort(-kit, kind="stable"))
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    short = [i for i, q in enumerate(queries) if len(tokenizer(q, add_special_tokens=False)["input_ids"]) <= 16]
+    assert len(short) >= 20
+    st = sentence_transformers.CrossEncoder(str(model_dir), device="cpu")
+    predicted = st.predict([(queries[i], passages[i]) for i in short], batch_size=8, convert_to_numpy=True)
+    np.testing.assert_allclose(predicted, kit[short], rtol=1e-4, atol=1e-5)

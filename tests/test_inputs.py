@@ -43,9 +43,17 @@ def files(tmp_path_factory):
         (root / name).mkdir()
         (root / name / "scifact.run").write_text(lines)
     (root / "no_run").mkdir()
+    (root / "paper_runs").mkdir()
+    for name in ("nfcorpus", "robust04"):
+        (root / "paper_runs" / f"{name}.run").write_text("1 Q0 d1 1 3.5 bm25\n")
+    partial = root / "partial_home" / "disks45" / "corpus" / "NEWS_data" / "LATIMES"  # 1 of the 2,295 files
+    partial.mkdir(parents=True)
+    (partial / "LA010189").write_text("<DOC>\n<DOCNO> LA010189-0001 </DOCNO>\n<TEXT>\nrain\n</TEXT>\n</DOC>\n")
     (root / "old_results").mkdir()
     (root / "old_results" / "FORMAT").write_text("1\n")
     (root / "a_file").write_text("not a folder\n")
+    (root / "no_submitit" / "submitit").mkdir(parents=True)  # a Python where submitit is not installed
+    (root / "no_submitit" / "submitit" / "__init__.py").write_text("raise ImportError('No module named submitit')\n")
     # a kit cache whose demo copy of the Cranfield qrels has a grade of 2.5
     qrels = root / "cache_bad_qrels" / "ir_datasets_demo" / "cranfield" / "qrels.txt"
     qrels.parent.mkdir(parents=True)
@@ -117,13 +125,32 @@ CASES = {
                                "error: no candidates for scifact: expected {tmp}/no_run/scifact.run"),
     "qrels grade 2.5": (SMOKE + ["--collections", "cranfield"], {"KIT_CACHE": "{tmp}/cache_bad_qrels"}, 2,
                         "error: cranfield: its qrels (relevance grades must be whole numbers) could not be parsed"),
-    "a download that fails": (["--gpu", "-1", "--objectives", "bce", "--collections", "nfcorpus", "--run-dir",
-                               "{tmp}/no_run"], {"IR_DATASETS_HOME": "{tmp}/user_home"}, 2,
+    "a download that fails": (["--gpu", "-1", "--backbone", "tiny-bert", "--objectives", "bce", "--collections",
+                               "nfcorpus", "--run-dir", "{tmp}/paper_runs"], {"IR_DATASETS_HOME": "{tmp}/user_home"}, 2,
                               "error: beir/nfcorpus/test: its queries could not be read or downloaded (ConnectionError"),
+    "the paper's grid with several things missing": (
+        ["--gpu", "-1", "--objectives", "bce", "--collections", "nfcorpus", "robust04", "--run-dir", "{tmp}/no_run"],
+        {"IR_DATASETS_HOME": "{tmp}/user_home"}, 2,
+        "error: 4 things stand in the way of this grid; nothing was downloaded or trained:"),
+    "Robust04 without its licensed documents": (
+        ["--gpu", "-1", "--backbone", "tiny-bert", "--objectives", "bce", "--collections", "robust04", "--run-dir",
+         "{tmp}/paper_runs"], {"IR_DATASETS_HOME": "{tmp}/user_home"}, 2,
+        "error: robust04: the documents of disks45/nocr/trec-robust-2004 come from TREC disks 4 and 5"),
+    "Robust04 with part of its documents": (
+        ["--gpu", "-1", "--backbone", "tiny-bert", "--objectives", "bce", "--collections", "robust04", "--run-dir",
+         "{tmp}/paper_runs"], {"IR_DATASETS_HOME": "{tmp}/partial_home"}, 2,
+        "error: robust04: {tmp}/partial_home/disks45/corpus holds 1 of the 2295 source files ir_datasets expects"),
     "a teacher score beyond 32-bit floats": (["--smoke", "--objectives", "margin_mse", "--teacher-pairs",
                                               "{tmp}/huge_pairs.tsv"], {}, 2,
                                              "error: {tmp}/huge_pairs.tsv, line 1: malformed teacher line (score "
                                              "'1e300' is beyond the range of a 32-bit float"),
+    "a --slurm option without --slurm": (SMOKE + ["--partition", "gpu"], {}, 2,
+                                         "error: --partition is an option of --slurm: pass it with --slurm"),
+    "--plan and --slurm": (SMOKE + ["--plan", "--slurm"], {}, 2, "error: --plan and --slurm together"),
+    "--slurm without submitit": (SMOKE + ["--slurm", "--gpus", "0"],
+                                 {"PYTHONPATH": "{tmp}/no_submitit" + os.pathsep + os.environ.get("PYTHONPATH", "")}, 2,
+                                 "error: --slurm submits through submitit, which is not installed: pip install "
+                                 "submitit=="),
     "a loss that becomes infinite before any checkpoint": (
         ["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/large_pairs.tsv", "--collections", "vaswani"],
         {}, 2, "error: the loss became non-finite at step 1 (margin_mse, lr 0.001); no checkpoint was written before "

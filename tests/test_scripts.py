@@ -171,3 +171,53 @@ def test_kd_vs_cl_teachers_are_larger_than_their_students():
     students, teacher, *_ = exp_kd_vs_cl.MODES["demo"]
     layers = lambda name: cross_encoder.get_backbone(name).keep_layers or 6
     assert all(layers(s) < layers(teacher) for s in students)
+
+
+def test_rq5_paper_prints_the_published_tables_verdicts_offline_without_results(tmp_path):
+    out = run_script("exp_rq5_summary.py", "--paper", "--results", str(tmp_path / "none"), cwd=tmp_path)
+    assert "[published table] supported: infonce above bce in 54 of 54 cells" in out
+    for claim in ("M1", "M2", "M3", "M4", "X1", "X2"):
+        assert f"\n{claim} (" in out
+    assert not (tmp_path / "none").exists()
+
+
+def test_every_script_saves_its_verdicts_and_rq5_gathers_them(shared):
+    run_script("exp_rq5_summary.py", "--results", str(shared / "results"))
+    saved = {p.stem for p in (shared / "results" / "verdicts").glob("*.json")}
+    assert {name.split("__")[0] for name in saved} >= {"rq1_smoke_tiny-bert", "rq2_smoke", "rq3_smoke",
+                                                       "rq4_smoke_fp32", "kd_vs_cl_smoke_fp32"}
+    records = json.loads((shared / "results" / "tables" / "rq5_verdicts" / "rq5_verdicts.json").read_text())
+    assert {r["claim"] for r in records} == {"M1", "M2", "M3", "M4", "X1", "X2"}
+    assert {r["scale"] for r in records} >= {"published table", "smoke"}
+    assert all(r["verdict"] in ("supported", "partly", "not supported", "cannot tell") for r in records)
+
+
+def test_a_model_trained_elsewhere_and_a_local_collection_appear_in_the_table(tmp_path):
+    """--models takes a local folder (any one-logit cross-encoder), --collections the JSON spec of a local
+    collection (queries TSV, TREC qrels, BEIR-style corpus.jsonl, TREC run): both appear in the smoke table,
+    the model tested against the baseline like the objectives."""
+    import cross_encoder
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 3)
+    model.save_pretrained(tmp_path / "elsewhere")
+    tokenizer.save_pretrained(tmp_path / "elsewhere")
+    local = tmp_path / "mine"
+    local.mkdir()
+    docs = {f"d{i}": f"passage {i} about {'aspirin and stroke' if i % 3 == 0 else 'the weather'}" for i in range(12)}
+    (local / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                                for d, t in docs.items()))
+    (local / "queries.tsv").write_text("q1\taspirin stroke\nq2\tweather today\nq3\taspirin\n")
+    (local / "qrels.txt").write_text("q1 0 d0 1\nq1 0 d3 2\nq2 0 d1 1\nq3 0 d6 1\n")
+    (local / "run.trec").write_text("".join(f"{q} Q0 {d} {r} {20 - r} bm25\n" for q in ("q1", "q2", "q3")
+                                            for r, d in enumerate(docs, 1)))
+    (local / "spec.json").write_text(json.dumps({"name": "my collection", "queries": "queries.tsv",
+                                                 "qrels": "qrels.txt", "documents": "corpus.jsonl", "run": "run.trec"}))
+    out = run_script("exp_rq1_objectives.py", "--smoke", "--objectives", "bce", "hinge", "--collections", "vaswani",
+                     str(local / "spec.json"), "--models", str(tmp_path / "elsewhere"), "--results",
+                     str(tmp_path / "results"))
+    nDCG = out[out.index("— nDCG@10"):out.index("\\begin{table}")]
+    assert f"| model: {tmp_path / 'elsewhere'}" in nDCG and "my-collection" in nDCG and "vaswani" in nDCG
+    (folder,) = (tmp_path / "results" / "tables").iterdir()
+    records = json.loads((folder / "rq1_nDCG10.json").read_text())
+    model_cells = [r for r in records if r["system"].startswith("model: ") and r["column"] == "my-collection"]
+    assert len(model_cells) == 1 and model_cells[0]["pvalue"] is not None  # tested against bce
+    assert list((tmp_path / "results" / "models").glob("elsewhere__*/eval/my-collection__*/metrics.json"))

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import claims
 import common
 import exp_rq3_small_vs_large as rq3
 import exp_rq4_llm_distillation as rq4
-import exp_rq5_summary as rq5
 import tables
 from paper_setup import Collection
 
@@ -114,7 +114,7 @@ def test_rq5_variance_components_of_an_additive_grid():
     grid = {("big", "o1"): 0.5, ("big", "o2"): 0.6, ("big", "o3"): 0.7,
             ("small", "o1"): 0.3, ("small", "o2"): 0.4, ("small", "o3"): 0.5}
     mean = {(b, o, c): v + shift for (b, o), v in grid.items() for c, shift in (("c1", 0.0), ("c2", 0.05))}
-    shares = rq5.factor_shares(mean, ["big", "small"], ["o1", "o2", "o3"], ["c1", "c2"])
+    shares = claims.factor_shares(mean, ["big", "small"], ["o1", "o2", "o3"], ["c1", "c2"])
     assert shares["collections"] == 2
     assert shares["objective"]["component"] == pytest.approx(0.01)
     assert shares["backbone"]["component"] == pytest.approx(0.02)
@@ -136,7 +136,7 @@ def test_rq5_components_do_not_grow_with_the_number_of_objectives():
             effects, levels = rng.normal(0, 0.05, n_objectives), rng.normal(0.5, 0.1, 3)
             mean = {(f"b{i}", f"o{j}", "c"): levels[i] + effects[j] + rng.normal(0, 0.01)
                     for i in range(3) for j in range(n_objectives)}
-            shares = rq5.factor_shares(mean, ["b0", "b1", "b2"], [f"o{j}" for j in range(n_objectives)], ["c"])
+            shares = claims.factor_shares(mean, ["b0", "b1", "b2"], [f"o{j}" for j in range(n_objectives)], ["c"])
             components.append(shares["objective"]["component"])
             ranges.append(np.mean([np.ptp([mean[f"b{i}", f"o{j}", "c"] for j in range(n_objectives)])
                                    for i in range(3)]))
@@ -145,3 +145,50 @@ def test_rq5_components_do_not_grow_with_the_number_of_objectives():
     (few, few_range), (many, many_range) = simulate(3), simulate(12)
     assert few == pytest.approx(0.0025, rel=0.25) and many == pytest.approx(0.0025, rel=0.25)
     assert many_range > 1.5 * few_range
+
+
+# ------------------------------------------------------------------------------------------------ claims
+def test_the_published_table_and_its_verdicts():
+    table = claims.published()
+    assert len(table) == 54 and table["bert-base", "infonce"]["DL19"] == 0.759233
+    columns = claims.published_in_kit_columns(table)["ettin-17m", "bce"]
+    assert columns["dl19"] == 0.467467 and columns["avg BEIR"] == 0.319303
+    assert columns["avg in-domain"] == pytest.approx((0.264800 + 0.467467 + 0.463867) / 3)
+    assert columns["avg out-of-domain"] == pytest.approx((13 * 0.319303 + 5 * 0.322553 + 0.224533) / 19)
+    verdicts = {v.claim: v for v in claims.published_verdicts(table)}
+    # the counts the table's own notes give: relative objectives above BCE in 54 of 54 cells,
+    # DistillRankNET in 49, ADR-MSE in 45
+    assert "infonce above bce in 54 of 54 cells; margin_mse above bce in 54 of 54 cells" in verdicts["M1"].finding
+    assert "distill_ranknet above both infonce and margin_mse in 8 of 54 cells, above bce in 49" in verdicts["M3"].finding
+    assert "above bce in 45" in verdicts["M3"].finding
+    assert verdicts["M1"].verdict == "supported" and verdicts["X1"].verdict == "cannot tell"
+
+
+def test_verdict_rules_on_hand_made_tests():
+    tests = [{"system": "infonce", "column": c, "diff": 0.01, "significant": c == "a"} for c in "abcd"] + \
+            [{"system": "margin_mse", "column": c, "diff": d, "significant": s}
+             for c, d, s in [("a", 0.02, False), ("b", 0.01, False), ("c", -0.01, False), ("d", 0.03, False)]]
+    m1 = claims.beats_baseline("M1", tests, ["infonce", "margin_mse"], "bce", "demo")
+    assert m1.finding == ("infonce above bce in 4 of 4 cells, 1 significant after Holm; "
+                          "margin_mse above bce in 3 of 4 cells, 0 significant after Holm")
+    assert m1.verdict == "partly"  # margin_mse in 3 of 4: most cells, none significantly below
+    losing = tests + [{"system": "infonce", "column": "e", "diff": -0.05, "significant": True}]
+    assert claims.beats_baseline("M1", losing, ["infonce"], "bce", "demo").verdict == "not supported"
+    assert claims.beats_baseline("X2", tests, ["margin_mse"], "cl", "demo").verdict == "supported"  # no significant win
+    assert claims.beats_baseline("X2", tests, ["infonce"], "cl", "demo").verdict == "not supported"
+    pairs = [{"small": "s + infonce", "large": "l + bce", "column": g, "verdict": v}
+             for g, v in [("in", "matches"), ("out", "better")]] + \
+            [{"small": "s + hinge", "large": "m + bce", "column": "in", "verdict": "inconclusive"}]
+    m4 = claims.small_matches_large(pairs, ["in", "out"], "demo")
+    assert "in 1 of 2 pairs" in m4.finding and m4.verdict == "supported"
+
+
+def test_results_tables_show_the_papers_mean_beside_the_kits():
+    metrics = {"BM25": {"a": [{"nDCG@10": 0.9}]}, "bce": {"a": [{"nDCG@10": 0.5}]},
+               "infonce": {"a": [{"nDCG@10": 0.6}, {"nDCG@10": 0.7}]}}
+    table = tables.grid_table(metrics, {}, [IN], "nDCG@10", "bce", "T", published={"infonce": {"a": 0.6123}})
+    lines = table.console.splitlines()
+    assert any(line.startswith("| infonce (paper)") and "0.6123" in line for line in lines)
+    assert any(line.startswith("| infonce (kit - paper)") and "+0.0377" in line for line in lines)
+    assert {r["system"]: r["paper_mean"] for r in table.records} == {"BM25": None, "bce": None, "infonce": 0.6123}
+    assert r"\textbf{0.6123}" not in table.latex  # the paper's row is a reference, never the best
