@@ -15,11 +15,12 @@ Cells are labelled by objective; a cell trained with non-default settings that c
 (its own teacher file, other steps or learning rate, ...) gets them appended, e.g.
 "kl[minilm-l6__infonce__seed12]" or "bce[steps=100]", so different recipes are never averaged.
 Tables go to results/tables/rq5_<mode>_<precision>/, mode = the config's "training" (paper or demo)
-refined by its lengths: smoke cells say training="demo" too, but are summarised apart as "smoke".
+refined by its lengths: smoke cells say training="demo" too, but are summarised apart as "smoke". Cells of
+another data variant keep it in the mode: "demo-bm25" (the demo's BM25 data, its default for now), "paper-rz50".
 
 Commands:
   python exp_rq5_summary.py                                   # every group in results/
-  python exp_rq5_summary.py --results /tmp/r --mode demo --precision bf16
+  python exp_rq5_summary.py --results /tmp/r --mode demo-bm25 --precision bf16
 
 Expected time: seconds on a CPU (it reads JSON files; no model is loaded, no GPU is used).
 """
@@ -54,7 +55,7 @@ class Args:
     results: str = "results"
     """results folder written by the experiment scripts (read only, except results/tables/rq5_*)"""
     mode: str | None = None
-    """summarise only cells of this mode (paper, demo or smoke); default: one summary per mode found"""
+    """summarise only cells of this mode (paper, demo, smoke; demo-bm25, smoke-bm25 for the demo's BM25 data); default: each found"""
     precision: str | None = None
     """summarise only cells trained at this precision (bf16 or fp32); default: one summary per precision"""
     measure: str = "nDCG@10"
@@ -68,12 +69,16 @@ class Args:
 
 
 def infer_mode(cfg: dict) -> str:
-    """The recipe a cell was made with: smoke and demo cells share training="demo", not their lengths."""
+    """The recipe a cell was made with: smoke and demo cells share training="demo", not their lengths. A variant of
+    the recipe's data (the demo's BM25 data, "demo-bm25"; the paper's earlier lists, "paper-rz50") stays in the
+    name, so that cells trained on other data are never summarised together: "smoke-bm25", "paper-rz50"."""
+    training = cfg.get("training", "unknown")
+    base, _, variant = training.partition("-")
     for mode, recipe in paper_setup.RECIPES.items():
         if (recipe["training"], recipe["max_length"], recipe["query_max_length"]) == \
-                (cfg.get("training"), cfg.get("max_length"), cfg.get("query_max_length")):
-            return mode
-    return f"{cfg.get('training', 'unknown')}-custom"
+                (base, cfg.get("max_length"), cfg.get("query_max_length")):
+            return f"{mode}-{variant}" if variant else mode
+    return f"{training}-custom"
 
 
 def _short(value) -> str:
@@ -89,9 +94,10 @@ def system_label(cfg: dict, mode: str) -> str:
     family = losses.DATA.get(cfg["objective"])
     extra = [_short(cfg[TEACHER_FIELD[family]])] if family in TEACHER_FIELD and cfg.get(TEACHER_FIELD[family]) else []
     try:
-        default = dataclasses.asdict(grid.make_config(mode, cfg["backbone"], cfg["objective"], cfg["seed"],
+        recipe = mode.split("-")[0]  # the data variant is in "training", which is not compared
+        default = dataclasses.asdict(grid.make_config(recipe, cfg["backbone"], cfg["objective"], cfg["seed"],
                                                       cfg["precision"], steps=cfg["steps"]))
-        if cfg["steps"] != paper_setup.RECIPES[mode]["steps"]:
+        if cfg["steps"] != paper_setup.RECIPES[recipe]["steps"]:
             extra.append(f"steps={cfg['steps']}")
     except (KeyError, common.KitError):  # a custom recipe: no defaults to compare with
         default = cfg

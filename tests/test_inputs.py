@@ -198,7 +198,7 @@ def test_a_demo_run_leaves_the_users_ir_datasets_home_byte_identical(tmp_path):
 
 def test_a_damaged_checkpoint_is_set_aside_and_the_cell_trains_again(tmp_path):
     import grid
-    cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32")
+    cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32", negatives="bm25")  # the scripts' default data
     folder = grid.cell_dir(tmp_path, cfg)
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
