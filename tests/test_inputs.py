@@ -144,6 +144,8 @@ CASES = {
                                               "{tmp}/huge_pairs.tsv"], {}, 2,
                                              "error: {tmp}/huge_pairs.tsv, line 1: malformed teacher line (score "
                                              "'1e300' is beyond the range of a 32-bit float"),
+    "--demo-negatives outside the demo": (["--gpu", "-1", "--objectives", "bce", "--demo-negatives", "dense"], {}, 2,
+                                          "error: --demo-negatives chooses the demo's data: pass it with --demo or --smoke"),
     "a --slurm option without --slurm": (SMOKE + ["--partition", "gpu"], {}, 2,
                                          "error: --partition is an option of --slurm: pass it with --slurm"),
     "--plan and --slurm": (SMOKE + ["--plan", "--slurm"], {}, 2, "error: --plan and --slurm together"),
