@@ -56,7 +56,7 @@ METHODS = [("CL: infonce", "infonce", None), ("KD: kl from large", "kl", "large"
 
 
 @dataclasses.dataclass
-class Args:
+class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
     students: list[str] = dataclasses.field(default_factory=lambda: list(MODES["paper"][0]))
     """student backbones (default: Ettin-17M/32M/68M; --demo: minilm-l4/l5; --smoke: tiny-bert)"""
     teacher: str = "ettin-150m"
@@ -118,24 +118,6 @@ class Args:
     """significance level after Holm–Bonferroni correction"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
-    plan: bool = False
-    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
-    slurm: bool = False
-    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
-    partition: str | None = None
-    """--slurm: the SLURM partition (default: the cluster's)"""
-    time_limit: str = "24:00:00"
-    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
-    gpus: int = 1
-    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
-    cpus: int = 8
-    """--slurm: CPU cores per task"""
-    mem: int = 32
-    """--slurm: memory per task, in GB"""
-    account: str | None = None
-    """--slurm: the SLURM account charged (default: yours)"""
-    array_parallelism: int = 8
-    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def _portable(path: Path) -> str:

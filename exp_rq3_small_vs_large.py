@@ -45,7 +45,7 @@ SMOKE_BACKBONES = ["tiny-bert", "tiny-deberta"]  # 1.011M and 1.018M parameters:
 
 
 @dataclasses.dataclass
-class Args:
+class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
     backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
     """backbones (names from paper_setup.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
@@ -105,24 +105,6 @@ class Args:
     """equivalence margin: a small model "matches" when its nDCG@10 is shown to lie within +-margin of the large one's"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
-    plan: bool = False
-    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
-    slurm: bool = False
-    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
-    partition: str | None = None
-    """--slurm: the SLURM partition (default: the cluster's)"""
-    time_limit: str = "24:00:00"
-    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
-    gpus: int = 1
-    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
-    cpus: int = 8
-    """--slurm: CPU cores per task"""
-    mem: int = 32
-    """--slurm: memory per task, in GB"""
-    account: str | None = None
-    """--slurm: the SLURM account charged (default: yours)"""
-    array_parallelism: int = 8
-    """--slurm: at most this many tasks at once (GPUs in use)"""
 
 
 def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[str, list[str]], measure: str,

@@ -72,12 +72,15 @@ def main_guard(main) -> None:
 
 
 def _field_docs(cls) -> dict[str, str]:
-    """The docstring under each dataclass field (CleanRL style), which becomes its --help line."""
-    docs, body = {}, ast.parse(inspect.getsource(cls)).body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
-            docs[node.target.id] = following.value.value.strip()
+    """The docstring under each dataclass field (CleanRL style), which becomes its --help line; fields of a base
+    class (launch.LaunchOptions) are read from its own source."""
+    docs = {}
+    for klass in filter(dataclasses.is_dataclass, reversed(cls.__mro__)):
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for node, following in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) \
+                    and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+                docs[node.target.id] = following.value.value.strip()
     return docs
 
 
@@ -98,7 +101,8 @@ def parse_args(cls, argv: list[str] | None = None):
     value never does), and every value is checked against FLAG_RULES before anything runs."""
     parser = _OneLineParser(description=(sys.modules[cls.__module__].__doc__ or "").split("\n\n")[0])
     docs = _field_docs(cls)
-    for field in dataclasses.fields(cls):
+    own_first = sorted(dataclasses.fields(cls), key=lambda f: f.name not in cls.__annotations__)  # base's after
+    for field in own_first:
         default = field_default(field)
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         flag, help_text = "--" + field.name.replace("_", "-"), f"{docs.get(field.name, '')} (default: {shown})"

@@ -44,6 +44,29 @@ from cross_encoder import TrainConfig
 SUBMITIT_VERSION = "1.5.4"  # the version requirements.txt pins (README, "Packages")
 
 
+@dataclasses.dataclass
+class LaunchOptions:
+    """The flags of every training script that say how its grid runs (their --help lines follow each script's own)."""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    partition: str | None = None
+    """--slurm: the SLURM partition (default: the cluster's)"""
+    time_limit: str = "24:00:00"
+    """--slurm: time limit per task; a cell still running then checkpoints and is requeued"""
+    gpus: int = 1
+    """--slurm: GPUs per task: 1 (a cell trains on one GPU) or 0 (tasks on CPUs)"""
+    cpus: int = 8
+    """--slurm: CPU cores per task"""
+    mem: int = 32
+    """--slurm: memory per task, in GB"""
+    account: str | None = None
+    """--slurm: the SLURM account charged (default: yours)"""
+    array_parallelism: int = 8
+    """--slurm: at most this many tasks at once (GPUs in use)"""
+
+
 # ================================================================================================
 # 1. Rates: what a cell costs
 # ================================================================================================
