@@ -38,6 +38,7 @@ import common
 import cross_encoder
 import figures
 import first_stage as first_stage_module
+import local_collection
 import losses
 import paper_setup
 import token_cache
@@ -238,7 +239,7 @@ def resolve_setting(args) -> Setting:
 def select_collections(collections: list[Collection], names: list[str] | None) -> list[Collection]:
     """The collections named by --collections (all of the mode's when none are named): a name of the mode's,
     any ir_datasets id (e.g. beir/arguana; candidates from --run-dir or its scoreddocs), or the JSON spec of a
-    local collection (common.LocalCollection). Anything else is a KitError."""
+    local collection (local_collection.LocalCollection). Anything else is a KitError."""
     if not names:
         return collections
     known, chosen = {c.name: c for c in collections}, []
@@ -246,7 +247,7 @@ def select_collections(collections: list[Collection], names: list[str] | None) -
         if name in known:
             chosen.append(known[name])
         elif name.endswith(".json") and Path(name).is_file():
-            spec = common.read_collection_spec(Path(name).resolve())
+            spec = local_collection.read_collection_spec(Path(name).resolve())
             chosen.append(Collection(common.slug(spec["name"]), f"local:{Path(name).resolve()}",
                                      spec.get("group", "other"), tuple(spec.get("measures", Collection.measures)),
                                      run=str(Path(name).resolve().parent / spec["run"])))
