@@ -1,9 +1,9 @@
-"""The kit's shared core: errors, data, evaluation and the paired statistics.
+"""The kit's shared core: errors, data and evaluation.
 
 The experiment scripts import this file for everything they read and measure; the cross-encoder
 itself (backbones, tokenization, the training loop, re-ranking) is cross_encoder.py, the command line,
 the results store and the grid runner grid.py, every table tables.py, every fact taken from the papers
-paper_setup.py, and the papers' claims claims.py.
+paper_setup.py, the tests on per-query values significance.py, and the papers' claims claims.py.
 
 Sections, read top to bottom:
   0. errors and small file helpers
@@ -11,7 +11,7 @@ Sections, read top to bottom:
   2. readers for TREC runs, qrels and teacher files (streaming; a bad line names file and line)
   3. training batches per objective family, as [Q, n] groups
   4. test collections and their candidates
-  5. evaluation, paired t-tests and Holm-Bonferroni
+  5. evaluation (its tests: significance.py)
 """
 from __future__ import annotations
 
@@ -31,11 +31,10 @@ import tempfile
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import Iterable, Iterator
 
 import ir_measures
 import numpy as np
-import scipy.stats
 
 import losses
 import paper_setup
@@ -648,14 +647,9 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
 
 
 # ================================================================================================
-# 5. Evaluation, paired t-tests and Holm-Bonferroni
+# 5. Evaluation (the tests on its per-query values: significance.py)
 # ================================================================================================
-# Conventions: every query in the qrels counts, a judged query the run misses scores 0 (trec_eval -c);
-# seeds are averaged per query before a test and their spread is reported as std; the test is a
-# two-sided paired t-test over queries; one Holm-Bonferroni family = the systems compared with one
-# baseline on one collection for one measure (as PyTerrier's correction=).
-PerQuery = Mapping[str, float]                    # {qid: value} for one run
-SeedRuns = Union[PerQuery, Sequence[PerQuery]]    # one run, or one per seed
+# Every query in the qrels counts: a judged query the run misses scores 0 (trec_eval -c).
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -698,142 +692,3 @@ def evaluate(run, qrels, measures):
             per_query[name][metric.query_id] = float(metric.value)
     aggregate = {name: float(np.mean(list(values.values()))) for name, values in per_query.items()}
     return aggregate, per_query
-
-
-# ----------------------------------------------------------------------------- statistics
-class TTest(NamedTuple):
-    statistic: float
-    pvalue: float
-    mean_diff: float  # mean over queries of (a - b): the effect size, in units of the measure
-    n: int            # number of queries
-
-
-def _mean_over_seeds(per_query: SeedRuns, side: str) -> dict[str, float]:
-    """{qid: value} as is, or the per-query mean of a list of such dicts (one per seed)."""
-    if isinstance(per_query, Mapping):
-        return {q: float(v) for q, v in per_query.items()}
-    seeds = list(per_query)
-    if not seeds:
-        raise ValueError(f"side {side}: empty list of seeds")
-    for i, seed in enumerate(seeds[1:], start=1):
-        if set(seed) != set(seeds[0]):
-            raise ValueError(f"side {side}: seed {i} covers other queries than seed 0")
-    return {q: float(np.mean([seed[q] for seed in seeds])) for q in seeds[0]}
-
-
-def _paired_values(per_query_a: SeedRuns, per_query_b: SeedRuns) -> tuple[np.ndarray, np.ndarray]:
-    """The seed-averaged per-query values of A and B, aligned by query id; both must cover the same queries:
-    silently intersecting would hide a run that lost queries."""
-    a, b = _mean_over_seeds(per_query_a, "A"), _mean_over_seeds(per_query_b, "B")
-    differ = sorted(set(a) ^ set(b))
-    if differ:
-        raise ValueError(f"A and B cover different queries: {len(differ)} query ids are in only "
-                         f"one side (e.g. {differ[0]!r})")
-    if len(a) < 2:
-        raise ValueError(f"a paired t-test needs at least 2 queries, got {len(a)}")
-    qids = sorted(a)
-    return np.array([a[q] for q in qids]), np.array([b[q] for q in qids])
-
-
-def paired_ttest(per_query_a: SeedRuns, per_query_b: SeedRuns) -> TTest:
-    """Two-sided paired t-test of A against B over queries, aligned by query id.
-
-    Each side is {qid: value} or a list of those (one per seed), averaged per query first, so the
-    test's unit is the query, not the (query, seed) pair.
-    """
-    x, y = _paired_values(per_query_a, per_query_b)
-    diff = x - y
-    if np.all(diff == 0):
-        # scipy returns nan for a zero-variance zero-mean difference; "no difference" is p = 1.
-        return TTest(0.0, 1.0, 0.0, len(x))
-    res = scipy.stats.ttest_rel(x, y, alternative="two-sided")
-    return TTest(float(res.statistic), float(res.pvalue), float(diff.mean()), len(x))
-
-
-class Difference(NamedTuple):
-    """The mean per-query difference A - B of each collection, averaged over collections with equal
-    weights (as the tables average collections), with its standard error and Welch-Satterthwaite degrees
-    of freedom. With one collection it is the paired t-test's difference."""
-    mean: float
-    se: float
-    df: float
-    n: int  # queries, over all collections
-
-    def pvalue(self) -> float:
-        """Two-sided p of H0: the difference is 0."""
-        if self.se == 0:
-            return 1.0 if self.mean == 0 else 0.0
-        return float(2 * scipy.stats.t.sf(abs(self.mean) / self.se, self.df))
-
-    def equivalence_pvalue(self, margin: float) -> float:
-        """Two one-sided tests (Schuirmann 1987) of H0: |difference| >= margin; a small p shows that the
-        difference lies within (-margin, +margin)."""
-        if self.se == 0:
-            return 0.0 if abs(self.mean) < margin else 1.0
-        below = scipy.stats.t.sf((self.mean + margin) / self.se, self.df)  # H0: difference <= -margin
-        above = scipy.stats.t.cdf((self.mean - margin) / self.se, self.df)  # H0: difference >= +margin
-        return float(max(below, above))
-
-    def interval(self, level: float = 0.95) -> tuple[float, float]:
-        half = float(scipy.stats.t.ppf(0.5 + level / 2, self.df) * self.se) if self.se else 0.0
-        return self.mean - half, self.mean + half
-
-
-def macro_difference(collections: Sequence[tuple[SeedRuns, SeedRuns]]) -> Difference:
-    """Difference of A and B over several collections, one (A, B) pair of per-query values per collection."""
-    means, variances, counts = [], [], []
-    for per_query_a, per_query_b in collections:
-        x, y = _paired_values(per_query_a, per_query_b)
-        means.append(float((x - y).mean()))
-        variances.append(float((x - y).var(ddof=1)) / len(x))  # the squared standard error of this mean
-        counts.append(len(x))
-    k = len(means)
-    variance = sum(variances) / k ** 2
-    parts = [(v / k ** 2) ** 2 / (n - 1) for v, n in zip(variances, counts)]
-    df = variance ** 2 / sum(parts) if variance > 0 else float("inf")
-    return Difference(float(np.mean(means)), float(np.sqrt(variance)), float(df), sum(counts))
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in input order.
-
-    The i-th smallest p (1-based) is multiplied by (m - i + 1); a running maximum keeps the
-    adjusted values monotone in the raw ones, and they are capped at 1. The family is exactly
-    what the caller passes: in this kit, the systems compared with one baseline, for one
-    collection and one measure.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    if np.isnan(p).any():
-        raise ValueError("holm: p-values contain nan")
-    adjusted, running = np.empty(len(p)), 0.0
-    for rank, idx in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, (len(p) - rank) * p[idx])
-        adjusted[idx] = min(1.0, running)
-    return adjusted.tolist()
-
-
-class Comparison(NamedTuple):
-    pvalue: float
-    pvalue_holm: float
-    mean_diff: float   # system - baseline, averaged over queries (seed-averaged per query)
-    significant: bool  # pvalue_holm < alpha
-
-
-def compare_to_baseline(per_query, baseline: str, alpha: float = 0.05):
-    """Test every system against ``baseline``, column by column (one column = one collection).
-
-    ``per_query``: {system: {column: [ {qid: value} per seed ]}} for ONE measure. Within each
-    column the family is the systems that have that column, and Holm is applied to it. Returns
-    {system: {column: Comparison}} for non-baseline systems; columns that the system or the
-    baseline lacks are skipped.
-    """
-    if baseline not in per_query:
-        raise ValueError(f"baseline {baseline!r} not among systems {list(per_query)}")
-    out: dict[str, dict[str, Comparison]] = {s: {} for s in per_query if s != baseline}
-    for column, base_runs in per_query[baseline].items():
-        systems = [s for s in out if column in per_query[s]]
-        tests = [paired_ttest(per_query[s][column], base_runs) for s in systems]
-        adjusted = holm([t.pvalue for t in tests])
-        for s, t, p_holm in zip(systems, tests, adjusted):
-            out[s][column] = Comparison(t.pvalue, p_holm, t.mean_diff, p_holm < alpha)
-    return out

@@ -281,12 +281,14 @@ def main() -> None:
     print("\n" + table.console + "\n\n" + table.latex + f"\ntables written to {out}")
 
     # 7. The claims this script checks (Xu et al.; their numbers are not shipped, so only these results) --
-    tests = [t for s in students for t in claims.tests_from_records(
-        [r for r in summary if r["student"] == s], METHODS[0][0], [c.name for c in collections])]
-    verdicts = [claims.beats_baseline("X1", tests, [m for m, _, source in METHODS if source == "large"], METHODS[0][0],
-                                      mode),
-                claims.beats_baseline("X2", tests, [m for m, _, source in METHODS if source == "same"], METHODS[0][0],
-                                      mode)]
+    runs = claims.runs_of(per_query, {(s, label): f"{s} | {label}" for s in students for label, _, _ in METHODS},
+                          collections)
+    cells = claims.settings(runs, tables.group_members(collections))
+    where = claims.scale_of(mode, students, [m for m, _, _ in METHODS], collections, seeds,
+                            claims.count_queries(per_query[f"{students[0]} | {METHODS[0][0]}"]))
+    verdicts = [claims.beats("X1", cells, [m for m, _, source in METHODS if source == "large"], METHODS[0][0], where),
+                claims.no_better("X2", cells, [m for m, _, source in METHODS if source == "same"], METHODS[0][0],
+                                 where)]
     claims.save(results, out.name, verdicts)
     claims.print_verdicts(verdicts)
 

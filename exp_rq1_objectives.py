@@ -30,6 +30,9 @@ import figures
 import grid
 import launch
 import paper_setup
+import reproduction
+import shipped
+import significance
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
@@ -94,6 +97,9 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    from_shipped: bool = False
+    """--demo: rebuild the tables from the shipped results (data/demo-results) instead of training; the cells asked
+    for must be shipped"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
@@ -116,6 +122,16 @@ def main() -> None:
                                             teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists)
                            for seed in seeds]
                for objective in args.objectives}
+
+    if args.from_shipped:  # the shipped cells are copied into the results folder, which then reuses them
+        if mode != "demo":
+            raise common.KitError("--from-shipped reads the demo's shipped results: pass it with --demo")
+        missing = [f"{c.objective} seed {c.seed}" for cfgs in configs.values() for c in cfgs
+                   if grid.cell_dir(results, c).name not in shipped.shipped_cells()]
+        if missing:
+            raise common.KitError(f"--from-shipped: not measured yet (not in {shipped.SHIPPED.name}): "
+                                  f"{', '.join(missing)}; shipped: {', '.join(sorted(shipped.shipped_cells())) or 'none'}")
+        print(f"from {shipped.SHIPPED}: {len(shipped.install(results))} cell(s) copied into {results}")
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
     metrics, per_query = launch.train_and_evaluate(
@@ -144,19 +160,29 @@ def main() -> None:
     baseline, intervals = args.objectives[0], {}  # each objective minus the baseline, with its 95% interval
     for objective in args.objectives[1:]:
         for c in collections:
-            difference = common.macro_difference([([p["nDCG@10"] for p in per_query[objective][c.name]],
+            difference = significance.difference([([p["nDCG@10"] for p in per_query[objective][c.name]],
                                                    [p["nDCG@10"] for p in per_query[baseline][c.name]])])
             intervals.setdefault(objective, {})[c.name] = (difference.mean, *difference.interval())
+    if published:  # how close the kit's effects are to the paper's (README, "How close to the paper")
+        kit = {(backbone, r["system"]): {} for r in records if r["system"] in args.objectives}
+        for r in records:
+            if r["system"] in args.objectives:
+                kit[backbone, r["system"]][r["column"]] = r["mean"]
+        report = reproduction.table(reproduction.report(kit, published), f"RQ1: the kit against the paper ({backbone})")
+        tables.write_table(report, out, "rq1_reproduction")
+        print("\n" + report.console + "\n\n" + report.latex)
     figures.differences(out / "rq1_differences_nDCG10.png", intervals, baseline, f"RQ1: objectives on {backbone} ({mode})")
     print(f"tables written to {out}")
 
     # 5. The claim this script checks: what the published table says, what these results say -------
     verdicts = [v for v in claims.published_verdicts() if v.claim == "M1"]
     if args.objectives[0] == "bce":
-        where = claims.scale_of(mode, [backbone], args.objectives, collections, seeds)
-        tests = claims.tests_from_records(records, "bce", [c.name for c in collections])
-        verdicts.append(claims.beats_baseline("M1", tests, [o for o in claims.STRONG if o in args.objectives], "bce",
-                                              f"{where}, {backbone}"))
+        runs = claims.runs_of(per_query, {(backbone, o): o for o in args.objectives}, collections)
+        where = claims.scale_of(mode, [backbone], args.objectives, collections, seeds,
+                                claims.count_queries(runs[backbone, "bce"]))
+        verdicts.append(claims.beats("M1", claims.settings(runs, tables.group_members(collections)),
+                                     [o for o in claims.STRONG if o in args.objectives], "bce", f"{where}, {backbone}",
+                                     named=claims.STRONG))
         claims.save(results, out.name, verdicts[1:])
     claims.print_verdicts(verdicts)
 

@@ -39,6 +39,7 @@ import figures
 import grid
 import launch
 import paper_setup
+import reproduction
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
@@ -161,7 +162,7 @@ def main() -> None:
     out = tables.tables_folder(results, f"rq2_{mode}", args, mode)
     baseline = args.objectives[0]
     published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
-    tests = []  # every objective against the baseline, per backbone x collection: for claim M1
+    kit_means: dict = {}
     for backbone in backbones:
         systems = {first_stage: first_stage, **{o: f"{backbone}|{o}" for o in args.objectives}}  # row: system
         sub_metrics = {row: metrics[s] for row, s in systems.items()}
@@ -172,7 +173,8 @@ def main() -> None:
                                              if (backbone, o) in published})
         tables.write_table(table, out, f"rq2_{common.slug(backbone)}_nDCG10")
         print("\n" + table.console)
-        tests += claims.tests_from_records(table.records, baseline, [c.name for c in collections])
+        for record in table.records:  # the kit's means, for the reproduction report
+            kit_means.setdefault((backbone, record["system"]), {})[record["column"]] = record["mean"]
 
     def metrics_of(b, o, c):  # per-seed nDCG@10 of a cell on a collection
         return [m["nDCG@10"] for m in metrics[f"{b}|{o}"].get(c, [])]
@@ -200,18 +202,24 @@ def main() -> None:
                   for o in args.objectives for c in [c.name for c in collections] if (b, o) in published
                   and c in published[b, o] and metrics_of(b, o, c)]
         figures.paper_vs_kit(out / "rq2_paper_vs_kit.png", points, f"RQ2 ({mode}): the kit against the paper")
+        report = reproduction.table(reproduction.report({k: v for k, v in kit_means.items() if k[1] in args.objectives},
+                                                        published), f"RQ2: the kit against the paper ({mode})")
+        tables.write_table(report, out, "rq2_reproduction")
+        print("\n" + report.console + "\n\n" + report.latex)
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
 
     # 6. The claims this script checks: what the published table says, what these results say ------
     verdicts = [v for v in claims.published_verdicts() if v.claim in ("M1", "M2")]
-    where = claims.scale_of(mode, backbones, args.objectives, collections, seeds)
+    where = claims.scale_of(mode, backbones, args.objectives, collections, seeds,
+                            claims.count_queries(per_query[f"{backbones[0]}|{baseline}"]))
     cell_means = {(b, o, c.name): float(np.mean([m["nDCG@10"] for m in metrics[f"{b}|{o}"][c.name]]))
                   for b in backbones for o in args.objectives for c in collections}
     if baseline == "bce":
-        verdicts.append(claims.beats_baseline("M1", tests, [o for o in claims.STRONG if o in args.objectives], "bce",
-                                              where))
-    verdicts.append(claims.factor_verdict(claims.factor_shares(cell_means, backbones, args.objectives,
-                                                               [c.name for c in collections]), where))
+        runs = claims.runs_of(per_query, {(b, o): f"{b}|{o}" for b in backbones for o in args.objectives}, collections)
+        verdicts.append(claims.beats("M1", claims.settings(runs, tables.group_members(collections)),
+                                     [o for o in claims.STRONG if o in args.objectives], "bce", where,
+                                     named=claims.STRONG))
+    verdicts.append(claims.factor_verdict(cell_means, backbones, args.objectives, [c.name for c in collections], where))
     claims.save(results, out.name, [v for v in verdicts if v.scale != "published table"])
     claims.print_verdicts(verdicts)
 

@@ -38,6 +38,7 @@ import figures
 import grid
 import launch
 import paper_setup
+import significance
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
@@ -114,11 +115,11 @@ def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[s
     Holm-corrected over the pairs of the column) and the verdict."""
     out = {}
     for column, names in columns.items():
-        found = [common.macro_difference([([pq[measure] for pq in per_query[a][n]],
+        found = [significance.difference([([pq[measure] for pq in per_query[a][n]],
                                             [pq[measure] for pq in per_query[b][n]]) for n in names])
                  for a, b in pairs]
-        differ = common.holm([d.pvalue() for d in found]) if found else []
-        equal = common.holm([d.equivalence_pvalue(margin) for d in found]) if found else []
+        differ = significance.holm([d.pvalue() for d in found]) if found else []
+        equal = significance.holm([d.equivalence_pvalue(margin) for d in found]) if found else []
         for (a, b), d, p_differ, p_equal in zip(pairs, found, differ, equal):
             verdict = "matches" if p_equal < alpha else ("better" if d.mean > 0 else "worse") if p_differ < alpha \
                 else "inconclusive"
@@ -251,7 +252,8 @@ def main() -> None:
     # 7. The claim this script checks: what the published table says, what these results say --------
     verdicts = [v for v in claims.published_verdicts() if v.claim == "M4"]
     verdicts.append(claims.small_matches_large(list(tests.values()), list(members),
-                                               claims.scale_of(mode, backbones, args.objectives, collections, seeds)))
+                                               claims.scale_of(mode, backbones, args.objectives, collections, seeds,
+                                                               claims.count_queries(next(iter(per_query.values()))))))
     claims.save(results, out.name, verdicts[1:])
     claims.print_verdicts(verdicts)
 

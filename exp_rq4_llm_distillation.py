@@ -31,6 +31,7 @@ import common
 import grid
 import launch
 import paper_setup
+import significance
 import tables
 
 LLM_OBJECTIVES = ["distill_ranknet", "adr_mse"]
@@ -115,11 +116,11 @@ def llm_tests(per_query: dict, backbones: list[str], collections: list, llm_obje
             seeds_of = lambda o: [pq[own] for pq in per_query[f"{backbone}/{o}"].get(c.name, []) if own in pq]
             pairs = [(llm, other) for llm in llm_objectives for other in other_objectives
                      if llm != other and seeds_of(llm) and seeds_of(other)]
-            family = [common.paired_ttest(seeds_of(llm), seeds_of(other)) for llm, other in pairs]
-            for (llm, other), t, p_holm in zip(pairs, family, common.holm([t.pvalue for t in family])):
-                outcome = "tie" if p_holm >= alpha else "win" if t.mean_diff > 0 else "loss"
+            family = [significance.difference([(seeds_of(llm), seeds_of(other))]) for llm, other in pairs]
+            for (llm, other), t, p_holm in zip(pairs, family, significance.holm([t.pvalue() for t in family])):
+                outcome = "win" if p_holm < alpha and t.mean > 0 else "loss" if p_holm < alpha else "tie"
                 tests.append({"backbone": backbone, "collection": c.name, "llm": llm, "other": other,
-                              "diff": t.mean_diff, "pvalue": t.pvalue, "pvalue_holm": p_holm, "outcome": outcome})
+                              "diff": t.mean, "pvalue": t.pvalue(), "pvalue_holm": p_holm, "outcome": outcome})
     return tests
 
 
@@ -204,7 +205,11 @@ def main() -> None:
 
     # 6. The claim this script checks: what the published table says, what these results say --------
     verdicts = [v for v in claims.published_verdicts() if v.claim == "M3"]
-    verdicts.append(claims.llm_verdict(tests, claims.scale_of(mode, backbones, objectives, collections, seeds)))
+    runs = claims.runs_of(per_query, {(b, o): f"{b}/{o}" for b in backbones for o in objectives}, collections,
+                          args.measure)
+    where = claims.scale_of(mode, backbones, objectives, collections, seeds,
+                            claims.count_queries(next(iter(runs.values()))))
+    verdicts.append(claims.competitive_not_better(claims.settings(runs, tables.group_members(collections)), where))
     claims.save(results, out.name, verdicts[1:])
     claims.print_verdicts(verdicts)
 

@@ -41,6 +41,9 @@ import common
 import grid
 import losses
 import paper_setup
+import reproduction
+import shipped
+import significance
 import tables
 
 # The teacher file each objective family reads; the others do not change the model.
@@ -64,6 +67,8 @@ class Args:
     """objective every other one is tested against"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    tables: str | None = None
+    """folder of RQ5's tables (default: <results>/tables; for shipped results, data/demo-results, results/tables)"""
     paper: bool = False
     """print what the paper's published table alone says of each claim (offline, no results needed) and stop"""
 
@@ -173,10 +178,10 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
             continue
         base = [pq for _, pq in cells[b, args.baseline, c].values()]
         others = [s for s in present if s != args.baseline]
-        tests = [common.paired_ttest([pq for _, pq in cells[b, s, c].values()], base) for s in others]
-        for s, t, p in zip(others, tests, common.holm([t.pvalue for t in tests])):
-            outcomes[s].append("tie" if p >= args.alpha else "win" if t.mean_diff > 0 else "loss")
-            cell_tests.append({"system": s, "column": f"{b}/{c}", "diff": t.mean_diff, "significant": p < args.alpha})
+        tests = [significance.difference([([pq for _, pq in cells[b, s, c].values()], base)]) for s in others]
+        for s, t, p in zip(others, tests, significance.holm([t.pvalue() for t in tests])):
+            outcomes[s].append("win" if p < args.alpha and t.mean > 0 else "loss" if p < args.alpha else "tie")
+            cell_tests.append({"system": s, "column": f"{b}/{c}", "diff": t.mean, "significant": p < args.alpha})
             beats[s].append(mean[b, s, c] >= mean[b, args.baseline, c])
     rows, records, statements = [], [], []
     for s in sorted(labels, key=lambda s: (np.mean(ranks[s]) if ranks[s] else np.inf, s)):
@@ -238,13 +243,63 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     per_collection = tables.make_table(f"RQ5: {args.measure} per collection, mean over backbones ({tag})",
                                        ["objective", *columns.values()], rows, "First stage = the re-ranked candidates",
                                        records=records, label=f"tab:rq5-collections-{slug}")
-    where = f"{tag}, every cell in the store"
-    verdicts = [claims.factor_verdict(shares, where)]
+    # Are the mean ranks different? Friedman over the (backbone x collection) blocks, then Nemenyi -------
+    blocks = [{s: mean[b, s, c] for s in labels if (b, s, c) in mean} for b, c in units]
+    ranks = rank_table(blocks, args.alpha, f"RQ5: do the objectives' mean ranks differ? ({tag})", slug)
+
+    # The claims: M1 on the (backbone, setting) cells, M2 from the decomposition ---------------------
+    runs = {}
+    for (b, s, c), seeds in cells.items():
+        runs.setdefault((b, s), {})[c] = [pq for _, pq in (seeds[k] for k in sorted(seeds))]
+    group = {c.name: c.group for c in [*paper_setup.DEMO_COLLECTIONS, *paper_setup.PAPER_COLLECTIONS]}
+    settings = {g: [c for c in columns if (group.get(names[c], "out-of-domain") == "in-domain") == (g == "in-domain")]
+                for g in ("in-domain", "out-of-domain")}
+    seeds = sorted({k for v in cells.values() for k in v})
+    queries = sum(len(next(pq for key, by_seed in cells.items() if key[2] == c for _, pq in by_seed.values()))
+                  for c in columns)
+    where = (f"{tag}, every cell in the store: {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, {len(columns)} "
+             f"collection{'s' if len(columns) != 1 else ''}, {queries:,} queries")
+    verdicts = [claims.factor_verdict(mean, backbones, labels, list(columns), where)]
     if args.baseline == "bce":
-        verdicts.insert(0, claims.beats_baseline("M1", cell_tests, [o for o in claims.STRONG if o in labels], "bce",
-                                                 where))
+        verdicts.insert(0, claims.beats("M1", claims.settings(runs, {g: n for g, n in settings.items() if n}),
+                                        [o for o in claims.STRONG if o in labels], "bce", where, named=claims.STRONG))
     made = {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}
+    if ranks:
+        made["rq5_ranks"] = ranks
+    if tag.startswith("paper"):  # the kit's means beside the paper's: how close they are
+        kit: dict = {}
+        for (b, s, c), value in mean.items():
+            kit.setdefault((b, s), {})[names[c]] = value
+        for row in kit.values():  # the paper's BEIR and LoTTE columns are means over their collections
+            for group, column in (("BEIR", "avg BEIR"), ("LoTTE", "avg LoTTE")):
+                members = [c.name for c in paper_setup.PAPER_COLLECTIONS if c.group == group]
+                if all(m in row for m in members):
+                    row[column] = float(np.mean([row[m] for m in members]))
+        made["rq5_reproduction"] = reproduction.table(reproduction.report(kit, claims.published_in_kit_columns()),
+                                                      f"RQ5: the kit against the paper ({tag})")
     return made, statements, verdicts
+
+
+def rank_table(blocks: list[dict], alpha: float, title: str, slug: str) -> tables.Table | None:
+    """Friedman's test of the objectives' mean ranks over the blocks, and the pairs Nemenyi's test separates;
+    None where it cannot run (fewer than 3 objectives or 2 full blocks)."""
+    try:
+        ranks = significance.friedman_nemenyi(blocks, alpha)
+    except ValueError:
+        return None
+    differ = {(a, b): gap for a, b, gap in ranks.differ}
+    rows = [[o, f"{r:.2f}", ", ".join(b for (a, b) in differ if a == o) or "–"]
+            for o, r in sorted(ranks.mean_rank.items(), key=lambda item: item[1])]
+    note = (f"Friedman chi2 = {ranks.statistic:.2f}, p = {ranks.pvalue:.2g} over {ranks.blocks} backbone x collection "
+            f"blocks with every objective; Nemenyi critical difference {ranks.critical_difference:.2f} at alpha="
+            f"{alpha} (pairs further apart in mean rank differ; none when Friedman does not reject). Blocks of one "
+            f"backbone share its models, so they are not independent: read p as a guide.")
+    records = [{"objective": o, "mean_rank": r} for o, r in ranks.mean_rank.items()] + \
+              [{"better": a, "worse": b, "rank_gap": gap} for a, b, gap in ranks.differ] + \
+              [{"friedman_chi2": ranks.statistic, "pvalue": ranks.pvalue, "blocks": ranks.blocks,
+                "critical_difference": ranks.critical_difference}]
+    return tables.make_table(title, ["objective", "mean rank", "ranks significantly better than"], rows, note,
+                             records=records, label=f"tab:rq5-ranks-{slug}", align="lrl")
 
 
 def verdict_table(verdicts: list[claims.Verdict]) -> tables.Table:
@@ -258,12 +313,21 @@ def verdict_table(verdicts: list[claims.Verdict]) -> tables.Table:
 def main() -> None:
     args = grid.parse_args(Args)
     if args.paper:  # the published table alone: offline, nothing read from a results folder
-        claims.print_verdicts(claims.published_verdicts())
+        table = claims.published()
+        blocks = [{o: row[c] for (b, o), row in table.items() if b == backbone}
+                  for backbone in dict.fromkeys(b for b, _ in table) for c in paper_setup.PUBLISHED_COLUMNS]
+        ranks = rank_table(blocks, args.alpha, "RQ5: the objectives' mean ranks in the published table", "published")
+        print(ranks.console + "\n\n" + ranks.latex)
+        claims.print_verdicts(claims.published_verdicts(table))
         return
 
     # 1. Scan the results folder ------------------------------------------------------------
     results = Path(args.results)
-    if (results / "FORMAT").exists():
+    shipped_folder = (results / "MANIFEST.json").exists()  # shipped results are read in place, never written
+    if shipped_folder:
+        shipped.verify(results)
+    out_root = Path(args.tables) if args.tables else Path("results") / "tables" if shipped_folder else results / "tables"
+    if (results / "FORMAT").exists() and not shipped_folder:
         grid.open_results(results)  # refuses a folder of another layout version
     groups, fingerprints, unfinished = scan(results, args.measure)
     if not groups:
@@ -294,7 +358,7 @@ def main() -> None:
         tag = f"{mode}, {precision}"
         made, statements, own = summarise(cells, first_stage, args, tag)
         verdicts += own
-        out = results / "tables" / f"rq5_{common.slug(mode)}_{precision}"
+        out = out_root / f"rq5_{common.slug(mode)}_{precision}"
         for name, table in made.items():
             tables.write_table(table, out, name)
             print("\n" + table.console + "\n\n" + table.latex)
@@ -307,8 +371,8 @@ def main() -> None:
     # 4. Every claim's verdicts: the published table's, those the scripts saved, and the store's -----
     claims.print_verdicts(verdicts)
     table = verdict_table(sorted(verdicts, key=lambda v: v.claim))
-    tables.write_table(table, results / "tables" / "rq5_verdicts", "rq5_verdicts")
-    print(f"\nverdicts written to {results / 'tables' / 'rq5_verdicts'}")
+    tables.write_table(table, out_root / "rq5_verdicts", "rq5_verdicts")
+    print(f"\nverdicts written to {out_root / 'rq5_verdicts'}")
 
 
 if __name__ == "__main__":

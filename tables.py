@@ -29,6 +29,7 @@ from tabulate import tabulate
 import common
 import grid
 import paper_setup
+import significance
 from paper_setup import Collection
 
 
@@ -135,7 +136,7 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
     over seeds with 4 decimals, plus the sample std (ddof=1) when it has >= 2 seeds. The best
     value per column (compared as printed, so printed ties are all marked) gets a trailing "*"
     in the console and \\textbf in LaTeX. A dagger marks Holm-adjusted p < ``alpha`` in
-    ``comparisons`` (output of common.compare_to_baseline; {} for no tests); it is re-derived here so
+    ``comparisons`` (output of significance.compare_to_baseline; {} for no tests); it is re-derived here so
     that the caption's alpha is the one actually applied. Rows without a test when others have one (the
     first stage) are shown for reference: not bold either. ``published``: {system: {column: mean}}, the
     paper's published means, shown in a row under the system's with the difference kit - paper.
@@ -158,6 +159,10 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
     rows = []
     for s in values:
         rows.append([s, *(marked.get((s, c)) for c in columns)])
+        spread = {c: comp.seed_diffs for c, comp in comparisons.get(s, {}).items() if len(comp.seed_diffs) >= 2}
+        if spread:  # the difference seed by seed: how much of it the seeds alone move
+            rows.append([f"{s} (Δ vs {baseline} per seed)", *(f"{min(spread[c]):+.4f} to {max(spread[c]):+.4f}"
+                                                           if c in spread else None for c in columns)])
         if s in published:
             paper = published[s]
             rows.append([f"{s} (paper)", *(Value(paper[c]) if c in paper else None for c in columns)])
@@ -166,8 +171,8 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
 
     legend = "* best per column"
     if comparisons:
-        legend += (f"; † significant vs {baseline} (two-sided paired t-test, "
-                   f"Holm-Bonferroni per column, alpha={alpha})")
+        legend += (f"; † significant vs {baseline} (two-sided paired t-test over queries, with each system's "
+                   f"seed-to-seed spread added when it has 2+ seeds; Holm-Bonferroni per column, alpha={alpha})")
         legend += f"; not tested (reference): {', '.join(reference)}" if reference else ""
     if published:
         legend += "; (paper): the paper's published mean of 3 seeds (no per-query values: not tested)"
@@ -184,7 +189,8 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
     if family:
         caption += (rf" $^\dagger$: significant difference from the baseline "
                     rf"{latex_escape(baseline)} by a two-sided paired t-test over queries "
-                    rf"(per-query values averaged over seeds) at $\alpha={alpha}$ after "
+                    rf"(per-query values averaged over seeds; with 2 or more seeds its standard error adds the variance of "
+                    rf"each system's per-seed means) at $\alpha={alpha}$ after "
                     rf"Holm--Bonferroni correction within each column "
                     rf"(family of {_span(family)} system{'s' if max(family) > 1 else ''} compared with the baseline).")
         if reference:
@@ -204,7 +210,8 @@ def results_table(values, comparisons, *, baseline: str, measure: str, title: st
                         **({"paper_mean": published.get(system, {}).get(column)} if published else {}),
                         "pvalue": comp.pvalue if comp else None,
                         "pvalue_holm": comp.pvalue_holm if comp else None,
-                        "significant": significant(system, column) if comp else None})
+                        "significant": significant(system, column) if comp else None,
+                        "seed_diffs": list(comp.seed_diffs) if comp else None})
     return make_table(f"{title} — {measure}", ["system", *columns], rows, legend, records=records,
                       caption=caption, latex_head=["System", *columns])
 
@@ -259,7 +266,7 @@ def grid_table(metrics, per_query, collections: list[Collection], measure: str, 
     tested = {s: {c.name: pq[c.name] and [p[own[c.name]] for p in pq[c.name]] for c in collections
                   if c.name in pq and all(own[c.name] in p for p in pq[c.name])}  # LoTTE has no RR: no column
               for s, pq in per_query.items()}
-    comparisons = common.compare_to_baseline(tested, baseline, alpha) if baseline in tested and len(tested) > 1 else {}
+    comparisons = significance.compare_to_baseline(tested, baseline, alpha) if baseline in tested and len(tested) > 1 else {}
     variants = {m: [c for c, o in own.items() if o == m] for m in dict.fromkeys(own.values()) if m != measure}
     label = measure + "".join(f" ({m} on {', '.join(names)})" for m, names in variants.items())
     return results_table(values, comparisons, baseline=baseline, measure=label, title=title, alpha=alpha,
@@ -275,7 +282,8 @@ def write_table(table: Table, out_dir, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     if table.records:
-        writer = csv.DictWriter(buf, fieldnames=list(table.records[0]), lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in table.records for k in r)),
+                                lineterminator="\n")  # records of several kinds: every field
         writer.writeheader()
         writer.writerows(table.records)  # None is written as an empty field
     texts = {"txt": table.console + "\n", "tex": table.latex, "csv": buf.getvalue(),

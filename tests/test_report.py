@@ -13,7 +13,8 @@ import scipy.stats
 
 import common
 import tables
-from common import Comparison, atomic_write_text, compare_to_baseline, evaluate, holm, paired_ttest
+from common import atomic_write_text, evaluate
+from significance import Comparison, compare_to_baseline, holm, paired_ttest
 from tables import results_table, write_table
 
 # ----------------------------------------------------------------------------- evaluate
@@ -189,7 +190,7 @@ COMPS = {
 }
 EXPECTED_LATEX = r"""\begin{table}[t]
 \centering
-\caption{Main results: re-ranking\_BM25. nDCG@10, mean{\scriptsize$\pm$}std over 2 seeds. Best value per column in bold. $^\dagger$: significant difference from the baseline pointwise by a two-sided paired t-test over queries (per-query values averaged over seeds) at $\alpha=0.05$ after Holm--Bonferroni correction within each column (family of 1--2 systems compared with the baseline).}
+\caption{Main results: re-ranking\_BM25. nDCG@10, mean{\scriptsize$\pm$}std over 2 seeds. Best value per column in bold. $^\dagger$: significant difference from the baseline pointwise by a two-sided paired t-test over queries (per-query values averaged over seeds; with 2 or more seeds its standard error adds the variance of each system's per-seed means) at $\alpha=0.05$ after Holm--Bonferroni correction within each column (family of 1--2 systems compared with the baseline).}
 \label{tab:main-results-re-ranking-bm25-ndcg-10}
 \begin{tabular}{lrr}
 \toprule

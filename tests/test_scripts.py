@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import claims
+
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
 
@@ -175,7 +177,8 @@ def test_kd_vs_cl_teachers_are_larger_than_their_students():
 
 def test_rq5_paper_prints_the_published_tables_verdicts_offline_without_results(tmp_path):
     out = run_script("exp_rq5_summary.py", "--paper", "--results", str(tmp_path / "none"), cwd=tmp_path)
-    assert "[published table] supported: infonce above bce in 54 of 54 cells" in out
+    assert "supported: infonce vs bce: shown in 2 of 2 cells" in out
+    assert "Friedman chi2 = " in out and "95% bootstrap interval [" in out  # RQ5's ranks tested, M2's interval
     for claim in ("M1", "M2", "M3", "M4", "X1", "X2"):
         assert f"\n{claim} (" in out
     assert not (tmp_path / "none").exists()
@@ -188,8 +191,18 @@ def test_every_script_saves_its_verdicts_and_rq5_gathers_them(shared):
                                                        "rq4_smoke_fp32", "kd_vs_cl_smoke_fp32"}
     records = json.loads((shared / "results" / "tables" / "rq5_verdicts" / "rq5_verdicts.json").read_text())
     assert {r["claim"] for r in records} == {"M1", "M2", "M3", "M4", "X1", "X2"}
-    assert {r["scale"] for r in records} >= {"published table", "smoke"}
-    assert all(r["verdict"] in ("supported", "partly", "not supported", "cannot tell") for r in records)
+    assert any(r["scale"].startswith("published table") for r in records)
+    assert any(r["scale"].startswith("smoke: 1 seed, ") and " queries" in r["scale"] for r in records)
+    assert all(r["verdict"] in claims.VERDICTS for r in records)
+    # On this one-seed grid no verdict is firmer than "inconclusive" without a significant test behind it.
+    for r in records:
+        if r["scale"].startswith("smoke") and r["verdict"] != "inconclusive":
+            assert any(t.get(f"{kind}_holm", 1) < claims.ALPHA for t in r["evidence"]
+                       for kind in ("p", "p_equivalent", "p_no_better", "p_no_worse")) or \
+                any(t.get("verdict") in ("matches", "better", "worse") for t in r["evidence"]) or \
+                r["claim"] == "M2", r
+        if r["scale"].startswith("smoke") and r["claim"] in ("M1", "M3", "X1", "X2"):
+            assert "seed noise unknown" in r["finding"], r  # a verdict from one seed says so
 
 
 def test_a_model_trained_elsewhere_and_a_local_collection_appear_in_the_table(tmp_path):
