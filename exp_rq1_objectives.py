@@ -97,6 +97,9 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    cells: list[str] = dataclasses.field(default_factory=list)
+    """--demo: train and re-rank only these cells, objective:seed (e.g. bce:12), and compare each with its shipped
+    twin (data/demo-results): does this machine reproduce the shipped numbers"""
     from_shipped: bool = False
     """--demo: rebuild the tables from the shipped results (data/demo-results) instead of training; the cells asked
     for must be shipped"""
@@ -116,13 +119,25 @@ def main() -> None:
     print(f"RQ1 ({mode}): {backbone}, objectives {args.objectives}, seeds {seeds}, {precision} on {device}")
 
     # 2. One training configuration per (objective, seed) --------------------------------------
-    configs = {objective: [grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
-                                            learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
-                                            unpadded=args.unpadded, compile=args.compile,
-                                            teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists)
-                           for seed in seeds]
-               for objective in args.objectives}
-
+    def config(objective: str, seed: int):
+        return grid.make_config(mode, backbone, objective, seed, precision, steps=args.steps,
+                                learning_rate=args.learning_rate, negatives=args.demo_negatives, lists=args.paper_lists,
+                                unpadded=args.unpadded, compile=args.compile,
+                                teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists)
+    configs = {objective: [config(objective, seed) for seed in seeds] for objective in args.objectives}
+    if args.cells:  # only the named cells, each to be compared with its shipped twin
+        if mode != "demo":
+            raise common.KitError("--cells compares cells with the demo's shipped results: pass it with --demo")
+        wanted = [cell.partition(":") for cell in args.cells]
+        for (objective, _, seed), cell in zip(wanted, args.cells):
+            if objective not in configs or not seed.isdigit():
+                raise common.KitError(f"--cells {cell}: expected objective:seed with an objective of --objectives "
+                                      f"({', '.join(configs)}) and a seed, e.g. bce:12")
+        configs = {f"{o}:{s}": [config(o, int(s))] for o, _, s in wanted}
+        missing = [key for key, (cfg,) in configs.items() if grid.cell_dir(results, cfg).name not in shipped.shipped_cells()]
+        if missing:
+            raise common.KitError(f"--cells: no shipped twin for {', '.join(missing)} (not measured yet); shipped: "
+                                  f"{', '.join(sorted(shipped.shipped_cells())) or 'none'}")
     if args.from_shipped:  # the shipped cells are copied into the results folder, which then reuses them
         if mode != "demo":
             raise common.KitError("--from-shipped reads the demo's shipped results: pass it with --demo")
@@ -140,6 +155,17 @@ def main() -> None:
         max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint,
         models=args.models)
+    if args.cells:  # each cell trained here against its shipped twin, and nothing else
+        for key, (cfg,) in configs.items():
+            for r in shipped.twin_report(grid.cell_dir(results, cfg)):
+                spread = (f"within the shipped seeds' spread {r['seed_spread']:.4f}" if r["within_spread"] else
+                          f"outside the shipped seeds' spread {r['seed_spread']:.4f}" if r["seed_spread"] is not None
+                          else "seed spread unknown (one shipped seed)")
+                print(f"{key} {r['collection']}: here {r['here']:.4f}, shipped {r['shipped']:.4f}, difference "
+                      f"{r['diff']:+.4f} (paired t-test over queries, p = {r['pvalue']:.2g}); {spread}"
+                      + ("; this is the shipped cell itself (--from-shipped put it here): pass another --results to "
+                         "retrain it" if r["identical"] else ""))
+        return
     if any(m.startswith("xpmir/cross-encoder-") for m in args.models):
         print("note: a released xpmir/cross-encoder-* checkpoint is the best of the paper's 3 seeds, not their mean")
 

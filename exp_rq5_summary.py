@@ -254,10 +254,11 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     group = {c.name: c.group for c in [*paper_setup.DEMO_COLLECTIONS, *paper_setup.PAPER_COLLECTIONS]}
     settings = {g: [c for c in columns if (group.get(names[c], "out-of-domain") == "in-domain") == (g == "in-domain")]
                 for g in ("in-domain", "out-of-domain")}
-    seeds = sorted({k for v in cells.values() for k in v})
+    counts = sorted({len(by_seed) for by_seed in cells.values()})  # seeds per (backbone, objective, collection)
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     queries = sum(len(next(pq for key, by_seed in cells.items() if key[2] == c for _, pq in by_seed.values()))
                   for c in columns)
-    where = (f"{tag}, every cell in the store: {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, {len(columns)} "
+    where = (f"{tag}, every cell in the store: {seeds} seed{'s' if seeds != '1' else ''}, {len(columns)} "
              f"collection{'s' if len(columns) != 1 else ''}, {queries:,} queries")
     verdicts = [claims.factor_verdict(mean, backbones, labels, list(columns), where)]
     if args.baseline == "bce":

@@ -138,3 +138,34 @@ def shipped_cells(shipped: Path = SHIPPED) -> set[str]:
     """Names of the cells the shipped folder holds (empty when it is absent)."""
     path = Path(shipped) / "MANIFEST.json"
     return set(json.loads(path.read_text())["cells"]) if path.exists() else set()
+
+
+def twin_report(cell: Path, shipped: Path = SHIPPED, measure: str = "nDCG@10") -> list[dict]:
+    """A cell trained here against its shipped twin (the cell of the same key): per collection, the difference of
+    the measure (here - shipped), a paired t-test over queries, and whether the difference lies within the spread
+    that the shipped seeds of the same recipe show (unknown with one shipped seed)."""
+    import significance  # the kit's tests; imported here so that shipping needs none of it
+    twin = Path(shipped) / "cells" / cell.name
+    if not (twin / "config.json").exists():
+        raise common.KitError(f"{cell.name}: no shipped twin in {shipped}; shipped: {', '.join(sorted(shipped_cells(shipped)))}")
+    config = json.loads((twin / "config.json").read_text())
+    siblings = [c for c in Path(shipped).glob("cells/*/config.json")  # the same recipe with another seed
+                if {k: v for k, v in json.loads(c.read_text()).items() if k != "seed"} ==
+                {k: v for k, v in config.items() if k != "seed"}]
+    rows = []
+    for evaluation in sorted((twin / "eval").glob("*/")):
+        mine = cell / "eval" / evaluation.name / "per_query.json"
+        if not mine.exists():
+            continue
+        here = json.loads(mine.read_text())[measure]
+        there = json.loads((evaluation / "per_query.json").read_text())[measure]
+        d = significance.difference([(here, there)])
+        means = [json.loads((c.parent / "eval" / evaluation.name / "metrics.json").read_text())[measure]
+                 for c in siblings if (c.parent / "eval" / evaluation.name / "metrics.json").exists()]
+        spread = max(means) - min(means) if len(means) >= 2 else None
+        rows.append({"collection": evaluation.name.split("__")[0], "here": float(sum(here.values()) / len(here)),
+                     "shipped": float(sum(there.values()) / len(there)), "diff": d.mean, "pvalue": d.pvalue(),
+                     "shipped_seeds": len(means), "seed_spread": spread,
+                     "within_spread": None if spread is None else abs(d.mean) <= spread,
+                     "identical": here == there})
+    return rows

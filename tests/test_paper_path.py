@@ -73,13 +73,17 @@ def test_rq2_in_the_papers_setting_downloads_checks_retrieves_trains_selects_and
     assert "| SPLADE-v3-DistilBERT top-20" in out
     for name in COLLECTIONS:
         assert name in out
-    assert "[paper subset]" in out
+    assert "[paper subset: 1 seed, 6 collections, " in out
 
 
 def test_every_other_script_in_the_papers_setting(world):
     root, _ = world
-    out = run(world, "exp_rq1_objectives.py", *PAPER, "--backbone", "tiny-bert")
-    assert "M1 (Morand et al. 2026)" in out
+    out = run(world, "exp_rq1_objectives.py", *PAPER, "--backbone", "bert-base")  # a tiny stand-in (the runner)
+    assert "M1 (Morand et al. 2026)" in out and "[paper subset: 1 seed, 6 collections, " in out
+    report = out[out.index("RQ1: the kit against the paper (bert-base)"):]
+    assert "| backbone   | objective" in report and "Kendall's tau" in report and "RMSE of kit - paper" in report
+    assert "| bert-base  | infonce" in report
+    assert list((root / "results" / "tables").glob("rq1_paper_bert-base*/rq1_reproduction.json"))
     out = run(world, "exp_rq3_small_vs_large.py", *PAPER, "--backbones", "tiny-bert", "tiny-electra",
               "--objectives", "bce", "infonce")
     assert "RQ3: small backbone + objective vs larger backbone" in out
@@ -88,5 +92,5 @@ def test_every_other_script_in_the_papers_setting(world):
     out = run(world, "exp_kd_vs_cl.py", *PAPER, "--students", "tiny-bert", "--teacher", "tiny-electra")
     assert "KD vs CL summary (paper" in out
     out = run(world, "exp_rq5_summary.py")
-    assert "[paper subset]" in out or "[paper, " in out
+    assert "[paper" in out and "every cell in the store: " in out and " queries]" in out
     assert list((root / "results" / "tables").glob("rq5_paper_*/*.tex"))

@@ -77,3 +77,23 @@ def test_export_and_install_keep_a_users_own_cells(tmp_path):
     manifest = shipped.export(results, [c for c in (results / "cells").glob("*/") if c != cell], out)
     assert set(manifest["cells"]) == {c.name for c in (results / "cells").glob("*/")} - {cell.name}
     assert shipped.verify(out) == manifest
+
+
+def test_cells_compares_a_retrained_cell_with_its_shipped_twin(tmp_path):
+    """A cell of one's own (here: the shipped bce cell with every query 0.01 higher, as if retrained) against the
+    shipped twin: the difference, the paired test, and that one shipped seed leaves the seed spread unknown."""
+    results = tmp_path / "r"
+    shipped.install(results)
+    cell = next(c for c in (results / "cells").glob("minilm-l6__bce__seed12__*"))
+    evaluation = next((cell / "eval").glob("scifact__*"))
+    per_query = json.loads((evaluation / "per_query.json").read_text())
+    per_query["nDCG@10"] = {q: v + 0.01 for q, v in per_query["nDCG@10"].items()}
+    (evaluation / "per_query.json").write_text(json.dumps(per_query))
+    args = ["--demo", "--precision", "bf16", "--objectives", "bce", "infonce", "--collections", "scifact",
+            "--results", str(results)]
+    done = run([str(ROOT / "exp_rq1_objectives.py"), *args, "--cells", "bce:12"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("bce:12 scifact"))
+    assert "difference +0.0100" in line and "p = 0" in line and "seed spread unknown (one shipped seed)" in line
+    done = run([str(ROOT / "exp_rq1_objectives.py"), *args, "--cells", "infonce:13"], tmp_path)
+    assert done.returncode == 2 and "no shipped twin for infonce:13" in done.stderr
