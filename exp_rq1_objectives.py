@@ -23,6 +23,7 @@ setting is 200k steps per cell, days of GPU time per backbone. Finished cells ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import claims
 import common
@@ -30,6 +31,7 @@ import figures
 import grid
 import launch
 import paper_setup
+import released
 import reproduction
 import shipped
 import significance
@@ -100,6 +102,11 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     cells: list[str] = dataclasses.field(default_factory=list)
     """--demo: train and re-rank only these cells, objective:seed (e.g. bce:12), and compare each with its shipped
     twin (data/demo-results): does this machine reproduce the shipped numbers"""
+    released: bool = False
+    """re-rank the authors' released checkpoints (xpmir/cross-encoder-<backbone>-<loss>) as the objectives' rows,
+    training nothing; each is the best of the paper's 3 seeds"""
+    skip_missing: bool = False
+    """--released: go on without the checkpoints that cannot be found (one note each) instead of stopping"""
     from_shipped: bool = False
     """--demo: rebuild the tables from the shipped results (data/demo-results) instead of training; the cells asked
     for must be shipped"""
@@ -148,13 +155,20 @@ def main() -> None:
                                   f"{', '.join(missing)}; shipped: {', '.join(sorted(shipped.shipped_cells())) or 'none'}")
         print(f"from {shipped.SHIPPED}: {len(shipped.install(results))} cell(s) copied into {results}")
 
-    # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = launch.train_and_evaluate(
+    # 3. Train (or reuse) every cell, re-rank every collection (--released: re-rank the authors' checkpoints) -----
+    train_and_evaluate = launch.train_and_evaluate
+    if args.released:
+        chosen = released.resolve([(backbone, o) for o in args.objectives], args.skip_missing)
+        args.objectives = [o for o in args.objectives if (backbone, o) in chosen]
+        train_and_evaluate = functools.partial(released.rerank, cells=chosen, labels={n: o for (_, o), n in chosen.items()},
+                                               lengths=configs[args.objectives[0]][0])
+        configs = {}
+    metrics, per_query = train_and_evaluate(
         args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
         batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
         max_queries=30 if args.smoke else None, num_workers=args.num_workers,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint,
-        models=args.models)
+        **({} if args.released else {"models": args.models}))
     if args.cells:  # each cell trained here against its shipped twin, and nothing else
         for key, (cfg,) in configs.items():
             for r in shipped.twin_report(grid.cell_dir(results, cfg)):
@@ -171,12 +185,16 @@ def main() -> None:
 
     # 4. Tables: every objective against the first one (BCE), per collection ------------------
     out = tables.tables_folder(results, f"rq1_{mode}_{common.slug(backbone)}", args, mode, already_in_name=["backbone"])
+    title = f"RQ1: objectives on {backbone} ({mode}, {precision})"
+    if args.released:
+        title += f" — {released.NOTE}"
+        print("\n".join(["", *released.describe(chosen, out)]))
     published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
     for measure in ("nDCG@10", "RR@10"):
         if not any(tables.measure_of(c, measure) in c.measures for c in collections):
             continue  # no collection reports this measure, in any form
         table = tables.grid_table(metrics, per_query, collections, measure, baseline=args.objectives[0],
-                                  title=f"RQ1: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha,
+                                  title=title, alpha=args.alpha,
                                   published={o: published[backbone, o] for o in args.objectives
                                              if (backbone, o) in published and measure == "nDCG@10"})
         tables.write_table(table, out, f"rq1_{tables.measure_file_name(measure)}")

@@ -30,6 +30,7 @@ SLURM").
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -39,6 +40,7 @@ import figures
 import grid
 import launch
 import paper_setup
+import released
 import reproduction
 import tables
 
@@ -103,6 +105,11 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    released: bool = False
+    """re-rank the authors' released checkpoints (xpmir/cross-encoder-<backbone>-<loss>) as the grid's rows,
+    training nothing; each is the best of the paper's 3 seeds"""
+    skip_missing: bool = False
+    """--released: go on without the checkpoints that cannot be found (one note each) instead of stopping"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
@@ -135,7 +142,8 @@ def main() -> None:
     # 1. Mode, device, backbones and collections -------------------------------------------------
     mode, device, precision, seeds, collections, depth = grid.resolve_setting(args)
     backbones = list(args.backbones)
-    if mode != "paper":  # the paper's backbones are not available offline: the mode's own, plus any passed
+    if mode != "paper" and not args.released:  # the paper's backbones are not available offline: the mode's own,
+        # plus any passed
         passed = backbones if "backbones" in args.given else []
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
     first_stage = grid.first_stage_label(collections, args.run_dir, args.retriever, depth)
@@ -152,7 +160,13 @@ def main() -> None:
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
-    metrics, per_query = launch.train_and_evaluate(
+    train_and_evaluate = launch.train_and_evaluate
+    if args.released:  # the authors' checkpoints as the grid's rows: nothing is trained
+        chosen = released.resolve([(b, o) for b in backbones for o in args.objectives], args.skip_missing)
+        train_and_evaluate = functools.partial(released.rerank, cells=chosen, lengths=next(iter(configs.values()))[0],
+                                               labels={n: f"{b}|{o}" for (b, o), n in chosen.items()})
+        configs = {}
+    metrics, per_query = train_and_evaluate(
         args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=first_stage,
         batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
         max_queries=30 if args.smoke else None, num_workers=args.num_workers,
@@ -160,6 +174,11 @@ def main() -> None:
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
     out = tables.tables_folder(results, f"rq2_{mode}", args, mode)
+    if args.released:  # a row per checkpoint found; the cells it lacks are left out of every table
+        print("\n".join(["", *released.describe(chosen, out)]))
+        for b in backbones:
+            for o in args.objectives:
+                metrics.setdefault(f"{b}|{o}", {})
     baseline = args.objectives[0]
     published = claims.published_in_kit_columns() if mode == "paper" else {}  # the paper's means beside the kit's
     kit_means: dict = {}
@@ -168,7 +187,8 @@ def main() -> None:
         sub_metrics = {row: metrics[s] for row, s in systems.items()}
         sub_per_query = {row: per_query[s] for row, s in systems.items() if s in per_query}
         table = tables.grid_table(sub_metrics, sub_per_query, collections, "nDCG@10", baseline=baseline,
-                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})", alpha=args.alpha,
+                                  title=f"RQ2: objectives on {backbone} ({mode}, {precision})"
+                                        + (f" — {released.NOTE}" if args.released else ""), alpha=args.alpha,
                                   published={o: published[backbone, o] for o in args.objectives
                                              if (backbone, o) in published})
         tables.write_table(table, out, f"rq2_{common.slug(backbone)}_nDCG10")
@@ -211,9 +231,9 @@ def main() -> None:
     # 6. The claims this script checks: what the published table says, what these results say ------
     verdicts = [v for v in claims.published_verdicts() if v.claim in ("M1", "M2")]
     where = claims.scale_of(mode, backbones, args.objectives, collections, seeds,
-                            claims.count_queries(per_query[f"{backbones[0]}|{baseline}"]))
+                            claims.count_queries(per_query.get(f"{backbones[0]}|{baseline}", {})))
     cell_means = {(b, o, c.name): float(np.mean([m["nDCG@10"] for m in metrics[f"{b}|{o}"][c.name]]))
-                  for b in backbones for o in args.objectives for c in collections}
+                  for b in backbones for o in args.objectives for c in collections if c.name in metrics[f"{b}|{o}"]}
     if baseline == "bce":
         runs = claims.runs_of(per_query, {(b, o): f"{b}|{o}" for b in backbones for o in args.objectives}, collections)
         verdicts.append(claims.beats("M1", claims.settings(runs, tables.group_members(collections)),

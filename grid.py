@@ -704,9 +704,10 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
                        token_budget: int = 0, first_stage: str | None = "auto", max_queries: int | None = None,
                        progress: bool = True, models: Sequence[str] = (), method: str = "splade", log=print,
-                       max_units: int | None = None, estimate=None, **train_options):
+                       max_units: int | None = None, estimate=None, lengths: TrainConfig | None = None,
+                       labels: dict[str, str] | None = None, **train_options):
     """Train (or reuse) every cell and re-rank every collection with it, and with every model of `models`
-    (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>".
+    (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>" or `labels[name]`.
 
     Any number of processes may run this on one results folder at once (workers: README, "Many GPUs and SLURM"):
     each works on the cells that are free (`work`), and the one that finds every cell complete returns the
@@ -735,7 +736,8 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
     validate = nanobeir_validator(selecting, device, method, batch_size, log, token_cache.results_folder(results),
                                   token_budget) if selecting else None
     num_workers = train_options.get("num_workers", 0)
-    shared = next(c for seeds in configs.values() for c in seeds)  # the lengths and precision every cell shares
+    # The lengths and precision every cell shares (`lengths` where no cell is trained: --released).
+    shared = lengths or next(c for seeds in configs.values() for c in seeds)
 
     def evaluations(home: Path, cfg: TrainConfig) -> dict[str, Path]:
         return {name: eval_folder(home, data, cfg.max_length, cfg.query_max_length, cfg.precision, cfg.unpadded,
@@ -784,8 +786,9 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
     for model in folders:
         for name, folder in evaluations(model_home(results, model), shared).items():
             aggregate, pq = _load_metrics(folder)
-            metrics.setdefault(f"model: {model}", {})[name] = [aggregate]
-            per_query.setdefault(f"model: {model}", {})[name] = [pq]
+            label = (labels or {}).get(model, f"model: {model}")  # --released: the objective's row
+            metrics.setdefault(label, {})[name] = [aggregate]
+            per_query.setdefault(label, {})[name] = [pq]
     return metrics, per_query
 
 
