@@ -26,10 +26,15 @@ Peak: the GPU's dense bf16 figure (H100/H200 SXM 989 TFLOP/s; pass --peak-tflops
     python bench/bench_gpu.py --gpu 0 --compile             # both models, lengths 256 and 512
     python bench/bench_gpu.py --gpu 0 --models bert-base --lengths 256 --pairs 2048 --no-st
     python bench/bench_gpu.py --gpu -1 --layers 1 --pairs 64 --lengths 64 --rounds 1 --train-steps 2 --peak-tflops 1
+
+--json PATH also writes the rows as JSON, rewritten after every row, so that a run killed part-way keeps the
+rows it measured (scripts/gpu_run.py reads it).
 """
 import argparse
 import contextlib
 import functools
+import json
+import os
 import tempfile
 import time
 import traceback
@@ -40,7 +45,44 @@ import cross_encoder  # noqa: E402
 import unpadded  # noqa: E402
 from _util import forward_flops as model_forward_flops
 
+# bf16 on the GPU. A dry run on a CPU without native bf16 (no AVX512-BF16 or AMX) takes fp32: there bf16
+# matrix products are emulated, about 70x slower than fp32, and the check of the script would take minutes.
+PRECISION = "bf16"
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+COLUMNS = ["model", "what", "max length", "batch", "pairs/s", "TFLOP/s", "MFU", "note"]
+
+
+def _number(text) -> float | None:
+    """A printed figure ("2,158", "9.6%") as a number; None for an empty cell."""
+    try:
+        return float(str(text).replace(",", "").rstrip("%"))
+    except ValueError:
+        return None
+
+
+class Rows(list):
+    """The table's rows; with a path, each append also rewrites the JSON file (atomically), so a run that is
+    killed keeps every row measured so far. Numbers are kept as printed and, parsed, as pairs_per_s / tflops /
+    mfu_percent (None where a row has none)."""
+
+    def __init__(self, path: str | None, meta: dict):
+        super().__init__()
+        self.path, self.meta = path, meta
+
+    def append(self, row) -> None:
+        super().append(row)
+        self.save()
+
+    def save(self, finished: bool = False, **extra) -> None:
+        if not self.path:
+            return
+        records = [{**dict(zip(COLUMNS, row)), "pairs_per_s": _number(row[4]), "tflops": _number(row[5]),
+                    "mfu_percent": _number(row[6])} for row in self]
+        self.meta.update(extra)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({**self.meta, "finished": finished, "columns": COLUMNS, "rows": records}, f, indent=1)
+        os.replace(tmp, self.path)
 
 
 def make_model(name: str, vocab: int, pad_id: int, layers: int | None):
@@ -77,6 +119,7 @@ def main():
     parser.add_argument("--layers", type=int, default=0, help="fewer layers: a quick check of the script itself")
     parser.add_argument("--workers", type=int, default=8, help="also time score_pairs tokenizing in this many "
                         "worker processes (0: skip)")
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file, after every row")
     args = parser.parse_args()
 
     import torch
@@ -86,6 +129,8 @@ def main():
     device = cross_encoder.choose_device(args.gpu)
     cross_encoder.setup_speed(device)
     on_gpu = device.startswith("cuda")
+    global PRECISION
+    PRECISION = "bf16" if on_gpu else cross_encoder.resolve_precision("auto", device)
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU (--gpu -1: a check of this script, not a benchmark)"
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
     if not peak:
@@ -93,8 +138,10 @@ def main():
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer or cross_encoder.minilm_path())
     pairs = demo_pairs(args.pairs)
     print(f"device: {name}, peak bf16 {peak:.0f} TFLOP/s; torch {torch.__version__}, transformers "
-          f"{transformers.__version__}; bf16 autocast; {len(pairs)} real pairs (scifact + nfcorpus BM25 top-100)")
-    rows = []
+          f"{transformers.__version__}; {'bf16 autocast' if PRECISION == 'bf16' else 'fp32'}; {len(pairs)} real pairs (scifact + nfcorpus BM25 top-100)")
+    rows = Rows(args.json or None, {"device": name, "peak_bf16_tflops": peak, "torch": torch.__version__,
+                                    "transformers": transformers.__version__, "pairs": len(pairs),
+                                    "options": vars(args)})
     for model_name in args.models:
         torch.manual_seed(0)
         model = make_model(model_name, len(tokenizer), tokenizer.pad_token_id, args.layers).to(device)
@@ -107,9 +154,11 @@ def main():
         if on_gpu:
             torch.cuda.empty_cache()
     print()
-    print_table(["model", "what", "max length", "batch", "pairs/s", "TFLOP/s", "MFU", "note"], rows)
+    print_table(COLUMNS, rows)
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else None
     if on_gpu:
-        print(f"\npeak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+        print(f"\npeak GPU memory {memory:.1f} GiB")
+    rows.save(finished=True, peak_gpu_memory_gib=memory)
 
 
 def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
@@ -171,7 +220,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
 
         def score(**options):
             return cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=args.batch_size,
-                                             device=device, precision="bf16", **options)
+                                             device=device, precision=PRECISION, **options)
 
         def timed_scoring(stage, options, note=""):
             first = cuda_time(lambda: score(**options))  # warm-up: cuBLAS handles, SDPA kernels, the compiler
@@ -204,7 +253,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
             unread = []
             for step, (inputs, targets) in enumerate(chosen, 1):
                 targets = targets.to(device, non_blocking=True)
-                with torch.autocast(kind, dtype=torch.bfloat16):
+                with torch.autocast(kind, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
                     logits = unpadded.forward_logits(model, inputs, device)
                 loss = bce(logits.float().view(targets.shape), targets)
                 loss.backward()
@@ -259,7 +308,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
 
             def full_forward(n=20):
                 model.eval()
-                with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16):
+                with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
                     for _ in range(n):
                         model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
             full_forward(3)
@@ -306,7 +355,7 @@ def st_row(args, folder, length, pairs, device, kind, cuda_time, reference, row,
     st = CrossEncoder(folder, num_labels=1, max_length=length, device=device, activation_fn=torch.nn.Identity())
 
     def st_predict():
-        with torch.autocast(kind, dtype=torch.bfloat16):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
             return st.predict(pairs, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
     st_predict()
     seconds = median([cuda_time(st_predict) for _ in range(args.rounds)])
