@@ -116,7 +116,12 @@ def md5_of(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _md5_cached(path: str, mtime_ns: int, size: int) -> str:
-    digest = hashlib.md5()
+    return file_digest(path, "md5")
+
+
+def file_digest(path, algorithm: str) -> str:
+    """The hex digest of a file (hashlib's algorithm name), read in blocks of 1 MiB."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)

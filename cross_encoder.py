@@ -233,6 +233,16 @@ def choose_device(gpu: int | None) -> str:
     return f"cuda:{gpu}"
 
 
+def native_cpu_bf16() -> str | None:
+    """How this CPU runs bf16 natively ("AMX", "AVX512-BF16"), or None: then bf16 is emulated, some 70x slower
+    than fp32 (bench/README.md, "The prepared GPU run")."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """'auto' is bf16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
     if precision != "auto":
@@ -242,11 +252,21 @@ def resolve_precision(precision: str, device: str) -> str:
     import torch
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_cpu_bf16() else "fp32"
+
+
+def device_name(device: str) -> str:
+    """'cuda: <GPU name>' or 'cpu (N cores, <model>, bf16: AMX | AVX512-BF16 | emulated)': where a cell ran, so
+    that plans compare rates of one kind, and a rerun can tell whether its bf16 arithmetic is the same kind."""
+    if device.startswith("cuda"):
+        import torch
+        return f"cuda: {torch.cuda.get_device_name(device)}"
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "unknown model")
     except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+        model = "unknown model"
+    return f"cpu ({os.cpu_count()} cores, {model}, bf16: {native_cpu_bf16() or 'emulated'})"
 
 
 def autocast(device: str, precision: str):

@@ -303,11 +303,12 @@ def rank_table(blocks: list[dict], alpha: float, title: str, slug: str) -> table
                              records=records, label=f"tab:rq5-ranks-{slug}", align="lrl")
 
 
-def verdict_table(verdicts: list[claims.Verdict]) -> tables.Table:
+def verdict_table(verdicts: list[claims.Verdict], title: str = "RQ5: the papers' claims") -> tables.Table:
     rows = [[v.claim, claims.CLAIMS[v.claim][0], v.scale, v.verdict, v.finding] for v in verdicts]
     note = ("; ".join(f"{key}: {text}" for key, (_, text) in claims.CLAIMS.items() if key in {v.claim for v in verdicts})
-            + ". Published table: the paper's means, no test possible; other scales: the kit's results and tests.")
-    return tables.make_table("RQ5: the papers' claims", ["claim", "paper", "scale", "verdict", "finding"], rows, note,
+            + ". Published table: tests over the backbones' means (the paper gives no per-query values); other "
+            "scales: the kit's results and tests. Rules: README, \"The claims\".")
+    return tables.make_table(title, ["claim", "paper", "scale", "verdict", "finding"], rows, note,
                              records=[v._asdict() for v in verdicts], align="lllll")
 
 
@@ -319,7 +320,9 @@ def main() -> None:
                   for backbone in dict.fromkeys(b for b, _ in table) for c in paper_setup.PUBLISHED_COLUMNS]
         ranks = rank_table(blocks, args.alpha, "RQ5: the objectives' mean ranks in the published table", "published")
         print(ranks.console + "\n\n" + ranks.latex)
-        claims.print_verdicts(claims.published_verdicts(table))
+        verdicts = claims.published_verdicts(table)
+        claims.print_verdicts(verdicts)
+        print("\n" + verdict_table(verdicts, "RQ5: what the published table says of each claim").console)
         return
 
     # 1. Scan the results folder ------------------------------------------------------------

@@ -228,6 +228,11 @@ def resolve_setting(args) -> Setting:
         precision = "bf16"  # what "auto" gives on the GPUs the rates were measured on (README, "Many GPUs and SLURM")
     else:
         precision = cross_encoder.resolve_precision(wanted, device)
+    if precision == "bf16" and device == "cpu" and not (slurm or plan or getattr(args, "from_shipped", False)) \
+            and not cross_encoder.native_cpu_bf16():
+        print("note: --precision bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated there, some 70x slower "
+              "than fp32 (bench/README.md); --precision fp32 or auto avoids it",
+              file=sys.stderr)
     seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
     common.choose_ir_datasets_home(demo=mode != "paper")
     collections = select_collections(
@@ -526,18 +531,11 @@ def _train_locked(cfg: TrainConfig, folder: Path, device: str, log=print, keep_c
                         **train_options)
     cross_encoder.write_model_card(cfg, folder)
     figures.training_curve(folder)
-    common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1), "device": device_name(device),
+    common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1),
+                                               "device": cross_encoder.device_name(device),
                                                "worker": f"{socket.gethostname()}:{os.getpid()}"})
     if not keep_checkpoint:
         (folder / "checkpoint.pt").unlink(missing_ok=True)
-
-
-def device_name(device: str) -> str:
-    """'cpu (N cores)' or 'cuda: <GPU name>': where a cell trained, so that plans compare rates of one kind."""
-    if device.startswith("cuda"):
-        import torch
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 def nanobeir_validator(cfg: TrainConfig, device: str, method: str, batch_size: int, log=print,
@@ -621,7 +619,7 @@ def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_leng
                                unpad=unpadded)
     pairs = sum(len(docs) for docs in run.values())
     common.atomic_write_json(folder / "timing.json", {"pairs": pairs, "seconds": round(time.time() - started, 2),
-                                                      "device": device_name(device)})
+                                                      "device": cross_encoder.device_name(device)})
     return _save_metrics(folder, run, data, tag)
 
 

@@ -20,7 +20,6 @@ Commands:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -35,11 +34,7 @@ EVAL_FILES = ["metrics.json", "per_query.json", "run.trec.gz", "timing.json"]
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return common.file_digest(path, "sha256")
 
 
 def kit_commit() -> str:

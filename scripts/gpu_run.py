@@ -20,8 +20,8 @@ line, and the steps after it still get their chance; a step that runs past the d
 process group: SIGTERM, then SIGKILL) and what it left is still packed.
 
 Outputs. Everything lands in $OUT (./gpu-out when unset) while the run goes on, so a run cut off at any moment
-still returns what it made. The lending tool returns at most 8 files of 16 MiB (bench/README.md), so $OUT
-holds 7 files and no folders:
+still returns what it made. Outputs copied back from a remote machine should be few, flat and small, so
+$OUT holds 7 files, each under 16 MiB, and no folders:
   run.log          one line per event (UTC time, seconds since the start, step, what happened, exit codes),
                    then a SUMMARY line per step; a resumed run starts with the previous runs' lines
   console.txt      the steps' own output, each under a banner
@@ -651,8 +651,8 @@ def main() -> int:
     parser.add_argument("--keep-torch", action="store_true", help="keep an installed CUDA torch of another version")
     parser.add_argument("--only-missing", action="store_true", help="install only the requirements not installed "
                         "at any version (a machine image's own versions stay; with --wheels, fewer wheels to carry)")
-    parser.add_argument("--max-results-mb", type=float, default=15, help="cap of results.tar.gz (the lending "
-                        "tool returns files up to 16 MiB); over it, the TREC runs, then checkpoints, are left out")
+    parser.add_argument("--max-results-mb", type=float, default=15, help="cap of results.tar.gz (each output "
+                        "stays under 16 MiB); over it, the TREC runs, then checkpoints, are left out")
     parser.add_argument("--checkpoint-cap-mb", type=float, default=8,
                         help="checkpoints of cut-off cells are packed only while their total fits this")
     args = parser.parse_args()

@@ -206,3 +206,25 @@ def test_published_verdicts_use_the_three_values():
     assert found["M1"].verdict == "supported" and found["M2"].verdict == "inconclusive"
     assert found["X1"].verdict == "inconclusive"
     assert all(v.verdict in claims.VERDICTS for v in found.values())
+
+
+def test_the_readme_shows_what_rq5_paper_prints():
+    """The README's claim table and mean ranks are the output of `exp_rq5_summary.py --paper`, not a copy that
+    can drift from it."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = re.search(r"<!-- published: exp_rq5_summary.py --paper -->\n(.*?)\n<!-- /published -->", readme, re.S)
+    assert block, "the README marks the published table's verdicts with <!-- published: ... -->"
+    out = subprocess.run([sys.executable, "exp_rq5_summary.py", "--paper"], cwd=root, capture_output=True,
+                         text=True, timeout=300).stdout
+    printed = ["\n".join(line for line in chunk.splitlines() if line.startswith("|"))
+               for chunk in out.split("\n\n")]
+    for table in block[1].split("\n\n"):
+        assert table in printed, table.splitlines()[0]
+    after = readme[block.end():].strip().split("\n\n")[0]  # the paragraph under it quotes the Friedman line's figures
+    chi2, p, cd = re.search(r"χ² = ([\d.]+), p = ([\d.e-]+); Nemenyi's critical\s+difference is ([\d.]+)", after).groups()
+    assert f"Friedman chi2 = {chi2}, p = {p}" in out and f"critical difference {cd} " in out

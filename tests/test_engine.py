@@ -269,11 +269,11 @@ def test_bf16_training_gives_fp32_logits_to_the_loss(tmp_path, small_data, monke
 
 
 def test_bf16_scores_keep_the_order_the_model_gives():
-    """On real demo pairs (the BM25 top-25 of 8 SciFact test queries, all-MiniLM-L6-v2 with its seed-0 head),
+    """On real demo pairs (the BM25 top-20 of 5 SciFact test queries, all-MiniLM-L6-v2 with its seed-0 head),
     bf16 scoring must not put candidates of a query on one score where fp32 tells them apart: a tie is
     ordered by the document id, not by the model."""
     scifact = next(c for c in paper_setup.DEMO_COLLECTIONS if c.name == "scifact")
-    data = common.load_eval_data(scifact, depth=25, max_queries=8)
+    data = common.load_eval_data(scifact, depth=20, max_queries=5)  # few pairs: bf16 is emulated on some CPUs
     model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("minilm-l6"), 0)
     pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, 128, 32)
     pairs = [(q, d) for q in sorted(data.candidates) for d in data.candidates[q]]
@@ -286,8 +286,8 @@ def test_bf16_scores_keep_the_order_the_model_gives():
         for (q, _), score in zip(pairs, scores.tolist()):
             per_query[q].add(score)
         distinct[precision] = sum(map(len, per_query.values()))
-    assert distinct["fp32"] == len(pairs) == 200
-    assert distinct["bf16"] >= distinct["fp32"] - 3, distinct
+    assert distinct["fp32"] == len(pairs) == 100
+    assert distinct["bf16"] >= distinct["fp32"] - 2, distinct
 
 
 @pytest.mark.parametrize("log_every", [1, 4])  # 4: the loss of step 3 is only read back at step 4

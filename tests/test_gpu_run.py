@@ -69,7 +69,7 @@ def test_dry_run_runs_every_step_and_leaves_its_outputs(first):
     assert all(LINE.match(line) for line in log), [line for line in log if not LINE.match(line)][:3]
     for step in STEPS[2:]:  # each command step logged its start and its command
         assert any(re.search(rf"  {re.escape(step)} +run: .*\.py", line) for line in log), step
-    # Seven plain files, no folders (the lending tool returns at most 8 files, none deeper than 2 folders).
+    # Seven plain files, no folders: few, flat outputs, easy to copy back from a remote machine.
     assert {p.name for p in out.iterdir()} == OUTPUTS
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mode"] == "smoke" and all(manifest["steps"][s]["status"] == "ok" for s in STEPS[2:])
