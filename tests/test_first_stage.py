@@ -40,7 +40,7 @@ def test_splade_retrieves_the_top_k_of_a_brute_force_dot_product(tmp_path, monke
     import cross_encoder
     monkeypatch.setenv("KIT_CACHE", str(tmp_path / "cache"))
     # short texts keep it quick: the vocabulary-sized output of every token is what costs
-    monkeypatch.setattr(first_stage, "SPLADE_LENGTHS", {"documents": 48, "queries": 16})
+    monkeypatch.setattr(first_stage, "SPLADE_LENGTHS", {"documents": 24, "queries": 12})
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64)
