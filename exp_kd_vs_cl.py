@@ -10,11 +10,12 @@ the positives and top candidates of the training queries, written as a TREC run 
 Hofstätter-format pairs file (for margin_mse) under results/teachers/<teacher cell>/; (c) each student
 is trained with infonce (CL), kl and margin_mse from the large teacher, kl and margin_mse from the
 same-size teacher; (d) per student, every method is tested against its infonce (two-sided paired
-t-test over queries, seeds averaged per query, Holm–Bonferroni per collection).
+t-test over queries, with the seeds' spread added at 2+ seeds; Holm–Bonferroni per collection).
 
 Commands:
-  # paper-sized: students Ettin-17M/32M/68M, large teacher Ettin-150M, SPLADE-v3 candidates at test
-  python exp_kd_vs_cl.py --gpu 0 --run-dir runs/splade-v3-distilbert
+  # paper-sized: students Ettin-17M/32M/68M, large teacher Ettin-150M, SPLADE-v3 candidates at test from the
+  # kit's own first stage (or from run files of your own: --run-dir runs/splade-v3-distilbert)
+  python exp_kd_vs_cl.py --gpu 0
   # offline demo: students MiniLM-L4 and -L5 (cut from all-MiniLM-L6-v2), large teacher MiniLM-L6
   python exp_kd_vs_cl.py --demo
   # tiny random models for a few steps (what the tests run): student tiny-bert, teacher tiny-electra

@@ -4,12 +4,16 @@ Morand et al. (2026) train one backbone with six objectives — pointwise BCE, p
 InfoNCE, MarginMSE distillation from a cross-encoder ensemble, and DistillRankNet / ADR-MSE
 distillation from an LLM's rankings — and report that the relative objectives (MarginMSE, InfoNCE)
 beat pointwise BCE everywhere. This script trains the six on one backbone, re-ranks every test
-collection, and tests each objective against BCE (two-sided paired t-test over queries, seeds
-averaged per query, Holm–Bonferroni within each collection).
+collection, and tests each objective against BCE (two-sided paired t-test over queries that, with 2 or
+more seeds, also counts how whole runs move from seed to seed; Holm–Bonferroni within each collection).
 
 Commands:
-  # the paper's setting: 200k steps, 3 seeds, SPLADE-v3 top-1000 candidates from --run-dir
+  # the paper's setting: 200k steps, 3 seeds, SPLADE-v3 top-1000 candidates from the kit's own first stage
+  python exp_rq1_objectives.py --gpu 0 --backbone bert-base
+  # ... the same with candidates from run files of your own (<collection>.run), or BM25 (--retriever bm25)
   python exp_rq1_objectives.py --gpu 0 --backbone bert-base --run-dir runs/splade-v3-distilbert
+  # the authors' released checkpoints as the objectives' rows: nothing trained
+  python exp_rq1_objectives.py --gpu 0 --backbone bert-base --released
   # offline demo on a laptop CPU: all-MiniLM-L6-v2 trained on SciFact, re-ranking the BM25 top-50
   python exp_rq1_objectives.py --demo
   # a tiny random model for a few steps (what the tests run)

@@ -4,15 +4,16 @@ Morand et al. (2026) train nine backbones (Ettin 17M-150M, MiniLM-L12, BERT, ELE
 DeBERTa-v3) with each of six objectives and report that the relative objectives (MarginMSE, InfoNCE)
 beat pointwise BCE "across all backbones and evaluation settings". This script trains the grid
 backbones x objectives x seeds, re-ranks every test collection, and writes (a) per backbone, the table
-objectives x collections (+ group averages) with two-sided paired t-tests against BCE (seeds averaged
-per query, Holm-Bonferroni within each collection), and (b) a summary per collection group (in-domain,
+objectives x collections (+ group averages) with two-sided paired t-tests against BCE (the seeds'
+spread added at 2+ seeds, Holm-Bonferroni within each collection), and (b) a summary per collection group (in-domain,
 out-of-domain): a row per backbone, a column per objective, the best objective of each backbone marked.
 
 Commands:
-  # the paper's grid: 9 backbones x 6 objectives x 3 seeds, SPLADE-v3 top-1000 candidates from --run-dir
-  python exp_rq2_backbones.py --gpu 0 --run-dir runs/splade-v3-distilbert
-  # a subset of it
-  python exp_rq2_backbones.py --gpu 0 --run-dir runs/splade-v3-distilbert --backbones bert-base ettin-17m \
+  # the paper's grid: 9 backbones x 6 objectives x 3 seeds, SPLADE-v3 top-1000 candidates from the kit's own
+  # first stage (or from run files of your own: --run-dir runs/splade-v3-distilbert)
+  python exp_rq2_backbones.py --gpu 0
+  # a subset of it, or the authors' released checkpoints of the grid (--released: nothing trained)
+  python exp_rq2_backbones.py --gpu 0 --backbones bert-base ettin-17m \
       --objectives bce infonce margin_mse
   # offline demo on a CPU: all-MiniLM-L6-v2 and students cut to its first 4 and 2 layers, trained on SciFact
   python exp_rq2_backbones.py --demo

@@ -14,8 +14,9 @@ Holm-Bonferroni corrects each kind of test over the pairs of one column. When ma
 also draws nDCG@10 against parameter count, one line per objective (rq3_size.png).
 
 Commands:
-  # the paper's nine backbones x six objectives x 3 seeds, SPLADE-v3 top-1000 candidates from --run-dir
-  python exp_rq3_small_vs_large.py --gpu 0 --run-dir runs/splade-v3-distilbert
+  # the paper's nine backbones x six objectives x 3 seeds, SPLADE-v3 top-1000 candidates from the kit's own
+  # first stage (or from run files of your own: --run-dir runs/splade-v3-distilbert)
+  python exp_rq3_small_vs_large.py --gpu 0
   # offline demo on a CPU: all-MiniLM-L6-v2 and students cut to its first 4 and 2 layers
   python exp_rq3_small_vs_large.py --demo
   # tiny random models for a few steps (what the tests run)

@@ -6,12 +6,13 @@ is not better than InfoNCE or MarginMSE. This script trains (or reuses: the cell
 RQ1's and RQ2's) every backbone with the two LLM objectives and with bce, hinge, infonce and
 margin_mse, re-ranks every test collection, and counts, for each LLM objective against each other
 objective, the (backbone x collection) cells where it wins, ties or loses. Win / loss = significant
-difference (two-sided paired t-test over queries, seeds averaged per query, Holm–Bonferroni within
+difference (two-sided paired t-test over queries, the seeds' spread added at 2+ seeds, Holm–Bonferroni within
 the family of the comparisons of one backbone on one collection); tie = not significant.
 
 Commands:
-  # the paper's setting: nine backbones, 200k steps, 3 seeds, SPLADE-v3 top-1000 from --run-dir
-  python exp_rq4_llm_distillation.py --gpu 0 --run-dir runs/splade-v3-distilbert
+  # the paper's setting: nine backbones, 200k steps, 3 seeds, SPLADE-v3 top-1000 from the kit's own first
+  # stage (or from run files of your own: --run-dir runs/splade-v3-distilbert)
+  python exp_rq4_llm_distillation.py --gpu 0
   # offline demo: MiniLM-L6 and its 4- and 2-layer students, trained on SciFact
   python exp_rq4_llm_distillation.py --demo
   # a tiny random model for a few steps (what the tests run)
@@ -184,7 +185,7 @@ def main() -> None:
 
     # 5. Tables: totals, per collection, per backbone ----------------------------------------
     note = (f"W/T/L = {args.measure} significantly higher / not significantly different / significantly lower "
-            f"for the LLM objective (two-sided paired t-test over queries, seeds averaged per query, "
+            f"for the LLM objective (two-sided paired t-test over queries, the seeds' spread added at 2+ seeds, "
             f"Holm-Bonferroni within each backbone x collection, alpha={args.alpha})")
     tag = f"{mode}, {precision}, {len(seeds)} seed(s)"
     out = tables.tables_folder(results, f"rq4_{mode}_{precision}", args, mode, already_in_name=["precision"])

@@ -5,7 +5,7 @@ backbone, and that the relative objectives (InfoNCE, MarginMSE) beat pointwise B
 This script reads every finished cell that the other scripts left in the results folder and
 summarises, per (mode, precision) — demo and paper cells, or bf16 and fp32 ones, are never mixed:
   * the mean rank of each objective over the (backbone x collection) cells (rank 1 = best mean);
-  * wins / ties / losses against bce: two-sided paired t-test over queries, seeds averaged per query,
+  * wins / ties / losses against bce: two-sided paired t-test over queries, the seeds' spread added at 2+ seeds,
     Holm–Bonferroni within each (backbone, collection) over the objectives tested against bce;
   * how much of the variation of the cell means the objective explains, and how much the backbone: a
     two-way decomposition per collection (variance components, which do not grow with the number of
@@ -201,8 +201,8 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     head = ["objective", "cells", "mean rank", f"mean {args.measure}", f"W/T/L vs {args.baseline}",
             f">= {args.baseline}", "everywhere"]
     note = (f"Rank 1 = best mean {args.measure} within a backbone x collection cell (ties averaged). W/T/L: two-sided "
-            f"paired t-test over queries, seeds averaged per query, Holm-Bonferroni within each backbone x collection, "
-            f"alpha={args.alpha}")
+            f"paired t-test over queries, the seeds' spread added at 2+ seeds, Holm-Bonferroni within each backbone x "
+            f"collection, alpha={args.alpha}")
     objectives = tables.make_table(f"RQ5: objectives over {len(backbones)} backbones x {len(columns)} collections "
                                    f"({tag})", head, rows, note, records=records, label=f"tab:rq5-objectives-{slug}")
 
