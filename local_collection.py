@@ -107,3 +107,6 @@ def _records(path: Path, keys: tuple) -> Iterator[tuple]:
                 yield row
             except (ValueError, AttributeError) as error:
                 raise common.KitError(f"{path}, line {number}: malformed line ({error}): {line.strip()[:80]!r}") from None
+
+
+common.DATASET_OPENERS["local:"] = lambda spec: LocalCollection(Path(spec))
