@@ -378,6 +378,64 @@ def linear_warmup_decay(warmup: int, total: int):
     return lambda step: step / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW as in the paper's configs (eps 1e-8, no weight decay on biases and LayerNorm weights) and the linear
+    warm-up then decay of the learning rate."""
+    import torch
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, eps=1e-8,
+                                  fused=True)  # one kernel per step, not one per tensor: faster on CPU and GPU (bench/README.md)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, cfg.steps))
+    return optimizer, scheduler
+
+
+def write_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, scheduler, device: str, progress: dict) -> None:
+    """One file holds everything a resumed run needs: model, optimizer, schedule, RNG states, config and
+    `progress` (step, best, curve); fsynced before the rename makes it the checkpoint."""
+    import torch
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), **progress, "config": cfg.record(),
+             "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def resume_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, scheduler, device: str):
+    """Load a checkpoint written with the same configuration into the model, optimizer, schedule and RNGs;
+    returns (step, best, curve), or None when the file was unreadable (set aside: the cell starts over)."""
+    import torch
+    state = _read_checkpoint(path)
+    if state is None:
+        return None
+    if config_record(state["config"]) != cfg.record():
+        raise KitError(f"{path} was written with another configuration; delete it to start over")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if device.startswith("cuda") and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
+    return state["step"], state["best"], state.get("curve", [])
+
+
+def save_trained_model(model, tokenizer, cfg: TrainConfig, folder: Path) -> None:
+    """The model and tokenizer as a Hugging Face folder with the kit's settings (export_settings), replaced whole."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_settings(model, tokenizer, cfg)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
 def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every: int = 200,
           log_every: int = 10, num_workers: int = 0, validate=None, validate_every: int = 0,
           progress: bool = True, log=print) -> Path:
@@ -407,53 +465,21 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     if cfg.compile:
         compile_model(model)
 
-    # AdamW as in the paper's configs: eps 1e-8, no weight decay on biases and LayerNorm weights.
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, eps=1e-8,
-                                  fused=True)  # one kernel per step, not one per tensor: faster on CPU and GPU (bench/README.md)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, cfg.steps))
-
+    optimizer, scheduler = make_optimizer(model, cfg)
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
     step, best, curve = 0, {"value": -float("inf"), "step": None}, []
-    state = _read_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
-    if state is not None:
-        if config_record(state["config"]) != cfg.record():
-            raise KitError(f"{checkpoint_path} was written with another configuration; delete it to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.startswith("cuda") and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        step, best, curve = state["step"], state["best"], state.get("curve", [])
+    resumed = resume_checkpoint(checkpoint_path, cfg, model, optimizer, scheduler, device) \
+        if checkpoint_path.exists() else None
+    if resumed:
+        step, best, curve = resumed
         log(f"resuming from {checkpoint_path} at step {step}")
     # Log lines after the checkpoint belong to the interrupted attempt: drop them.
     kept = [l for l in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(l)["step"] <= step]
     common.atomic_write_text(log_path, "".join(l + "\n" for l in kept))
 
     def save_checkpoint():
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "best": best, "curve": curve,
-                 "config": cfg.record(),
-                 "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
-        tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
-        os.replace(tmp, checkpoint_path)
-
-    def save_model(folder: Path):
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        export_settings(model, tokenizer, cfg)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        write_checkpoint(checkpoint_path, cfg, model, optimizer, scheduler, device,
+                         {"step": step, "best": best, "curve": curve})
 
     accumulation = cfg.grad_accumulation
     loader = torch.utils.data.DataLoader(
@@ -519,7 +545,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
                 curve.append({"step": step, "value": value})
                 if value > best["value"]:
                     best = {"value": value, "step": step}
-                    save_model(out_dir / "model")
+                    save_trained_model(model, tokenizer, cfg, out_dir / "model")
             if step % checkpoint_every == 0 or step == cfg.steps or stopping:
                 save_checkpoint()
             if stopping:
@@ -528,7 +554,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
                                          f"its checkpoint is saved and a rerun resumes from it")
     bar.close()
     if validate is None or not validate_every:
-        save_model(out_dir / "model")
+        save_trained_model(model, tokenizer, cfg, out_dir / "model")
     common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best, "curve": curve})
     return out_dir / "model"
 
