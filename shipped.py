@@ -72,7 +72,7 @@ def export(results: Path, cells: list[Path], destination: Path = SHIPPED) -> dic
             copied.append(_copy(file, destination / "first-stage" / folder.name / file.name))
     if (results / "FORMAT").exists():
         _copy(results / "FORMAT", destination / "FORMAT")
-    return write_manifest(destination)
+    return write_manifest(destination, shipped_now={cell.name for cell in cells})
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -81,13 +81,19 @@ def _copy(source: Path, target: Path) -> Path:
     return target
 
 
-def write_manifest(destination: Path) -> dict:
+def write_manifest(destination: Path, shipped_now: set[str] = frozenset()) -> dict:
+    """MANIFEST.json: each file's sha256 and size, and per cell its device, precision, data and the kit's commit
+    when it was shipped (a cell shipped earlier keeps the commit it was shipped with)."""
     files = sorted(p for p in destination.rglob("*") if p.is_file() and p.name != "MANIFEST.json")
+    before = json.loads((destination / "MANIFEST.json").read_text()) if (destination / "MANIFEST.json").exists() else {}
     cells = {}
     for config in sorted(destination.glob("cells/*/config.json")):
+        name = config.parent.name
         cfg, done = json.loads(config.read_text()), json.loads((config.parent / "DONE").read_text())
-        cells[config.parent.name] = {"device": done.get("device"), "precision": cfg.get("precision"),
-                                     "training": cfg.get("training"), "seconds": done.get("seconds")}
+        earlier = before.get("cells", {}).get(name, {}).get("kit", before.get("kit"))
+        cells[name] = {"device": done.get("device"), "precision": cfg.get("precision"),
+                       "training": cfg.get("training"), "seconds": done.get("seconds"),
+                       "kit": kit_commit() if name in shipped_now or not earlier else earlier}
     manifest = {"kit": kit_commit(), "cells": cells,
                 "files": {str(p.relative_to(destination)): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
                           for p in files}}

@@ -77,6 +77,12 @@ def test_export_and_install_keep_a_users_own_cells(tmp_path):
     manifest = shipped.export(results, [c for c in (results / "cells").glob("*/") if c != cell], out)
     assert set(manifest["cells"]) == {c.name for c in (results / "cells").glob("*/")} - {cell.name}
     assert shipped.verify(out) == manifest
+    # A cell shipped earlier keeps the kit's commit it was shipped with when the manifest is written again.
+    first = next(iter(manifest["cells"]))
+    manifest["cells"][first]["kit"] = "0123abc"
+    (out / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert shipped.write_manifest(out)["cells"][first]["kit"] == "0123abc"
+    assert shipped.write_manifest(out, shipped_now={first})["cells"][first]["kit"] == shipped.kit_commit()
 
 
 def test_cells_compares_a_retrained_cell_with_its_shipped_twin(tmp_path):
