@@ -1,32 +1,40 @@
 """The papers' claims, and the verdicts that the published numbers and your own results give on them.
 
-A claim is one sentence of a paper. Its verdict is one of four words, decided by significant tests only
-(significance.py), by rules fixed here before any result was seen (README, "The claims"):
+A claim is one sentence of a paper. Its verdict is one of four words, decided by tests only (significance.py),
+by rules fixed here and calibrated by simulation (bench/calibrate_verdicts.py; README, "The claims"):
 
-  supported     the tests show the claim in every cell it names, and contradict it in none;
-  partly        they show it in some of its cells, contradict it in none, and leave the others open;
-  contradicted  they show the opposite in a cell it names (a significant difference the wrong way, or, for
-                "beats", an equivalence within the margin);
-  inconclusive  nothing else: the line says why (nothing significant, one seed, one query, ...).
+  supported     every unit the claim names is shown for it, each by its own test at ALPHA (a claim about
+                every unit needs every test to pass, so no correction is due: the intersection-union
+                principle, Berger 1982), and no cell is shown against it;
+  partly        some unit is shown for it after Holm over its units, and no cell is shown against it;
+  contradicted  some cell (or unit) is shown against it after Holm over every such test of the claim;
+  inconclusive  nothing else: the line says why (nothing shown, one seed, one query, ...).
 
-A cell is "shown" only by a test after Holm-Bonferroni over the claim's own family (all the comparisons the
-claim makes in one run, per kind of test), at ALPHA. "No better" / "matches" / "competitive" need their own
-one-sided tests against MARGIN (non-superiority, equivalence, non-inferiority): no difference found is not
-evidence of no difference. A claim naming two objectives (M1: InfoNCE and MarginMSE) combines their verdicts:
-contradicted if one is, supported if both are, partly if one at least is supported or partly.
+A claim compares systems in statements of four kinds, each with its tests (MARGIN: closer counts as equal):
+  beats          for: a significant win that is not shown to lie within the margin; against: a significant
+                 loss, or a difference shown within the margin (two one-sided tests);
+  does not beat  for: shown below +MARGIN (non-superiority); against: shown above +MARGIN;
+  no worse than  for: shown above -MARGIN (non-inferiority); against: shown below -MARGIN;
+  matches        for: shown within +-MARGIN (two one-sided tests); against: shown outside it.
+So on the same data "beats" and "does not beat" are never both supported.
 
-Where the evidence comes from:
-  (a) the kit's results: the cells are (backbone, setting), a setting being the in-domain or the out-of-domain
-      collections, each weighted equally; the unit of a test is the query, and with 2 or more seeds the test
-      also counts each system's seed-to-seed spread (significance.difference);
-  (b) the paper's published table (means of 3 seeds, no per-query values): the cells are the two settings, and
-      the unit of a test is the backbone (9 of them), so what it can support is the effect over the backbones,
-      not in each one; M4's unit is the published column.
+Units and cells. The kit's cells are (backbone, setting), a setting being the in-domain or the out-of-domain
+collections, each weighted equally; the unit of a test within a cell is the query. With MIN_BACKBONES or more
+backbones in a setting, the statement is tested over the backbones, as the published table is: each backbone's
+difference is one value, the setting is the unit (an "across backbones" claim is a claim about the backbones'
+effect, and a test in each of 36 cells cannot all pass at the paper's seed noise). Cells are still tested one by
+one for the "against" side. A cell's test counts the seeds: one seed variance for the whole claim, pooled over its
+runs (2+ seeds), or stated (--seed-sd); with one seed and none stated, cells are not tested at all, because the
+seed noise is unknown and the query-level test alone reads seed noise as an effect.
+
+The published table (means of 3 seeds, no per-query values) enters the same code with one value per cell: its
+units are the two settings over the 9 backbones.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
@@ -40,8 +48,8 @@ import significance
 CLAIMS = {
     "M1": ("Morand et al. 2026", "InfoNCE and MarginMSE beat pointwise BCE across backbones and settings"),
     "M2": ("Morand et al. 2026", "objective choice yields gains comparable to scaling the backbone"),
-    "M3": ("Morand et al. 2026", "LLM-ranking distillation (DistillRankNet, ADR-MSE) is competitive but not better "
-                                 "everywhere"),
+    "M3": ("Morand et al. 2026", "LLM-ranking distillation (DistillRankNet, ADR-MSE) is no worse than BCE and "
+                                 "beats neither InfoNCE nor MarginMSE"),
     "M4": ("Morand et al. 2026", "a strong objective lets a small backbone match a large one trained with BCE"),
     "X1": ("Xu et al. 2025", "distillation from a larger teacher beats contrastive training of the same student"),
     "X2": ("Xu et al. 2025", "distillation from a same-size teacher does not beat contrastive training"),
@@ -50,7 +58,13 @@ STRONG = ["infonce", "margin_mse"]     # the relative objectives of claim M1
 LLM = ["distill_ranknet", "adr_mse"]   # the LLM-ranking distillation of claim M3
 ALPHA = 0.05
 MARGIN = 0.01         # nDCG@10: closer than this counts as equal (equivalence, non-inferiority), as RQ3's --margin
+MIN_BACKBONES = 3     # backbones in a setting from which a statement is tested with the backbone as the unit
 M2_RANGE = (0.5, 2)   # M2's "comparable": the objective's std within a factor of 2 of the backbone's
+M2_MIN_RESAMPLES = 20  # distinct backbone resamples M2's bootstrap needs (4 backbones give 31, 3 give 7)
+# The seed sd --seed-sd states when a user has one seed; what it is based on, printed with each verdict that uses it.
+SEED_SD = 0.02
+SEED_SD_SOURCE = ("the authors' 3-seed spreads, e.g. DeBERTa-v3 BCE out of domain sd 0.019, and the shipped demo, "
+                  "whose bce cell moved by 0.0124 between two CPUs")
 VERDICTS = ("supported", "partly", "contradicted", "inconclusive")
 
 
@@ -59,89 +73,208 @@ class Verdict(NamedTuple):
     scale: str     # where the evidence comes from, with its seeds, collections and queries
     finding: str   # what the tests showed, in one sentence
     verdict: str   # one of VERDICTS
-    evidence: list = []  # the tests behind it: one record per comparison (cell, difference, Holm p-values)
+    evidence: list = []  # the tests behind it: one record per test (unit, difference, p-values)
+    source: str = "kit"  # "kit" (results of a run) or "published" (the paper's table): only the kit's are saved
 
     def line(self) -> str:
         return f"{self.claim} [{self.scale}] {self.verdict}: {self.finding}"
 
 
-# ================================================================================================
-# 1. The tests of a claim, and how its cells combine
-# ================================================================================================
-def settings(runs: dict, groups: dict[str, list[str]]) -> dict:
-    """{"<backbone> / <setting>": {system: [its seeds' per-query values on each collection of the setting]}}
-    from runs {(backbone, system): {collection: [{qid: value} per seed]}} and groups {setting: [collections]}.
-    A system enters a cell only with every collection of the setting."""
-    cells: dict = defaultdict(dict)
-    for (backbone, system), by_collection in runs.items():
-        for setting, names in groups.items():
-            if names and all(by_collection.get(n) for n in names):
-                cells[f"{backbone} / {setting}"][system] = [by_collection[n] for n in names]
-    return dict(cells)
+def seed_noise_of(seed_sd: float | None) -> significance.SeedNoise | None:
+    """--seed-sd as the tests take it, its source said: the kit's documented value or the user's own."""
+    if seed_sd is None:
+        return None
+    source = f"--seed-sd {seed_sd:g}: " + (SEED_SD_SOURCE if seed_sd == SEED_SD else "the user's value")
+    return significance.stated_seed_noise(seed_sd, source)
 
 
-def runs_of(per_query: dict, systems: dict, collections: list, measure: str = "nDCG@10") -> dict:
-    """{(backbone, system): {collection: [{qid: value} per seed]}} from a script's per_query {key: {collection:
-    [{measure: {qid: value}} per seed]}} and `systems` {(backbone, system): key}; each collection gives its own form
-    of the measure (TREC DL's RR(rel=2)@10 for RR@10)."""
-    import tables  # the tables' rule for a collection's form of a measure; imported here, tables imports grid
+# ================================================================================================
+# 1. The tests of a statement, and how its units combine
+# ================================================================================================
+def _win(d, m):
+    return d.pvalue() if not d.testable or d.mean > 0 else 1.0
+
+
+def _loss(d, m):
+    return d.pvalue() if not d.testable or d.mean < 0 else 1.0
+
+
+# Each kind of test: what a small p shows, and its p-value from a significance.Difference at margin m.
+TESTS = {
+    "win": ("a win (two-sided paired t-test)", _win),
+    "loss": ("a loss (two-sided paired t-test)", _loss),
+    "equal": ("within the margin (two one-sided tests)", lambda d, m: d.equivalence_pvalue(m)),
+    "no_better": ("below +margin (non-superiority)", lambda d, m: d.less_pvalue(m)),
+    "no_worse": ("above -margin (non-inferiority)", lambda d, m: d.greater_pvalue(-m)),
+    "better_beyond": ("above +margin (one-sided)", lambda d, m: d.greater_pvalue(m)),
+    "worse_beyond": ("below -margin (one-sided)", lambda d, m: d.less_pvalue(-m)),
+}
+# Each statement: the test that shows a unit for it, the test that vetoes that (a win shown within the margin is
+# "equal", not a win), and the tests that show a cell against it.
+STATEMENTS = {
+    "beats": ("win", "equal", ("loss", "equal")),
+    "does not beat": ("no_better", None, ("better_beyond",)),
+    "no worse than": ("no_worse", None, ("worse_beyond",)),
+    "matches": ("equal", None, ("better_beyond", "worse_beyond")),
+}
+
+
+def as_arrays(cells: dict) -> dict:
+    """{cell: {system: [[seeds x queries] array per collection]}} from the scripts' {cell: {system: [[{qid: value}
+    per seed] per collection]}}; within a cell every system covers the same queries of each collection (else a
+    one-line error), and every value is a number."""
     out = {}
-    for (backbone, system), key in systems.items():
-        for c in collections:
-            own = tables.measure_of(c, measure)
-            seeds = [pq[own] for pq in per_query.get(key, {}).get(c.name, []) if own in pq]
-            if seeds:
-                out.setdefault((backbone, system), {})[c.name] = seeds
+    for cell, systems in cells.items():
+        order: dict = {}
+        out[cell] = {}
+        for system, collections in systems.items():
+            arrays = []
+            for i, per_seed in enumerate(collections):
+                seeds = significance._seeds(per_seed, f"{system} in {cell}")
+                qids = order.setdefault(i, sorted(seeds[0]))
+                if set(seeds[0]) != set(qids):
+                    raise common.KitError(f"{cell}: {system} covers other queries than the other systems on "
+                                          f"collection {i + 1} of the setting; rerun its evaluation")
+                arrays.append(np.array([[s[q] for q in qids] for s in seeds]))
+            out[cell][system] = arrays
     return out
 
 
-def family(cells: dict, pairs: list[tuple[str, str]], margin: float = MARGIN) -> list[dict]:
-    """One record per (cell, system, baseline) of `pairs` present in the cell: the difference, its 95% interval,
-    seeds and per-seed differences, and each kind of p-value raw and Holm-corrected over the whole family."""
-    records, found = [], []
-    for cell, systems in cells.items():
-        for system, baseline in pairs:
-            if system in systems and baseline in systems:
-                d = significance.difference(list(zip(systems[system], systems[baseline])))
-                found.append(d)
-                low, high = d.interval()
-                records.append({"cell": cell, "system": system, "baseline": baseline, "diff": d.mean,
-                                "ci95": [low, high], "queries": d.n, "seeds": list(d.seeds),
-                                "seed_diffs": list(d.seed_diffs)})
-    for kind, p_of in (("p", lambda d: d.pvalue()), ("p_equivalent", lambda d: d.equivalence_pvalue(margin)),
-                       ("p_no_better", lambda d: d.below_pvalue(margin)), ("p_no_worse", lambda d: d.above_pvalue(margin))):
-        raw = [p_of(d) for d in found]
-        for record, p, p_holm in zip(records, raw, significance.holm(raw)):
-            record[kind], record[f"{kind}_holm"] = p, p_holm
-    return records
+def _seed_means(arrays: list) -> np.ndarray:
+    """Each seed's mean over the setting (collections weighted equally)."""
+    k = min(len(a) for a in arrays)
+    return np.mean([a[:k].mean(axis=1) for a in arrays], axis=0)
 
 
-def _shown(record: dict, kind: str) -> bool:
-    return record[f"{kind}_holm"] < ALPHA  # nan (untestable) is never shown
+def _record(unit, level, system, reference, statement, role, test, d, margin) -> dict:
+    low, high = d.interval()
+    return {"unit": unit, "level": level, "system": system, "reference": reference, "statement": statement,
+            "role": role, "test": test, "diff": d.mean, "ci95": [low, high], "n": d.n, "seeds": list(d.seeds),
+            "p": TESTS[test][1](d, margin), "p_holm": math.nan}
 
 
-def win(r: dict) -> bool:
-    return _shown(r, "p") and r["diff"] > 0
+def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], where: str, *, named: list[str] = (),
+           alpha: float = ALPHA, margin: float = MARGIN, seed_sd: float | None = None, scope: str = "",
+           arrays: bool = False) -> Verdict:
+    """The verdict of a claim made of `comparisons` (system, reference, statement) on `cells` {"<backbone> /
+    <setting>": {system: per collection, per seed, {qid: value}}} (or arrays, see `as_arrays`, with arrays=True).
+    `named`: systems the claim names, each of which must be present."""
+    cells = cells if arrays else as_arrays(cells)
+    present = [(s, r, st) for s, r, st in comparisons if any(s in c and r in c for c in cells.values())]
+    # One seed variance for the claim: every run it compares, per cell.
+    runs = {(cell, x): _seed_means(cells[cell][x]) for cell in cells for s, r, _ in present for x in (s, r)
+            if s in cells[cell] and r in cells[cell]}
+    noise = seed_noise_of(seed_sd) or significance.pooled_seed_noise(list(runs.values()))
+    records, units = [], {}
+    for system, reference, statement in present:
+        for_test, veto, against = STATEMENTS[statement]
+        by_setting = defaultdict(list)
+        for cell, systems in cells.items():
+            if system not in systems or reference not in systems:
+                continue
+            d = significance.difference_of_arrays(list(zip(systems[system], systems[reference])), noise)
+            if not d.seed_noise_known:  # one seed, none stated: the query-level test would read seed noise as effect
+                d = d._replace(se=math.nan, df=math.nan)
+            by_setting[cell.split(" / ")[-1]].append((cell, d))
+        for setting, found in by_setting.items():
+            across = len(found) >= MIN_BACKBONES
+            tests = [(cell, "cell", d) for cell, d in found]
+            if across:
+                tests.append((f"{setting}, over {len(found)} backbones", "backbones",
+                              significance.over_units([d.mean for _, d in found], "backbones as the unit")))
+            for unit, level, d in tests:
+                if level == ("backbones" if across else "cell"):
+                    records.append(_record(unit, level, system, reference, statement, "for", for_test, d, margin))
+                    if veto:
+                        records.append(_record(unit, level, system, reference, statement, "veto", veto, d, margin))
+                records += [_record(unit, level, system, reference, statement, "against", t, d, margin)
+                            for t in against]
+    against = [r for r in records if r["role"] == "against"]
+    for r, p in zip(against, significance.holm([r["p"] for r in against])):
+        r["p_holm"] = p
+    parts, verdicts = [], []
+    for system, reference, statement in present:
+        mine = [r for r in records if (r["system"], r["reference"], r["statement"]) == (system, reference, statement)]
+        verdicts.append(_verdict(mine, alpha))
+        parts.append(_finding(mine, verdicts[-1], alpha))
+    missing = [s for s in named if not any(s == c[0] for c in present)]
+    if missing or not present:
+        parts.append(f"the claim names {' and '.join(named or [c[0] for c in comparisons])}: "
+                     f"{', '.join(missing or [c[0] for c in comparisons])} not run beside "
+                     f"{' and '.join(sorted({c[1] for c in comparisons}))}")
+        verdicts.append("inconclusive")
+    backbones = sorted({c.split(" / ")[0] for c in cells if " / " in c})
+    parts.append(_seed_note(records, noise))
+    if scope:
+        parts.append(scope)
+    elif len(backbones) == 1:
+        parts.append(f"scope: one backbone ({backbones[0]}), so it speaks for that backbone, not across backbones")
+    return Verdict(claim, where, "; ".join(p for p in parts if p), weakest(verdicts), records)
 
 
-def loss(r: dict) -> bool:
-    return _shown(r, "p") and r["diff"] < 0
+def _for_units(records: list[dict], alpha: float) -> list[tuple[str, float, bool]]:
+    """(unit, the for-test's p, shown at alpha and not vetoed) for each unit of one comparison."""
+    out = []
+    for r in records:
+        if r["role"] == "for":
+            veto = [v for v in records if v["role"] == "veto" and v["unit"] == r["unit"]]
+            vetoed = any(v["p"] < alpha for v in veto)
+            out.append((r["unit"], r["p"], bool(r["p"] < alpha and not vetoed)))
+    return out
 
 
-def everywhere(states: list[str]) -> str:
-    """A claim about every cell, from each cell's state: "for", "against" or "open"."""
-    if not states:
-        return "inconclusive"
-    if "against" in states:
+def _verdict(records: list[dict], alpha: float) -> str:
+    units = _for_units(records, alpha)
+    if any(r["p_holm"] < alpha for r in records if r["role"] == "against"):
         return "contradicted"
-    return "supported" if all(s == "for" for s in states) else "partly" if "for" in states else "inconclusive"
+    if units and all(shown for _, _, shown in units):
+        return "supported"  # every unit at alpha: the intersection-union test of "in every unit"
+    adjusted = significance.holm([p if shown or p != p else 1.0 for _, p, shown in units])
+    return "partly" if any(p < alpha for p in adjusted) else "inconclusive"
 
 
-def somewhere(states: list[str]) -> str:
-    """A claim that some cell holds: one cell "for" supports it, every cell "against" contradicts it."""
-    if "for" in states:
-        return "supported"
-    return "contradicted" if states and all(s == "against" for s in states) else "inconclusive"
+def _finding(records: list[dict], verdict: str, alpha: float) -> str:
+    """'infonce beats bce: shown in 2 of 2 settings, each over its backbones (...)', quoting the test that decided."""
+    first = records[0]
+    name = f"{first['system']} {first['statement']} {first['reference']}"
+    units = _for_units(records, alpha)
+    level = next(r["level"] for r in records if r["role"] == "for")
+    word = "settings, each over its backbones" if level == "backbones" else "cells"
+    diffs = [r["diff"] for r in records if r["role"] == "for"]
+    test = TESTS[next(r["test"] for r in records if r["role"] == "for")][0]
+    against = [r for r in records if r["role"] == "against"]
+    shown_against = [r for r in against if r["p_holm"] < alpha]
+    tested = [p for _, p, _ in units if p == p]
+    span = f"Δ {min(diffs):+.4f} to {max(diffs):+.4f}"
+    if verdict == "contradicted":
+        worst = min(shown_against, key=lambda r: r["p_holm"])
+        return (f"{name}: shown against in {len(shown_against)} of {len(against)} tests ({worst['unit']}: "
+                f"{TESTS[worst['test']][0]}, Δ {worst['diff']:+.4f}, Holm p {worst['p_holm']:.2g}; {span})")
+    if not tested:
+        why = "under 2 queries" if any(r["n"] < 2 for r in records) else "one seed, seed noise unknown"
+        return f"{name}: {len(units)} {word} untestable ({why}; {span})"
+    if verdict == "supported":
+        return (f"{name}: shown in all {len(units)} {word} ({span}; {test}, each at α = {alpha}, largest p "
+                f"{max(tested):.2g}); none shown against")
+    adjusted = significance.holm([p if shown or p != p else 1.0 for _, p, shown in units])
+    shown = sum(p < alpha for p in adjusted)
+    text = (f"{name}: shown in {shown} of {len(units)} {word} after Holm ({span}; {test}, smallest Holm p "
+            f"{min(p for p in adjusted if p == p):.2g}); none shown against")
+    vetoed = [u for u, p, ok in units if p < alpha and not ok]
+    return text + (f"; a win within the margin is no win ({', '.join(vetoed)})" if vetoed else "")
+
+
+def _seed_note(records: list[dict], noise) -> str:
+    """Where the seed term of the cells' tests comes from."""
+    if not records:
+        return ""
+    if all(r["n"] < 2 for r in records if r["level"] == "cell"):
+        return "one value per cell: only the settings over the backbones are tested"
+    if noise is not None:
+        return f"seed noise: {noise.source}"
+    if any(r["level"] == "backbones" for r in records):
+        return "one seed: cells untested (seed noise unknown), settings tested over the backbones"
+    return "one seed: the seed noise is unknown, so no cell is tested (state one with --seed-sd)"
 
 
 def weakest(verdicts: list[str]) -> str:
@@ -153,104 +286,33 @@ def weakest(verdicts: list[str]) -> str:
     return "supported" if all(v == "supported" for v in verdicts) else "partly"
 
 
-def _seed_note(records: list[dict]) -> str:
-    """What the seeds say: unknown with one seed, else the range of the per-seed differences."""
-    if not records:
-        return ""
-    if min(min(r["seeds"]) for r in records) < 2:
-        return "1 seed on a side: seed noise unknown, tests over queries only"
-    diffs = [d for r in records if len(r["seed_diffs"]) >= 2 for d in r["seed_diffs"]]
-    return f"per-seed differences {min(diffs):+.4f} to {max(diffs):+.4f}" if diffs else "seeds counted in the tests"
-
-
-def _summary(name: str, records: list[dict], states: list[str], verdict: str) -> str:
-    """'infonce vs bce: for in 1 of 2 cells, open in 1 (Δ -0.0032 to +0.0120, smallest Holm p 0.01)'."""
-    if not records:
-        return f"{name}: not tested"
-    counts = ", ".join(f"{word} in {states.count(state)}" for state, word in
-                       (("for", "shown"), ("against", "shown otherwise"), ("open", "open")) if states.count(state))
-    diffs = [r["diff"] for r in records]
-    p = min((r["p_holm"] for r in records if r["p_holm"] == r["p_holm"]), default=float("nan"))
-    untestable = sum(r["p"] != r["p"] for r in records)
-    text = (f"{name}: {counts} of {len(states)} cells (Δ {min(diffs):+.4f} to {max(diffs):+.4f}, smallest Holm p "
-            f"{p:.2g}{f', {untestable} untestable (under 2 queries)' if untestable else ''})")
-    if verdict == "inconclusive" and not any(_shown(r, k) for r in records for k in ("p", "p_equivalent", "p_no_better",
-                                                                                     "p_no_worse")):
-        spread = [max(r["seed_diffs"]) - min(r["seed_diffs"]) for r in records if len(r["seed_diffs"]) >= 2]
-        text += "; nothing significant after Holm" + ("; differences within seed noise (the per-seed differences "
-                                                      "spread wider than the mean difference)"
-                                                      if spread and max(map(abs, diffs)) <= max(spread) else "")
-    return text
+def somewhere(states: list[str]) -> str:
+    """A claim that some unit holds: one unit "for" supports it, every unit "against" contradicts it."""
+    if "for" in states:
+        return "supported"
+    return "contradicted" if states and all(s == "against" for s in states) else "inconclusive"
 
 
 # ================================================================================================
 # 2. Each claim's rule
 # ================================================================================================
-def beats(claim: str, cells: dict, systems: list[str], baseline: str, where: str, named: list[str] = (), note: str | None = None) -> Verdict:
-    """M1 and X1, "<systems> beat <baseline>" in every cell: a cell is for with a significant win, against with a
-    significant loss or an equivalence within MARGIN that is not a win. `named`: systems the claim names that
-    must all be present."""
-    records = family(cells, [(s, baseline) for s in systems])
-    parts, verdicts = [], []
-    for system in systems:
-        mine = [r for r in records if r["system"] == system]
-        states = ["for" if win(r) else "against" if loss(r) or _shown(r, "p_equivalent") else "open" for r in mine]
-        verdicts.append(everywhere(states))
-        parts.append(_summary(f"{system} vs {baseline}", mine, states, verdicts[-1]))
-    missing = [s for s in named if s not in systems or not any(r["system"] == s for r in records)]
-    if missing:
-        parts.append(f"the claim names {' and '.join(named)}: {', '.join(missing)} not run")
-        verdicts.append("inconclusive")
-    finding = "; ".join(p for p in [*parts, note if note is not None else _seed_note(records)] if p)
-    return Verdict(claim, where, finding or f"needs {baseline} and another system", weakest(verdicts), records)
+def beats(claim: str, cells: dict, systems: list[str], baseline: str, where: str, named: list[str] = (),
+          **options) -> Verdict:
+    """M1 and X1, "<systems> beat <baseline>" in every unit."""
+    return decide(claim, cells, [(s, baseline, "beats") for s in systems], where, named=named, **options)
 
 
-def no_better(claim: str, cells: dict, systems: list[str], baseline: str, where: str, note: str | None = None) -> Verdict:
-    """X2, "<systems> do not beat <baseline>" in every cell: for when shown no better than the baseline by more
-    than MARGIN (non-superiority, which a significant loss also shows); against with a significant win not shown
-    to be within the margin."""
-    records = family(cells, [(s, baseline) for s in systems])
-    parts, verdicts = [], []
-    for system in systems:
-        mine = [r for r in records if r["system"] == system]
-        states = ["for" if _shown(r, "p_no_better") else "against" if win(r) else "open" for r in mine]
-        verdicts.append(everywhere(states))
-        parts.append(_summary(f"{system} vs {baseline}", mine, states, verdicts[-1]))
-    finding = "; ".join(p for p in [*parts, note if note is not None else _seed_note(records)] if p)
-    return Verdict(claim, where, finding or f"needs {baseline} and another system", weakest(verdicts), records)
+def no_better(claim: str, cells: dict, systems: list[str], baseline: str, where: str, **options) -> Verdict:
+    """X2, "<systems> do not beat <baseline>" in every unit."""
+    return decide(claim, cells, [(s, baseline, "does not beat") for s in systems], where, **options)
 
 
-def competitive_not_better(cells: dict, where: str, llm=LLM, strong=STRONG, baseline: str = "bce", note: str | None = None) -> Verdict:
-    """M3, two parts for each LLM objective. Competitive, in every cell: for when shown no worse than bce by more
-    than MARGIN (non-inferiority), against with a significant loss not shown within it. Not better everywhere,
-    in some cell: for when the LLM objective is significantly below, or shown no better than, infonce or
-    margin_mse there; against where it significantly beats both."""
-    present = [o for o in llm if any(o in systems for systems in cells.values())]
-    records = family(cells, [(o, other) for o in present for other in [baseline, *strong]])
-    parts, verdicts = [], []
-    for objective in present:
-        mine = [r for r in records if r["system"] == objective]
-        versus_bce = [r for r in mine if r["baseline"] == baseline]
-        states = ["for" if _shown(r, "p_no_worse") else "against" if loss(r) else "open" for r in versus_bce]
-        competitive = everywhere(states)
-        parts.append(_summary(f"{objective} no worse than {baseline}", versus_bce, states, competitive))
-        better = []
-        for cell in dict.fromkeys(r["cell"] for r in mine if r["baseline"] in strong):
-            against = [r for r in mine if r["cell"] == cell and r["baseline"] in strong]
-            shown_not = any(loss(r) or _shown(r, "p_no_better") for r in against)
-            better.append("for" if shown_not else "against" if len(against) == len(strong) and all(map(win, against))
-                          else "open")
-        not_everywhere = somewhere(better) if len(better) else "inconclusive"
-        parts.append(f"{objective} shown not better than infonce or margin_mse in {better.count('for')} of "
-                     f"{len(better)} cells, better than both in {better.count('against')}"
-                     + ("" if better else " (infonce and margin_mse not run)"))
-        verdicts.append(weakest([competitive, not_everywhere]))
-    missing = [o for o in llm if o not in present]
-    if missing:
-        parts.append(f"the claim names {' and '.join(llm)}: {', '.join(missing)} not run")
-        verdicts.append("inconclusive")
-    finding = "; ".join(p for p in [*parts, note if note is not None else _seed_note(records)] if p)
-    return Verdict("M3", where, finding, weakest(verdicts), records)
+def competitive_not_better(cells: dict, where: str, llm=LLM, strong=STRONG, baseline: str = "bce",
+                           **options) -> Verdict:
+    """M3, for each LLM objective: no worse than bce, and beats neither infonce nor margin_mse, in every unit."""
+    comparisons = [(o, baseline, "no worse than") for o in llm] + \
+                  [(o, other, "does not beat") for o in llm for other in strong]
+    return decide("M3", cells, comparisons, where, named=llm, **options)
 
 
 def small_matches_large(pairs: list[dict], groups: list[str], where: str) -> Verdict:
@@ -272,7 +334,9 @@ def small_matches_large(pairs: list[dict], groups: list[str], where: str) -> Ver
             states.append("open")
     finding = (f"some objective of the smaller backbone shown to match (equivalence within the margin) or beat the "
                f"larger one with bce in every group in {states.count('for')} of {len(states)} pairs; shown worse "
-               f"with each objective in {states.count('against')}; open in {states.count('open')}")
+               f"than -margin with each objective in {states.count('against')}; open in {states.count('open')}")
+    if any(t["verdict"] == "inconclusive (one seed)" for t in pairs):
+        finding += "; one seed: the seed noise is unknown, so no pair is tested (state one with --seed-sd)"
     return Verdict("M4", where, finding, somewhere(states), pairs)
 
 
@@ -288,29 +352,40 @@ def factor_verdict(mean: dict, backbones: list[str], objectives: list[str], colu
     if o == 0 and b == 0:
         return Verdict("M2", where, "neither the objective nor the backbone moves the cell means: nothing to compare",
                        "inconclusive")
-    ratio = o / b if b > 0 else float("inf")
+    ratio = o / b if b > 0 else math.inf
     # The bootstrap runs on the objectives present in every (backbone, column), vectorised over resamples.
     full = [obj for obj in objectives if all((bb, obj, c) in mean for bb in backbones for c in columns)]
     cube = np.array([[[mean[bb, obj, c] for c in columns] for obj in full] for bb in backbones])  # [B, O, C]
+    # Resamples of the backbones with 2 distinct ones at least: C(2B - 1, B) - B of them (2 backbones give 1).
+    distinct = math.comb(2 * len(backbones) - 1, len(backbones)) - len(backbones)
+    lo, hi = M2_RANGE
+    if len(full) < 2 or distinct < M2_MIN_RESAMPLES:
+        return Verdict("M2", where, f"std of nDCG@10 due to the objective {o:.4f}, due to the backbone {b:.4f}: ratio "
+                       f"{_ratio(ratio)}; no interval: {len(backbones)} backbones give {distinct} distinct bootstrap "
+                       f"resamples (at least {M2_MIN_RESAMPLES} needed, so 4 backbones)", "inconclusive",
+                       [{"ratio": ratio, "ci95": [math.nan, math.nan], "shares": shares}])
     rng = np.random.default_rng(0)  # fixed: the same results give the same interval
     ratios = []
-    if len(full) >= 2:
-        for _ in range(resamples):
-            rows = rng.integers(len(backbones), size=len(backbones))
-            if len(set(rows.tolist())) < 2:
-                continue
-            so, sb = _stds(cube[rows][:, :, rng.integers(len(columns), size=len(columns))])
-            ratios.append(so / sb if sb > 0 else float("inf"))
-    low, high = (float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))) if ratios else (ratio, ratio)
-    lo, hi = M2_RANGE
+    for _ in range(resamples):
+        rows = rng.integers(len(backbones), size=len(backbones))
+        if len(set(rows.tolist())) < 2:
+            continue
+        so, sb = _stds(cube[rows][:, :, rng.integers(len(columns), size=len(columns))])
+        ratios.append(so / sb if sb > 0 else math.inf)
+    # Order statistics, not interpolation: a resample with no backbone effect gives an infinite ratio.
+    low, high = (float(np.quantile(ratios, q, method="inverted_cdf")) for q in (0.025, 0.975))
     inside = lambda x: lo * (1 - 1e-9) <= x <= hi * (1 + 1e-9)  # 0.5 from an exact 2x2 must not round below
     verdict = ("supported" if inside(low) and inside(high) else
                "contradicted" if high < lo * (1 - 1e-9) or low > hi * (1 + 1e-9) else "inconclusive")
-    finding = (f"std of nDCG@10 due to the objective {o:.4f}, due to the backbone {b:.4f}: ratio {ratio:.2f}, 95% "
-               f"bootstrap interval [{low:.2f}, {high:.2f}] over {len(backbones)} backbones x {shares['collections']} "
-               f"columns (comparable: {lo} to {hi}; shares {shares['objective']['share']:.0%} and "
-               f"{shares['backbone']['share']:.0%})")
+    finding = (f"std of nDCG@10 due to the objective {o:.4f}, due to the backbone {b:.4f}: ratio {_ratio(ratio)}, 95% "
+               f"bootstrap interval [{_ratio(low)}, {_ratio(high)}] over {len(backbones)} backbones x "
+               f"{shares['collections']} columns (comparable: {lo} to {hi}; shares {shares['objective']['share']:.0%} "
+               f"and {shares['backbone']['share']:.0%})")
     return Verdict("M2", where, finding, verdict, [{"ratio": ratio, "ci95": [low, high], "shares": shares}])
+
+
+def _ratio(x: float) -> str:
+    return "∞" if math.isinf(x) else f"{x:.2f}"
 
 
 def _stds(cube: np.ndarray) -> tuple[float, float]:
@@ -388,32 +463,32 @@ def published_in_kit_columns(table=None) -> dict[tuple[str, str], dict[str, floa
     return out
 
 
-def published_verdicts(table=None) -> list[Verdict]:
-    """What the published means say of each claim, by the same rules; the unit of a test is the backbone (M4:
-    the column), the cells are the two settings."""
+def published_verdicts(table=None, alpha: float = ALPHA) -> list[Verdict]:
+    """What the published means say of each claim, by the same rules: one value per (backbone, setting) cell, so
+    the units are the two settings with the backbone as the unit of each test (M4: the column)."""
     table = table or published()
     kit = published_in_kit_columns(table)
     backbones = list(dict.fromkeys(b for b, _ in table))
     objectives = list(paper_setup.PUBLISHED_LOSSES.values())
     where = f"published table: {len(backbones)} backbones, means of 3 seeds; the unit of a test is the backbone"
-    cells = {setting: {o: [{b: kit[b, o][f"avg {setting}"] for b in backbones}] for o in objectives}
-             for setting in ("in-domain", "out-of-domain")}
-    note = "each value a mean of 3 seeds: the seeds' noise is part of the backbones' spread"
-    found = [beats("M1", cells, STRONG, "bce", where, named=STRONG, note=note)]
+    cells = {f"{b} / {setting}": {o: [[{"mean": kit[b, o][f"avg {setting}"]}]] for o in objectives}
+             for b in backbones for setting in ("in-domain", "out-of-domain")}
+    scope = "each value a mean of 3 seeds: the seeds' noise is part of the backbones' spread"
+    found = [beats("M1", cells, STRONG, "bce", where, named=STRONG, alpha=alpha, scope=scope)]
     columns = list(paper_setup.PUBLISHED_COLUMNS)
     found.append(factor_verdict({(b, o, c): row[c] for (b, o), row in table.items() for c in columns}, backbones,
                                 objectives, columns, f"published table: {len(backbones)} backbones x {len(columns)} "
                                                      f"columns, means of 3 seeds"))
-    found.append(competitive_not_better(cells, where, note=note))
-    found.append(small_matches_large(published_pairs(table), ["six columns"],
+    found.append(competitive_not_better(cells, where, alpha=alpha, scope=scope))
+    found.append(small_matches_large(published_pairs(table, alpha), ["six columns"],
                                      "published table: the unit of a test is the column (6)"))
     for key in ("X1", "X2"):
         found.append(Verdict(key, "published table", "Morand et al.'s table has no distillation from a teacher the "
                              "kit trains; Xu et al.'s numbers are not shipped", "inconclusive"))
-    return found
+    return [v._replace(source="published") for v in found]
 
 
-def published_pairs(table: dict) -> list[dict]:
+def published_pairs(table: dict, alpha: float = ALPHA) -> list[dict]:
     """RQ3's pair records from the published table: each smaller backbone with infonce and with margin_mse
     against each larger one with bce, over the six columns as units, Holm over all of them."""
     size = paper_setup.PUBLISHED_SIZES
@@ -424,7 +499,7 @@ def published_pairs(table: dict) -> list[dict]:
     equal = significance.holm([d.equivalence_pvalue(MARGIN) for d in found])
     return [{"small": f"{s} + {o}", "large": f"{l} + bce", "column": "six columns", "delta": d.mean,
              "pvalue_holm": p, "pvalue_equivalence_holm": q,
-             "verdict": "matches" if q < ALPHA else ("better" if d.mean > 0 else "worse") if p < ALPHA
+             "verdict": "matches" if q < alpha else ("better" if d.mean > 0 else "worse") if p < alpha
              else "inconclusive"} for (s, o, l), d, p, q in zip(pairs, found, differ, equal)]
 
 
@@ -457,9 +532,25 @@ def count_queries(per_query: dict) -> int:
 
 
 def save(results: Path, name: str, verdicts: list[Verdict]) -> Path:
-    """results/verdicts/<name>.json, which exp_rq5_summary.py gathers."""
+    """results/verdicts/<name>.json, which exp_rq5_summary.py gathers, and beside it <name>_tests.{txt,tex,csv,json}:
+    every test behind the verdicts, one row each. Only the kit's own verdicts: the published ones are recomputed."""
+    import tables  # the kit's table writer; imported here, tables imports grid
+    mine = [v for v in verdicts if v.source == "kit"]
     path = Path(results) / "verdicts" / f"{name}.json"
-    common.atomic_write_json(path, [v._asdict() for v in verdicts])
+    common.atomic_write_json(path, [v._asdict() for v in mine])
+    rows = [[v.claim, r["unit"], f"{r['system']} {r['statement']} {r['reference']}", r["role"], TESTS[r["test"]][0],
+             f"{r['diff']:+.4f}", "[" + ", ".join("–" if x != x else f"{x:+.4f}" for x in r["ci95"]) + "]",
+             "–" if r["p"] != r["p"] else f"{r['p']:.2g}", "–" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.2g}"]
+            for v in mine for r in v.evidence if "role" in r]
+    if rows:
+        note = (f"The tests that decide each verdict. role: 'for' tests are read one by one at alpha (a claim about "
+                f"every unit), 'veto' undoes a 'for' (a win within the margin), 'against' tests are Holm-corrected "
+                f"over the claim; a unit named 'over N backbones' is a t-test with the backbone as the unit.")
+        table = tables.make_table(f"The tests behind the verdicts ({name})", ["claim", "unit", "statement", "role",
+                                  "test", "Δ", "95% CI", "p", "Holm p"], rows, note,
+                                  records=[dict(r, claim=v.claim) for v in mine for r in v.evidence if "role" in r],
+                                  align="lllllrrrr")
+        tables.write_table(table, path.parent, f"{name}_tests")
     return path
 
 
@@ -467,7 +558,10 @@ def gather(results: Path) -> list[Verdict]:
     """Every verdict the scripts saved in the results folder (those of an earlier kit, without evidence, skipped)."""
     found = []
     for path in sorted((Path(results) / "verdicts").glob("*.json")):
-        found += [Verdict(**record) for record in json.loads(path.read_text()) if "evidence" in record]
+        if path.stem.endswith("_tests"):
+            continue
+        found += [Verdict(**record) for record in json.loads(path.read_text()) if "evidence" in record
+                  and record.get("source", "kit") == "kit" and not record["scale"].startswith("published table")]
     return found
 
 

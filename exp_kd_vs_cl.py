@@ -117,6 +117,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     """keep each finished cell's last checkpoint (its optimizer state doubles the model's size)"""
     alpha: float = 0.05
     """significance level after Holm–Bonferroni correction"""
+    seed_sd: float | None = None
+    """with one seed: the seed sd the verdicts' tests assume (the kit documents 0.02); unset, one seed is untested"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
 
@@ -287,9 +289,11 @@ def main() -> None:
     cells = claims.settings(runs, tables.group_members(collections))
     where = claims.scale_of(mode, students, [m for m, _, _ in METHODS], collections, seeds,
                             claims.count_queries(per_query[f"{students[0]} | {METHODS[0][0]}"]))
-    verdicts = [claims.beats("X1", cells, [m for m, _, source in METHODS if source == "large"], METHODS[0][0], where),
+    options = {"alpha": args.alpha, "seed_sd": args.seed_sd}
+    verdicts = [claims.beats("X1", cells, [m for m, _, source in METHODS if source == "large"], METHODS[0][0], where,
+                             **options),
                 claims.no_better("X2", cells, [m for m, _, source in METHODS if source == "same"], METHODS[0][0],
-                                 where)]
+                                 where, **options)]
     claims.save(results, out.name, verdicts)
     claims.print_verdicts(verdicts)
 

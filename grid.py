@@ -139,6 +139,8 @@ FLAG_RULES = {
     "gpu": (_at_least(-1), "a CUDA device index, or -1 for the CPU"),
     "alpha": (lambda v: 0 < v < 1, "a significance level between 0 and 1"),
     "margin": (lambda v: math.isfinite(v) and v > 0, "an equivalence margin above 0"),
+    "seed_sd": (lambda v: v is None or (math.isfinite(v) and v >= 0), "a seed standard deviation of nDCG@10, 0 or "
+                                                                      "more (the kit documents 0.02)"),
     "teacher_queries": (_at_least(0), "a number of training queries, 0 for all"),
     "teacher_depth": (_at_least(1), "a number of candidates per query, at least 1"),
     "teacher_seed": (_at_least(0), "a seed, 0 or more"),

@@ -4,16 +4,17 @@ Every table and every verdict of the kit is decided here, by one set of rules (R
 
   * Per-query values are averaged over seeds first; the query is the unit of the paired test.
   * Seeds count too. A seed shifts a whole run up or down, the same for every query, so the spread of
-    the per-query differences does not see it. With 2 or more seeds per side, the standard error of a
-    difference therefore adds the variance of each system's per-seed means (over its seeds), with
-    Welch-Satterthwaite degrees of freedom: when seed noise swamps a small effect, the test says so.
-    With one seed the seed noise is unknown and the test is over queries alone (`seed_noise_known`).
+    the per-query differences does not see it. The standard error of a difference therefore adds each
+    side's seed variance divided by its number of seeds, with Welch-Satterthwaite degrees of freedom.
+    Tables estimate it per side from that side's own seeds (2+ seeds); verdicts pass one seed variance
+    for the whole family (`SeedNoise`: pooled over every run of the claim, or stated by the user), because
+    a variance from 2 or 3 seeds is too rough at the small levels Holm asks for.
+    With one seed and nothing stated, the seed noise is unknown (`seed_noise_known` is False).
   * "No better" and "matches" need a test of their own: one-sided tests against a margin (Schuirmann's
     two one-sided tests for equivalence), never the absence of a significant difference.
   * Holm-Bonferroni within the family the caller passes; a comparison that cannot be tested (one query)
     has the p-value nan, stays nan, and is not counted in the family.
-  * Over blocks (backbone x collection), Friedman's test of the mean ranks, then Nemenyi's critical
-    difference (Demsar, JMLR 2006).
+  * Friedman's test of the mean ranks over blocks, then Nemenyi's critical difference (Demsar, JMLR 2006).
 
 Sections: 1. one difference, 2. Holm and the table's comparisons, 3. ranks over blocks.
 """
@@ -23,6 +24,7 @@ import math
 from typing import Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
+import scipy.special
 import scipy.stats
 
 PerQuery = Mapping[str, float]                    # {qid: value} for one run
@@ -40,7 +42,14 @@ def _seeds(per_query: SeedRuns, side: str) -> list[dict[str, float]]:
     for i, seed in enumerate(seeds[1:], start=1):
         if set(seed) != set(seeds[0]):
             raise ValueError(f"side {side}: seed {i} covers other queries than seed 0")
-    return [{q: float(v) for q, v in seed.items()} for seed in seeds]
+    out = [{q: float(v) for q, v in seed.items()} for seed in seeds]
+    for i, seed in enumerate(out):
+        bad = next((q for q, v in seed.items() if not math.isfinite(v)), None)
+        if bad is not None:
+            import common  # the kit's one-line error; imported here so that this file stands alone otherwise
+            raise common.KitError(f"side {side}, seed {i}: query {bad!r} has the value {seed[bad]} (not a number): "
+                                  f"its per_query.json is damaged; delete that cell's eval folder and rerun")
+    return out
 
 
 def _paired(per_query_a: SeedRuns, per_query_b: SeedRuns):
@@ -78,6 +87,32 @@ def paired_ttest(per_query_a: SeedRuns, per_query_b: SeedRuns) -> TTest:
     return TTest(float(res.statistic), float(res.pvalue), float(diff.mean()), len(x))
 
 
+class SeedNoise(NamedTuple):
+    """How much a run's mean moves from seed to seed: the variance of one run's mean around its system's mean,
+    its degrees of freedom (inf when stated rather than estimated), and where it comes from (printed in verdicts)."""
+    variance: float
+    df: float
+    source: str
+
+
+def pooled_seed_noise(runs: Sequence[Sequence[float]]) -> SeedNoise | None:
+    """One seed variance for a family of runs: `runs` holds, per (system, cell), its per-seed means. The squared
+    deviations from each group's own mean are pooled (summed, over the summed n - 1), so 18 groups of 3 seeds give
+    36 degrees of freedom where one group alone gives 2. None when no group has 2 seeds."""
+    groups = [np.asarray(r, dtype=float) for r in runs if len(r) >= 2]
+    df = sum(len(g) - 1 for g in groups)
+    if not df:
+        return None
+    variance = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / df)
+    return SeedNoise(variance, float(df), f"seed sd {variance ** 0.5:.4f} pooled over {len(groups)} runs with 2+ "
+                                          f"seeds ({df} df)")
+
+
+def stated_seed_noise(sd: float, source: str) -> SeedNoise:
+    """A seed standard deviation stated rather than measured (one seed: nothing to estimate it from)."""
+    return SeedNoise(float(sd) ** 2, math.inf, f"seed sd {sd:g} stated ({source})")
+
+
 class Difference(NamedTuple):
     """A - B: the mean per-query difference of each collection, averaged over collections with equal weights
     (as the tables average collections), with its standard error and Welch-Satterthwaite degrees of freedom.
@@ -91,6 +126,7 @@ class Difference(NamedTuple):
     n: int                       # queries, over all collections
     seeds: tuple[int, int]       # seeds of A and of B
     seed_diffs: tuple[float, ...]  # A - B per seed (paired by position) when both sides have as many seeds
+    seed_noise: str = ""           # where the seed term comes from: "" (per side, or none), else SeedNoise.source
 
     @property
     def testable(self) -> bool:
@@ -98,7 +134,23 @@ class Difference(NamedTuple):
 
     @property
     def seed_noise_known(self) -> bool:
-        return min(self.seeds) >= 2
+        return bool(self.seed_noise) or min(self.seeds) >= 2
+
+    def greater_pvalue(self, shift: float = 0.0) -> float:
+        """One-sided p of H0: difference <= shift. Small: A is shown to exceed B by more than `shift`."""
+        if not self.testable:
+            return math.nan
+        if self.se == 0:
+            return 0.0 if self.mean > shift else 1.0
+        return float(scipy.special.stdtr(self.df, -self._t(shift)))  # t's survival function, fast
+
+    def less_pvalue(self, shift: float = 0.0) -> float:
+        """One-sided p of H0: difference >= shift. Small: A is shown to fall below B + `shift`."""
+        if not self.testable:
+            return math.nan
+        if self.se == 0:
+            return 0.0 if self.mean < shift else 1.0
+        return float(scipy.special.stdtr(self.df, self._t(shift)))
 
     def _t(self, shift: float = 0.0) -> float:
         return (self.mean - shift) / self.se
@@ -107,27 +159,15 @@ class Difference(NamedTuple):
         """Two-sided p of H0: the difference is 0 (nan when untestable)."""
         if not self.testable:
             return math.nan
-        if self.se == 0:
-            return 1.0 if self.mean == 0 else 0.0
-        return float(2 * scipy.stats.t.sf(abs(self._t()), self.df))
+        return min(1.0, 2 * min(self.greater_pvalue(0.0), self.less_pvalue(0.0)))
 
     def below_pvalue(self, margin: float) -> float:
-        """One-sided p of H0: difference >= +margin. Small: A is shown to be no better than B by the margin
-        (non-superiority)."""
-        if not self.testable:
-            return math.nan
-        if self.se == 0:
-            return 0.0 if self.mean < margin else 1.0
-        return float(scipy.stats.t.cdf(self._t(margin), self.df))
+        """Non-superiority: small when A is shown to be no better than B by the margin."""
+        return self.less_pvalue(margin)
 
     def above_pvalue(self, margin: float) -> float:
-        """One-sided p of H0: difference <= -margin. Small: A is shown to be no worse than B by the margin
-        (non-inferiority)."""
-        if not self.testable:
-            return math.nan
-        if self.se == 0:
-            return 0.0 if self.mean > -margin else 1.0
-        return float(scipy.stats.t.sf(self._t(-margin), self.df))
+        """Non-inferiority: small when A is shown to be no worse than B by the margin."""
+        return self.greater_pvalue(-margin)
 
     def equivalence_pvalue(self, margin: float) -> float:
         """Two one-sided tests (Schuirmann 1987) of H0: |difference| >= margin; a small p shows that the
@@ -137,37 +177,67 @@ class Difference(NamedTuple):
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         if not self.testable:
             return math.nan, math.nan
-        half = float(scipy.stats.t.ppf(0.5 + level / 2, self.df) * self.se) if self.se else 0.0
+        half = float(scipy.special.stdtrit(self.df, 0.5 + level / 2) * self.se) if self.se else 0.0
         return self.mean - half, self.mean + half
 
 
-def difference(collections: Sequence[tuple[SeedRuns, SeedRuns]]) -> Difference:
+def difference(collections: Sequence[tuple[SeedRuns, SeedRuns]], seed_noise: SeedNoise | None = None) -> Difference:
     """A - B over one or several collections, one (A, B) pair of per-query values (one dict per seed) each."""
-    means, parts, counts, seeds_a, seeds_b = [], [], [], [], []
+    arrays = []
     for per_query_a, per_query_b in collections:
-        a, b, x, y = _paired(per_query_a, per_query_b)
-        means.append(float((x - y).mean()))
-        parts.append(float((x - y).var(ddof=1)) / len(x) if len(x) > 1 else math.nan)  # squared se of the mean
-        counts.append(len(x))
-        seeds_a.append([float(np.mean(list(s.values()))) for s in a])  # each seed's mean on this collection
-        seeds_b.append([float(np.mean(list(s.values()))) for s in b])
+        a, b, _, _ = _paired(per_query_a, per_query_b)
+        qids = sorted(a[0])
+        arrays.append((np.array([[s[q] for q in qids] for s in a]), np.array([[s[q] for q in qids] for s in b])))
+    return difference_of_arrays(arrays, seed_noise)
+
+
+def difference_of_arrays(collections: Sequence[tuple[np.ndarray, np.ndarray]],
+                         seed_noise: SeedNoise | None = None) -> Difference:
+    """`difference` on arrays: per collection, A's and B's values as [seeds, queries], queries in the same order.
+
+    The seed term: with `seed_noise`, its variance times (1 / seeds of A + 1 / seeds of B) with its degrees of
+    freedom; without it, each side's own per-seed means where that side has 2 or more seeds."""
+    means, parts, counts, seeds_a, seeds_b = [], [], [], [], []
+    for a, b in collections:
+        diff = a.mean(axis=0) - b.mean(axis=0)
+        n = diff.size
+        means.append(float(diff.mean()))
+        parts.append(float(diff.var(ddof=1)) / n if n > 1 else math.nan)  # squared se of the mean
+        counts.append(n)
+        seeds_a.append(a.mean(axis=1))  # each seed's mean on this collection
+        seeds_b.append(b.mean(axis=1))
     k = len(means)
     if k == 0:
         raise ValueError("a difference needs at least one collection")
     # Per seed, the mean over collections (equal weights); seeds are paired by position.
     k_a, k_b = min(map(len, seeds_a)), min(map(len, seeds_b))
-    per_seed_a = [float(np.mean([s[i] for s in seeds_a])) for i in range(k_a)]
-    per_seed_b = [float(np.mean([s[i] for s in seeds_b])) for i in range(k_b)]
-    seed_diffs = tuple(x - y for x, y in zip(per_seed_a, per_seed_b)) if k_a == k_b else ()
-    # Variance terms with their degrees of freedom: each collection's queries, then each side's seeds.
+    per_seed_a = np.mean([s[:k_a] for s in seeds_a], axis=0)
+    per_seed_b = np.mean([s[:k_b] for s in seeds_b], axis=0)
+    seed_diffs = tuple((per_seed_a - per_seed_b).tolist()) if k_a == k_b else ()
+    # Variance terms with their degrees of freedom: each collection's queries, then the seeds.
     terms = [(v / k ** 2, n - 1) for v, n in zip(parts, counts)]
-    terms += [(float(np.var(s, ddof=1)) / len(s), len(s) - 1) for s in (per_seed_a, per_seed_b) if len(s) >= 2]
+    if seed_noise is not None:
+        terms.append((seed_noise.variance * (1 / k_a + 1 / k_b), seed_noise.df))
+    else:
+        terms += [(float(np.var(s, ddof=1)) / len(s), len(s) - 1) for s in (per_seed_a, per_seed_b) if len(s) >= 2]
     variance = sum(v for v, _ in terms)
+    source = seed_noise.source if seed_noise is not None else ""
+    mean = float(np.mean(means))
     if not math.isfinite(variance):
-        return Difference(float(np.mean(means)), math.nan, math.nan, sum(counts), (k_a, k_b), seed_diffs)
+        return Difference(mean, math.nan, math.nan, sum(counts), (k_a, k_b), seed_diffs, source)
     denominator = sum(v ** 2 / df for v, df in terms if v > 0)
     df = variance ** 2 / denominator if denominator > 0 else math.inf
-    return Difference(float(np.mean(means)), float(np.sqrt(variance)), float(df), sum(counts), (k_a, k_b), seed_diffs)
+    return Difference(mean, float(np.sqrt(variance)), float(df), sum(counts), (k_a, k_b), seed_diffs, source)
+
+
+def over_units(differences: Sequence[float], label: str = "") -> Difference:
+    """A one-sample t-test over units (e.g. backbones): each unit's difference A - B is one value, so the spread
+    between units holds their query, seed and backbone noise alike, whatever the seeds. se is nan under 2 units."""
+    x = np.asarray(differences, dtype=float)
+    if x.size < 2:
+        return Difference(float(x.mean()) if x.size else math.nan, math.nan, math.nan, int(x.size), (1, 1), (), label)
+    se = float(x.std(ddof=1) / math.sqrt(x.size))
+    return Difference(float(x.mean()), se, float(x.size - 1), int(x.size), (1, 1), (), label)
 
 
 # ================================================================================================
