@@ -1,0 +1,81 @@
+"""RQ5's summary and the reproduction report on hand-made values: Delta RI as Breuer et al. define it, statements
+that count significant wins only, KD-vs-CL teachers kept apart from the grid's cells, and Friedman's test over
+the backbones."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import claims
+import exp_rq5_summary as rq5
+import grid
+import reproduction
+import significance
+
+ROOT = Path(__file__).resolve().parents[1]
+QIDS = [f"q{i}" for i in range(8)]
+BASE = [0.2, 0.4, 0.6, 0.8, 0.3, 0.5, 0.7, 0.9]
+SMALL = (0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01, 0.0)   # a shift of 0.1 over this noise is significant
+WIDE = (0.3, -0.3, 0.25, -0.2, 0.1, -0.15, 0.2, -0.2)       # a shift of 0.002 over this one is not
+
+
+def per_query(shift, noise=(0.0,) * 8):
+    return dict(zip(QIDS, [v + shift + n for v, n in zip(BASE, noise)]))
+
+
+# ------------------------------------------------------------------------------------ reproduction report
+PAPER = {("b1", "bce"): {"dl19": 0.60, "dl20": 0.50}, ("b1", "infonce"): {"dl19": 0.70, "dl20": 0.55},
+         ("b1", "hinge"): {"dl19": 0.605, "dl20": 0.51}}
+KIT = {("b1", "bce"): {"dl19": 0.50, "dl20": 0.40}, ("b1", "infonce"): {"dl19": 0.55, "dl20": 0.45},
+       ("b1", "hinge"): {"dl19": 0.48, "dl20": 0.40}}
+
+
+def breuer_ri(advanced: list[float], baseline: list[float]) -> float:
+    """Breuer et al.'s relative improvement: of the mean scores, not a mean of per-topic ratios."""
+    return (np.mean(advanced) - np.mean(baseline)) / np.mean(baseline)
+
+
+def test_delta_ri_is_the_papers_ri_minus_the_kits_on_the_mean_scores():
+    row = next(r for r in reproduction.report(KIT, PAPER)["rows"] if r["objective"] == "infonce")
+    # paper: bce 0.55, infonce 0.625 on average, RI 0.1364; kit: 0.45 and 0.50, RI 0.1111
+    expected = breuer_ri([0.70, 0.55], [0.60, 0.50]) - breuer_ri([0.55, 0.45], [0.50, 0.40])
+    assert expected == pytest.approx(0.0253, abs=5e-5)
+    assert row["delta_ri"] == pytest.approx(expected)
+    # the mean of the per-column differences (kit - paper) gives another number, of the other sign: -0.0208
+    per_column = np.mean([0.05 / 0.5 - 0.1 / 0.6, 0.05 / 0.4 - 0.05 / 0.5])
+    assert per_column == pytest.approx(-0.0208, abs=5e-5) and row["delta_ri"] != pytest.approx(per_column)
+
+
+def test_delta_ri_pooled_over_backbones_uses_the_mean_of_every_cell():
+    paper = {**PAPER, ("b2", "bce"): {"dl19": 0.40, "dl20": 0.30}, ("b2", "infonce"): {"dl19": 0.48, "dl20": 0.33}}
+    kit = {**KIT, ("b2", "bce"): {"dl19": 0.42, "dl20": 0.30}, ("b2", "infonce"): {"dl19": 0.44, "dl20": 0.36}}
+    rows = reproduction.report(kit, paper)["rows"]
+    pooled = next(r for r in rows if r["pooled_over"] == "objective" and r["objective"] == "infonce")
+    assert pooled["delta_ri"] == pytest.approx(breuer_ri([0.70, 0.55, 0.48, 0.33], [0.60, 0.50, 0.40, 0.30])
+                                               - breuer_ri([0.55, 0.45, 0.44, 0.36], [0.50, 0.40, 0.42, 0.30]))
+    b2 = next(r for r in rows if r["pooled_over"] == "cell" and r["backbone"] == "b2")
+    assert b2["delta_ri"] == pytest.approx(breuer_ri([0.48, 0.33], [0.40, 0.30]) - breuer_ri([0.44, 0.36],
+                                                                                              [0.42, 0.30]))
+
+
+def test_reproduction_report_by_hand():
+    found = reproduction.report(KIT, PAPER)
+    row = next(r for r in found["rows"] if r["objective"] == "infonce" and r["backbone"] == "b1")
+    assert row["effect_ratio"] == pytest.approx(0.05 / 0.075)
+    assert row["delta_ri"] == pytest.approx((0.625 - 0.55) / 0.55 - (0.5 - 0.45) / 0.45)
+    assert row["sign_agree"] == 2
+    hinge = {c["column"]: c["effect_ratio"] for c in found["per_cell"] if c["objective"] == "hinge"}
+    assert hinge["dl19"] is None and hinge["dl20"] == pytest.approx(0.0)  # paper Δ 0.005 < MIN_DELTA: no ratio
+    assert next(r for r in found["rows"] if r["objective"] == "hinge")["sign_agree"] == 0  # kit Δ -0.02 and 0.0
+    # order: paper infonce > hinge > bce, kit infonce > bce > hinge: 2 concordant pairs, 1 discordant
+    assert found["tau"]["b1"]["tau"] == pytest.approx(1 / 3)
+    assert found["rmse"] == pytest.approx(math.sqrt(0.080225 / 6))
+    table = reproduction.table(found, "t")
+    assert "ER" in table.console and "ΔRI = paper RI - kit RI" in table.console
+    assert any(r.get("kind") == "pooled" and r["delta_ri"] == pytest.approx(row["delta_ri"]) for r in table.records)
