@@ -79,3 +79,42 @@ def test_reproduction_report_by_hand():
     table = reproduction.table(found, "t")
     assert "ER" in table.console and "ΔRI = paper RI - kit RI" in table.console
     assert any(r.get("kind") == "pooled" and r["delta_ri"] == pytest.approx(row["delta_ri"]) for r in table.records)
+
+
+# ---------------------------------------------------------------------------------- RQ5: the statements
+def summarise(cells):
+    args = rq5.Args()
+    return rq5.summarise(cells, {}, args, "demo-bm25, fp32")
+
+
+def grid_cells(shifts: dict, backbones=("b1", "b2"), columns=("scifact__h1", "nfcorpus__h1")):
+    """{(backbone, objective, column): {seed 12: (mean, per-query)}} from {objective: (shift, noise)}."""
+    cells = {}
+    for b in backbones:
+        for o, (shift, noise) in shifts.items():
+            for i, c in enumerate(columns):
+                values = per_query(shift + 0.01 * i + (0.02 if b == "b2" else 0.0), noise)
+                cells[b, o, c] = {12: (float(np.mean(list(values.values()))), values)}
+    return cells
+
+
+def test_rq5_statements_count_significant_wins_not_means_above_the_baseline():
+    cells = grid_cells({"bce": (0.0, (0.0,) * 8), "infonce": (0.1, SMALL), "hinge": (0.002, WIDE),
+                        "margin_mse": (0.08, SMALL)})
+    made, statements, _ = summarise(cells)
+    hinge = next(s for s in statements if s.startswith("hinge "))
+    # hinge's mean is above bce's in all 4 cells, but no test shows it: no "holds everywhere"
+    assert "holds everywhere" not in hinge and ">=" not in hinge
+    assert hinge.startswith("hinge significantly better than bce in 0 of 4 backbone x collection cells")
+    assert "Holm within each cell" in hinge
+    infonce = next(s for s in statements if s.startswith("infonce "))
+    assert infonce.startswith("infonce significantly better than bce in 4 of 4 backbone x collection cells")
+    records = {r["system"]: r for r in made["rq5_objectives"].records}
+    assert (records["hinge"]["significant_wins"], records["hinge"]["compared"]) == (0, 4)
+    assert records["hinge"]["everywhere"] is False and records["infonce"]["everywhere"] is True
+    assert "at_least_baseline" not in records["hinge"]
+    console = made["rq5_objectives"].console
+    assert ">= bce" not in console
+    row = next(line for line in console.splitlines() if line.startswith("| hinge "))
+    assert "| no " in row and "0/4" in row
+    assert all(key in records["hinge"] for key in ("mean_rank", "wins", "ties", "losses"))
