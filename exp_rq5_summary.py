@@ -14,7 +14,10 @@ summarises, per (mode, precision) — demo and paper cells, or bf16 and fp32 one
     wins above, "everywhere" only when k = N (a mean above bce's without a test is no win).
 Cells are labelled by objective; a cell trained with non-default settings that change the model
 (its own teacher file, other steps or learning rate, ...) gets them appended, e.g.
-"kl[minilm-l6__infonce__seed12]" or "bce[steps=100]", so different recipes are never averaged.
+"kl[minilm-l6__infonce__seed12]" or "bce[steps=100]", so different recipes are never averaged. A KD-vs-CL
+teacher trained under a seed outside the grid's (exp_kd_vs_cl.py's same-size teachers, seed 112) is labelled
+"infonce[kd-vs-cl teacher,seed=112]": its config differs from the grid cell's in the seed alone, and it would
+otherwise count as one more seed of that cell.
 Tables go to results/tables/rq5_<mode>_<precision>/, mode = the config's "training" (paper or demo)
 refined by its lengths: smoke cells say training="demo" too, but are summarised apart as "smoke". Cells of
 another data variant keep it in the mode: "demo-bm25" (the demo's BM25 data, its default for now), "paper-rz50".
@@ -95,8 +98,24 @@ def _short(value) -> str:
     return path.name if path.name else str(value)
 
 
-def system_label(cfg: dict, mode: str) -> str:
-    """The objective, plus every setting that makes this cell's model differ from the mode's recipe."""
+def kd_vs_cl_teachers(results: Path, configs: list[dict]) -> set[str]:
+    """The cells (by folder name) that exp_kd_vs_cl.py trained as teachers: it writes each teacher's files
+    under results/teachers/<teacher's cell folder>/, and its students' configs name those files."""
+    found = {folder.name for folder in (results / "teachers").glob("*/")}
+    for cfg in configs:
+        for field in TEACHER_FIELD.values():
+            path = Path(str(cfg.get(field) or ""))
+            if path.parent.parent.name == "teachers":
+                found.add(path.parent.name)
+    return found
+
+
+def system_label(cfg: dict, mode: str, teacher: bool = False) -> str:
+    """The objective, plus every setting that makes this cell's model differ from the mode's recipe.
+    `teacher`: the cell is a KD-vs-CL teacher (kd_vs_cl_teachers). One trained under a seed outside the grid's
+    (paper_setup.PAPER_SEEDS), as each same-size teacher is (seed 112), is a model no RQ script trains, though
+    its config differs from the grid cell's in the seed alone: labelled apart, it is never averaged as one more
+    seed of that cell. A teacher under a grid seed and the grid's recipe is the grid's own cell (one folder)."""
     family = losses.DATA.get(cfg["objective"])
     extra = [_short(cfg[TEACHER_FIELD[family]])] if family in TEACHER_FIELD and cfg.get(TEACHER_FIELD[family]) else []
     try:
@@ -108,6 +127,8 @@ def system_label(cfg: dict, mode: str) -> str:
     except (KeyError, common.KitError):  # a custom recipe: no defaults to compare with
         default = cfg
     extra += [f"{k}={v}" for k, v in sorted(cfg.items()) if k not in DERIVED and default.get(k) != v]
+    if teacher and cfg["seed"] not in paper_setup.PAPER_SEEDS:
+        extra += ["kd-vs-cl teacher", f"seed={cfg['seed']}"]
     return cfg["objective"] + (f"[{','.join(extra)}]" if extra else "")
 
 
@@ -132,13 +153,16 @@ def scan(results: Path, measure: str):
     groups: dict = defaultdict(dict)
     fingerprints: dict = {}
     unfinished = 0
+    finished = {}
     for folder in sorted((results / "cells").glob("*/")):
         if not (folder / "config.json").exists() or not (folder / "DONE").exists():
             unfinished += 1
             continue
-        cfg = json.loads((folder / "config.json").read_text())
+        finished[folder] = json.loads((folder / "config.json").read_text())
+    teachers = kd_vs_cl_teachers(results, list(finished.values()))
+    for folder, cfg in finished.items():
         mode = infer_mode(cfg)
-        label = system_label(cfg, mode)
+        label = system_label(cfg, mode, teacher=folder.name in teachers)
         for evaluation in sorted((folder / "eval").glob("*/")):
             if not (evaluation / "metrics.json").exists():
                 continue

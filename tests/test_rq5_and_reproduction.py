@@ -118,3 +118,57 @@ def test_rq5_statements_count_significant_wins_not_means_above_the_baseline():
     row = next(line for line in console.splitlines() if line.startswith("| hinge "))
     assert "| no " in row and "0/4" in row
     assert all(key in records["hinge"] for key in ("mean_rank", "wins", "ties", "losses"))
+
+
+# ---------------------------------------------------------------------------------- RQ5: KD-vs-CL cells
+def write_cell(results: Path, cfg, shift: float, collection="scifact") -> Path:
+    folder = grid.cell_dir(results, cfg)
+    (folder / "eval" / f"{collection}__e1").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    (folder / "DONE").write_text("test\n")
+    values = per_query(shift)
+    (folder / "eval" / f"{collection}__e1" / "metrics.json").write_text(json.dumps({"nDCG@10": np.mean(BASE) + shift}))
+    (folder / "eval" / f"{collection}__e1" / "per_query.json").write_text(json.dumps({"nDCG@10": values}))
+    return folder
+
+
+def labels_and_seeds(results: Path) -> dict:
+    groups, _, _ = rq5.scan(results, "nDCG@10")
+    (cells,) = groups.values()
+    return {(b, label): sorted(seeds) for (b, label, _), seeds in cells.items()}
+
+
+@pytest.mark.parametrize("teachers_folder", [True, False], ids=["teachers-folder", "named-by-a-student"])
+def test_kd_vs_cl_same_size_teacher_is_not_an_extra_seed_of_the_students_infonce(tmp_path, teachers_folder):
+    # exp_kd_vs_cl.py --demo: every cell 1,600 steps; the CL student is infonce under seed 12, the same-size
+    # teacher the same recipe under seed 112. Nothing else in their configs differs.
+    def config(objective, seed, **teacher):
+        return grid.make_config("demo", "minilm-l4", objective, seed, "fp32", steps=1600, negatives="bm25",
+                                **teacher)
+    results = tmp_path / "results"
+    write_cell(results, config("infonce", 12), 0.0)
+    teacher = write_cell(results, config("infonce", 112), 0.05)
+    scores = f"results/teachers/{teacher.name}/scores_qall_d50.run.gz"
+    if teachers_folder:
+        (results / "teachers" / teacher.name).mkdir(parents=True)
+    else:  # a store whose teachers/ was not kept: the KD student's config names the teacher's cell
+        write_cell(results, config("kl", 12, teacher_scores=scores), 0.01)
+    found = labels_and_seeds(results)
+    assert found[("minilm-l4", "infonce[steps=1600]")] == [12]
+    assert found[("minilm-l4", "infonce[steps=1600,kd-vs-cl teacher,seed=112]")] == [112]
+
+
+def test_kd_vs_cl_teachers_in_the_papers_recipe(tmp_path):
+    # paper mode: KD vs CL trains its students and large teacher with the grid's own recipe, so the large
+    # teacher (seed 12) and the CL students are the RQ cells themselves (same folder); the same-size teacher
+    # (seed 112) is a model no RQ script trains, and is labelled apart.
+    results = tmp_path / "results"
+    for seed in (12, 13, 14):
+        write_cell(results, grid.make_config("paper", "ettin-17m", "infonce", seed, "bf16"), 0.001 * seed)
+    large = write_cell(results, grid.make_config("paper", "ettin-150m", "infonce", 12, "bf16"), 0.1)
+    same = write_cell(results, grid.make_config("paper", "ettin-17m", "infonce", 112, "bf16"), 0.3)
+    for folder in (large, same):
+        (results / "teachers" / folder.name).mkdir(parents=True)
+    found = labels_and_seeds(results)
+    assert found[("ettin-17m", "infonce")] == [12, 13, 14] and found[("ettin-150m", "infonce")] == [12]
+    assert found[("ettin-17m", "infonce[kd-vs-cl teacher,seed=112]")] == [112]
