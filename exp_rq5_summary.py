@@ -10,6 +10,8 @@ summarises, per (mode, precision) — demo and paper cells, or bf16 and fp32 one
   * how much of the variation of the cell means the objective explains, and how much the backbone: a
     two-way decomposition per collection (variance components, which do not grow with the number of
     objectives or backbones compared), and the mean gap between two objectives / two backbones;
+  * whether the mean ranks differ: Friedman's test with one block per backbone (an objective's mean over the
+    backbone's collections: its collections re-rank with the same models), then Nemenyi's critical difference;
   * per objective, the statement "significantly better than bce in k of N backbone x collection cells": the
     wins above, "everywhere" only when k = N (a mean above bce's without a test is no win).
 Cells are labelled by objective; a cell trained with non-default settings that change the model
@@ -271,9 +273,17 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     per_collection = tables.make_table(f"RQ5: {args.measure} per collection, mean over backbones ({tag})",
                                        ["objective", *columns.values()], rows, "First stage = the re-ranked candidates",
                                        records=records, label=f"tab:rq5-collections-{slug}")
-    # Are the mean ranks different? Friedman over the (backbone x collection) blocks, then Nemenyi -------
-    blocks = [{s: mean[b, s, c] for s in labels if (b, s, c) in mean} for b, c in units]
-    ranks = rank_table(blocks, args.alpha, f"RQ5: do the objectives' mean ranks differ? ({tag})", slug)
+    # Are the mean ranks different? Friedman with one block per backbone, then Nemenyi ------------------
+    blocks = backbone_blocks(mean)
+    left_out = [s for s in labels if blocks and s not in blocks[0]]
+    ranks = rank_table(blocks, args.alpha, f"RQ5: do the objectives' mean ranks differ? ({tag})", slug,
+                       left_out)
+    if ranks is None:
+        statements.append(f"the objectives' mean ranks are not tested: Friedman's test needs one block per "
+                          f"backbone, with 3 or more objectives in common on 2 or more backbones (here: "
+                          f"{len(blocks)} backbone(s), {len(blocks[0]) if blocks else 0} objective(s) in "
+                          f"common); the collections of one backbone re-rank with its models, so they are not "
+                          f"blocks")
 
     # The claims: M1 on the (backbone, setting) cells, M2 from the decomposition ---------------------
     runs = {}
@@ -309,9 +319,37 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     return made, statements, verdicts
 
 
-def rank_table(blocks: list[dict], alpha: float, title: str, slug: str) -> tables.Table | None:
-    """Friedman's test of the objectives' mean ranks over the blocks, and the pairs Nemenyi's test separates;
-    None where it cannot run (fewer than 3 objectives or 2 full blocks)."""
+def backbone_blocks(mean: dict) -> list[dict]:
+    """Friedman's blocks from {(backbone, objective, column): mean}: one per backbone, each objective's mean
+    over the columns where that backbone has every objective of the blocks. The columns of one backbone are
+    not blocks of their own: they re-rank with the same models, so they are not independent, and the backbone
+    is the unit the claims generalise over. Where some objectives were not run on every backbone (KD-vs-CL
+    students on two backbones of a grid), the rarest are left out while that keeps more backbones: the most
+    backbones with 3 or more objectives, then the most objectives."""
+    backbones = list(dict.fromkeys(b for b, _, _ in mean))
+    columns = list(dict.fromkeys(c for _, _, c in mean))
+    present = defaultdict(set)
+    for b, s, _ in mean:
+        present[s].add(b)
+    rarest_first = sorted(present, key=lambda s: (len(present[s]), s))
+    best, key = [], (False, 0, 0)
+    for i in range(len(rarest_first)):
+        kept = rarest_first[i:]
+        blocks = []
+        for b in backbones:
+            full = [c for c in columns if all((b, s, c) in mean for s in kept)]
+            if full:
+                blocks.append({s: float(np.mean([mean[b, s, c] for c in full])) for s in sorted(kept)})
+        if (len(kept) >= 3, len(blocks), len(kept)) > key:
+            best, key = blocks, (len(kept) >= 3, len(blocks), len(kept))
+    return best
+
+
+def rank_table(blocks: list[dict], alpha: float, title: str, slug: str, left_out: list[str] = ()) \
+        -> tables.Table | None:
+    """Friedman's test of the objectives' mean ranks over the blocks (backbone_blocks: one per backbone), and
+    the pairs Nemenyi's test separates; None where it cannot run (fewer than 3 objectives or 2 backbones): the
+    collections of a single backbone are not taken as blocks instead."""
     try:
         ranks = significance.friedman_nemenyi(blocks, alpha)
     except ValueError:
@@ -319,10 +357,12 @@ def rank_table(blocks: list[dict], alpha: float, title: str, slug: str) -> table
     differ = {(a, b): gap for a, b, gap in ranks.differ}
     rows = [[o, f"{r:.2f}", ", ".join(b for (a, b) in differ if a == o) or "–"]
             for o, r in sorted(ranks.mean_rank.items(), key=lambda item: item[1])]
-    note = (f"Friedman chi2 = {ranks.statistic:.2f}, p = {ranks.pvalue:.2g} over {ranks.blocks} backbone x collection "
-            f"blocks with every objective; Nemenyi critical difference {ranks.critical_difference:.2f} at alpha="
-            f"{alpha} (pairs further apart in mean rank differ; none when Friedman does not reject). Blocks of one "
-            f"backbone share its models, so they are not independent: read p as a guide.")
+    note = (f"Friedman chi2 = {ranks.statistic:.2f}, p = {ranks.pvalue:.2g} over {ranks.blocks} backbones, one "
+            f"block each: an objective's mean over the columns where the backbone has every objective (its "
+            f"columns re-rank with the same models, so they are not blocks of their own); Nemenyi critical "
+            f"difference {ranks.critical_difference:.2f} at alpha={alpha} (pairs further apart in mean rank "
+            f"differ; none when Friedman does not reject)."
+            + (f" Left out, not on enough backbones: {', '.join(left_out)}." if left_out else ""))
     records = [{"objective": o, "mean_rank": r} for o, r in ranks.mean_rank.items()] + \
               [{"better": a, "worse": b, "rank_gap": gap} for a, b, gap in ranks.differ] + \
               [{"friedman_chi2": ranks.statistic, "pvalue": ranks.pvalue, "blocks": ranks.blocks,
@@ -344,8 +384,8 @@ def main() -> None:
     args = grid.parse_args(Args)
     if args.paper:  # the published table alone: offline, nothing read from a results folder
         table = claims.published()
-        blocks = [{o: row[c] for (b, o), row in table.items() if b == backbone}
-                  for backbone in dict.fromkeys(b for b, _ in table) for c in paper_setup.PUBLISHED_COLUMNS]
+        blocks = backbone_blocks({(b, o, c): row[c] for (b, o), row in table.items()
+                                  for c in paper_setup.PUBLISHED_COLUMNS})
         ranks = rank_table(blocks, args.alpha, "RQ5: the objectives' mean ranks in the published table", "published")
         print(ranks.console + "\n\n" + ranks.latex)
         verdicts = claims.published_verdicts(table)

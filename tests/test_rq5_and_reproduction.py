@@ -172,3 +172,54 @@ def test_kd_vs_cl_teachers_in_the_papers_recipe(tmp_path):
     found = labels_and_seeds(results)
     assert found[("ettin-17m", "infonce")] == [12, 13, 14] and found[("ettin-150m", "infonce")] == [12]
     assert found[("ettin-17m", "infonce[kd-vs-cl teacher,seed=112]")] == [112]
+
+
+# ------------------------------------------------------------------------ RQ5: Friedman over the backbones
+def test_friedman_over_the_published_backbones():
+    table = claims.published()
+    blocks = rq5.backbone_blocks({(b, o, c): v for (b, o), row in table.items() for c, v in row.items()})
+    assert len(blocks) == 9
+    assert blocks[0]["bce"] == pytest.approx(np.mean(list(table["ettin-17m", "bce"].values())))
+    ranks = rq5.rank_table(blocks, 0.05, "t", "published")
+    summary = ranks.records[-1]
+    assert summary["blocks"] == 9 and summary["friedman_chi2"] == pytest.approx(36.49, abs=0.01)
+    assert summary["critical_difference"] == pytest.approx(2.513, abs=1e-3)
+    differ = {(r["better"], r["worse"]) for r in ranks.records if "better" in r}
+    assert differ == {("infonce", "bce"), ("margin_mse", "bce"), ("infonce", "hinge"), ("margin_mse", "hinge")}
+    assert "9 backbones" in ranks.console and "read p as a guide" not in ranks.console
+
+
+def test_rq5_paper_prints_the_ranks_over_the_nine_backbones():
+    out = subprocess.run([sys.executable, "exp_rq5_summary.py", "--paper"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300).stdout
+    assert "Friedman chi2 = 36.49, p = 7.6e-07 over 9 backbones" in out
+    assert "Nemenyi critical difference 2.51 " in out
+
+
+def test_rq5_ranks_the_objectives_over_backbones_not_backbone_x_collection_cells():
+    objectives = {"bce": (0.0, (0.0,) * 8), "hinge": (0.01, SMALL), "infonce": (0.1, SMALL),
+                  "margin_mse": (0.08, SMALL)}
+    cells = grid_cells(objectives, backbones=("b1", "b2", "b3"), columns=("scifact__h1", "nfcorpus__h1", "x__h1"))
+    made, _, _ = summarise(cells)
+    summary = made["rq5_ranks"].records[-1]
+    assert summary["blocks"] == 3
+    means = {(b, o): np.mean([cells[b, o, c][12][0] for c in ("scifact__h1", "nfcorpus__h1", "x__h1")])
+             for b in ("b1", "b2", "b3") for o in objectives}
+    expected = scipy.stats.friedmanchisquare(*[[means[b, o] for b in ("b1", "b2", "b3")] for o in sorted(objectives)])
+    assert summary["friedman_chi2"] == pytest.approx(expected.statistic)
+
+
+def test_rq5_one_backbone_does_not_test_the_ranks():
+    cells = grid_cells({"bce": (0.0, (0.0,) * 8), "hinge": (0.01, SMALL), "infonce": (0.1, SMALL)},
+                       backbones=("b1",), columns=("scifact__h1", "nfcorpus__h1", "x__h1", "y__h1"))
+    made, statements, _ = summarise(cells)
+    assert "rq5_ranks" not in made  # four collections of one backbone's models are not four blocks
+    assert any("not tested" in s and "backbone" in s for s in statements)
+
+
+def test_friedman_and_nemenyi_by_hand():
+    blocks = [{"a": 3.0, "b": 2.0, "c": 1.0} for _ in range(10)]
+    ranks = significance.friedman_nemenyi(blocks)
+    assert ranks.mean_rank == {"a": 1.0, "b": 2.0, "c": 3.0} and ranks.statistic == pytest.approx(20.0)
+    assert ranks.critical_difference == pytest.approx(3.314 / math.sqrt(2) * math.sqrt(12 / 60), abs=1e-3)
+    assert [(x, y) for x, y, _ in ranks.differ] == [("a", "c")]
