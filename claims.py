@@ -119,6 +119,33 @@ STATEMENTS = {
 }
 
 
+def settings(runs: dict, groups: dict[str, list[str]]) -> dict:
+    """{"<backbone> / <setting>": {system: [its seeds' per-query values on each collection of the setting]}}
+    from runs {(backbone, system): {collection: [{qid: value} per seed]}} and groups {setting: [collections]}.
+    A system enters a cell only with every collection of the setting."""
+    cells: dict = defaultdict(dict)
+    for (backbone, system), by_collection in runs.items():
+        for setting, names in groups.items():
+            if names and all(by_collection.get(n) for n in names):
+                cells[f"{backbone} / {setting}"][system] = [by_collection[n] for n in names]
+    return dict(cells)
+
+
+def runs_of(per_query: dict, systems: dict, collections: list, measure: str = "nDCG@10") -> dict:
+    """{(backbone, system): {collection: [{qid: value} per seed]}} from a script's per_query {key: {collection:
+    [{measure: {qid: value}} per seed]}} and `systems` {(backbone, system): key}; each collection gives its own form
+    of the measure (TREC DL's RR(rel=2)@10 for RR@10)."""
+    import tables  # the tables' rule for a collection's form of a measure; imported here, tables imports grid
+    out = {}
+    for (backbone, system), key in systems.items():
+        for c in collections:
+            own = tables.measure_of(c, measure)
+            seeds = [pq[own] for pq in per_query.get(key, {}).get(c.name, []) if own in pq]
+            if seeds:
+                out.setdefault((backbone, system), {})[c.name] = seeds
+    return out
+
+
 def as_arrays(cells: dict) -> dict:
     """{cell: {system: [[seeds x queries] array per collection]}} from the scripts' {cell: {system: [[{qid: value}
     per seed] per collection]}}; within a cell every system covers the same queries of each collection (else a
@@ -203,7 +230,13 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
                      f"{', '.join(missing or [c[0] for c in comparisons])} not run beside "
                      f"{' and '.join(sorted({c[1] for c in comparisons}))}")
         verdicts.append("inconclusive")
-    backbones = sorted({c.split(" / ")[0] for c in cells if " / " in c})
+    used = sorted({r["unit"] for r in records if r["level"] == "cell"})
+    backbones = list(dict.fromkeys(u.split(" / ")[0] for u in used))
+    settings_used = list(dict.fromkeys(u.split(" / ")[-1] for u in used))
+    if used:
+        parts.append(f"cells: {len(backbones)} backbone{'s' if len(backbones) != 1 else ''} "
+                     f"({', '.join(backbones) if len(backbones) <= 4 else f'{backbones[0]} ... {backbones[-1]}'}) x "
+                     f"{' and '.join(settings_used)}")
     parts.append(_seed_note(records, noise))
     if scope:
         parts.append(scope)
@@ -229,7 +262,7 @@ def _verdict(records: list[dict], alpha: float) -> str:
         return "contradicted"
     if units and all(shown for _, _, shown in units):
         return "supported"  # every unit at alpha: the intersection-union test of "in every unit"
-    adjusted = significance.holm([p if shown or p != p else 1.0 for _, p, shown in units])
+    adjusted = significance.holm([1.0 if p < alpha and not shown else p for _, p, shown in units])
     return "partly" if any(p < alpha for p in adjusted) else "inconclusive"
 
 
@@ -245,7 +278,8 @@ def _finding(records: list[dict], verdict: str, alpha: float) -> str:
     against = [r for r in records if r["role"] == "against"]
     shown_against = [r for r in against if r["p_holm"] < alpha]
     tested = [p for _, p, _ in units if p == p]
-    span = f"Δ {min(diffs):+.4f} to {max(diffs):+.4f}"
+    span = f"Δ {min(diffs):+.4f}" + (f" to {max(diffs):+.4f}" if len(diffs) > 1 else "")
+    word = word if len(units) != 1 else word.replace("settings, each", "setting").replace("cells", "cell")
     if verdict == "contradicted":
         worst = min(shown_against, key=lambda r: r["p_holm"])
         return (f"{name}: shown against in {len(shown_against)} of {len(against)} tests ({worst['unit']}: "
@@ -256,7 +290,7 @@ def _finding(records: list[dict], verdict: str, alpha: float) -> str:
     if verdict == "supported":
         return (f"{name}: shown in all {len(units)} {word} ({span}; {test}, each at α = {alpha}, largest p "
                 f"{max(tested):.2g}); none shown against")
-    adjusted = significance.holm([p if shown or p != p else 1.0 for _, p, shown in units])
+    adjusted = significance.holm([1.0 if p < alpha and not shown else p for _, p, shown in units])
     shown = sum(p < alpha for p in adjusted)
     text = (f"{name}: shown in {shown} of {len(units)} {word} after Holm ({span}; {test}, smallest Holm p "
             f"{min(p for p in adjusted if p == p):.2g}); none shown against")

@@ -244,7 +244,9 @@ def main() -> None:
         for group, names in members.items():
             test = tests[(a, b), group]
             matched = sum(tests[(a, b), n]["verdict"] == "matches" for n in names)
-            row += [f"{test['delta']:+.4f} [{test['ci95_low']:+.4f}, {test['ci95_high']:+.4f}]",
+            interval = f"[{test['ci95_low']:+.4f}, {test['ci95_high']:+.4f}]" if test["ci95_low"] == test["ci95_low"] \
+                else "(untested)"
+            row += [f"{test['delta']:+.4f} {interval}",
                     f"{test['verdict']} ({matched}/{len(names)})"]
         body.append(row)
     headers = ["small + objective", f"large + {weak}", *(h for g in members for h in (f"Δ {g} [95% CI]", "verdict"))]

@@ -75,6 +75,8 @@ class Args:
     """significance level after Holm–Bonferroni correction"""
     tables: str | None = None
     """folder of RQ5's tables (default: <results>/tables; for shipped results, data/demo-results, results/tables)"""
+    seed_sd: float | None = None
+    """with one seed: the seed sd the verdicts' tests assume (the kit documents 0.02); unset, one seed is untested"""
     paper: bool = False
     """print what the paper's published table alone says of each claim (offline, no results needed) and stop"""
 
@@ -301,7 +303,8 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     verdicts = [claims.factor_verdict(mean, backbones, labels, list(columns), where)]
     if args.baseline == "bce":
         verdicts.insert(0, claims.beats("M1", claims.settings(runs, {g: n for g, n in settings.items() if n}),
-                                        [o for o in claims.STRONG if o in labels], "bce", where, named=claims.STRONG))
+                                        [o for o in claims.STRONG if o in labels], "bce", where, named=claims.STRONG,
+                                        alpha=args.alpha, seed_sd=args.seed_sd))
     made = {"rq5_objectives": objectives, "rq5_factors": decomposition, "rq5_collections": per_collection}
     if ranks:
         made["rq5_ranks"] = ranks
@@ -388,7 +391,7 @@ def main() -> None:
                                   for c in paper_setup.PUBLISHED_COLUMNS})
         ranks = rank_table(blocks, args.alpha, "RQ5: the objectives' mean ranks in the published table", "published")
         print(ranks.console + "\n\n" + ranks.latex)
-        verdicts = claims.published_verdicts(table)
+        verdicts = claims.published_verdicts(table, args.alpha)
         claims.print_verdicts(verdicts)
         print("\n" + verdict_table(verdicts, "RQ5: what the published table says of each claim").console)
         return
@@ -424,7 +427,7 @@ def main() -> None:
                 first_stage[column] = metrics[args.measure]
 
     # 3. One summary per (mode, precision) ----------------------------------------------------------
-    verdicts = claims.published_verdicts() + claims.gather(results)
+    verdicts = claims.published_verdicts(alpha=args.alpha) + claims.gather(results)
     for mode, precision in chosen:
         cells = groups[mode, precision]
         tag = f"{mode}, {precision}"

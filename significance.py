@@ -300,7 +300,7 @@ class Ranks(NamedTuple):
 
 
 def friedman_nemenyi(blocks: Sequence[Mapping[str, float]], alpha: float = 0.05) -> Ranks:
-    """Friedman's test that the treatments (objectives) rank alike over the blocks (backbone x collection, each
+    """Friedman's test that the treatments (objectives) rank alike over the blocks (e.g. backbones, each
     with every treatment), then Nemenyi's post-hoc test, whose critical difference already holds the family of
     all pairs at alpha: CD = q_alpha(k, inf) / sqrt(2) * sqrt(k (k + 1) / (6 N)) (Demsar 2006). Pairs are said
     to differ only when Friedman's test rejects."""

@@ -25,6 +25,7 @@ Commands:
   python bench/calibrate_verdicts.py                      # the full table: 360 scenarios x 200 replicates
   python bench/calibrate_verdicts.py --replicates 40 --backbones 1 --queries 300
   python bench/calibrate_verdicts.py --processes 2 --json results/calibration.json
+  python bench/calibrate_verdicts.py --from-json results/calibration.json --summary-only
 """
 from __future__ import annotations
 
@@ -135,6 +136,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """The worst share of each wrong verdict over every scenario, then how often "beats" is supported when true."""
+    lines = ["| statement | supported while false: worst scenario | contradicted while true: worst scenario |",
+             "|---|---|---|"]
+    def name(row):
+        stated = f", --seed-sd {row['stated']}" if row["stated"] is not None else ""
+        return (f"{row['backbones']} bb, {row['seeds']} seed{'s' if row['seeds'] > 1 else ''}, {row['queries']} q, "
+                f"seed sd {row['seed_sd']}{stated}, Δ {row['delta']:+.3f}")
+    for st, (false, true) in TRUTH.items():
+        worst = []
+        for kind, when in (("supported", false), ("contradicted", true)):
+            found = [(r["counts"][st][kind] / r["replicates"], name(r)) for r in rows if when(r["delta"])]
+            share, where = max(found, default=(0.0, "–"))
+            worst.append(f"{share:.1%} ({where})" if share else "0.0% (in every scenario)")
+        lines.append(f"| {st} | {worst[0]} | {worst[1]} |")
+    both = sum(r["beats_and_not"] for r in rows)
+    lines.append(f"\n'beats' and 'does not beat' both supported: {both} times in {sum(r['replicates'] for r in rows)} "
+                 f"runs.\n")
+    deltas = sorted({r["delta"] for r in rows if r["delta"] > 0.01})
+    lines += ["| backbones | seeds | queries | --seed-sd | " + " | ".join(f"beats supported at Δ {d:+.2f}"
+                                                                        for d in deltas) + " |",
+              "|---|---|---|---|" + "---|" * len(deltas)]
+    worst_sd = max(r["seed_sd"] for r in rows)
+    keys = dict.fromkeys((r["backbones"], r["seeds"], r["queries"], r["stated"]) for r in rows)
+    for b, s, q, stated in keys:
+        cells = []
+        for d in deltas:
+            found = [r for r in rows if (r["backbones"], r["seeds"], r["queries"], r["stated"], r["delta"],
+                                         r["seed_sd"]) == (b, s, q, stated, d, worst_sd)]
+            cells.append(f"{found[0]['counts']['beats']['supported'] / found[0]['replicates']:.0%}" if found else "–")
+        lines.append(f"| {b} | {s} | {q} | {stated if stated is not None else '–'} | " + " | ".join(cells) + " |")
+    lines.append(f"\n(power at the largest seed sd simulated, {worst_sd})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Calibrate the verdict rules: simulated per-query results whose "
                                                  "truth is known, judged by claims.decide.")
@@ -148,7 +184,13 @@ def main(argv=None) -> int:
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--json", help="also write every scenario's counts to this file")
+    parser.add_argument("--from-json", help="print the tables of a run saved with --json, without simulating")
+    parser.add_argument("--summary-only", action="store_true", help="print the summary, not the full table")
     args = parser.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        print(summary(rows) if args.summary_only else table(rows) + "\n\n" + summary(rows))
+        return 1 if any(violations(row) for row in rows) else 0
     jobs = [(sc, args.replicates, 1000 + i, args.backbone_sd)
             for i, sc in enumerate(scenarios(args.backbones, args.seeds, args.queries, args.seed_sds, args.deltas))]
     try:
@@ -162,7 +204,7 @@ def main(argv=None) -> int:
             rows = list(tqdm(pool.imap(run_scenario, jobs), total=len(jobs), desc="scenarios", file=sys.stderr))
     else:
         rows = [run_scenario(job) for job in tqdm(jobs, desc="scenarios", file=sys.stderr)]
-    print(table(rows))
+    print(summary(rows) if args.summary_only else table(rows) + "\n\n" + summary(rows))
     broken = [(row, v) for row in rows for v in violations(row)]
     print(f"\n{len(rows)} scenarios x {args.replicates} replicates, alpha {claims.ALPHA}, margin {claims.MARGIN}, "
           f"query sd {QUERY_SD} per term, backbone sd {args.backbone_sd}: "

@@ -9,7 +9,6 @@ import pytest
 
 import claims
 import common
-import reproduction
 import significance
 
 
@@ -189,33 +188,6 @@ def test_one_query_and_nan_p_values():
     assert verdict.verdict == "inconclusive" and "untestable (under 2 queries" in verdict.finding
     adjusted = significance.holm([0.01, float("nan"), 0.04])
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
-
-
-def test_reproduction_report_by_hand():
-    paper = {("b1", "bce"): {"dl19": 0.60, "dl20": 0.50}, ("b1", "infonce"): {"dl19": 0.70, "dl20": 0.55},
-             ("b1", "hinge"): {"dl19": 0.605, "dl20": 0.51}}
-    kit = {("b1", "bce"): {"dl19": 0.50, "dl20": 0.40}, ("b1", "infonce"): {"dl19": 0.55, "dl20": 0.45},
-           ("b1", "hinge"): {"dl19": 0.48, "dl20": 0.40}}
-    found = reproduction.report(kit, paper)
-    row = next(r for r in found["rows"] if r["objective"] == "infonce" and r["backbone"] == "b1")
-    assert row["effect_ratio"] == pytest.approx(0.05 / 0.075)
-    assert row["delta_ri"] == pytest.approx(((0.1 - 0.1 / 0.6) + (0.125 - 0.1)) / 2)
-    assert row["sign_agree"] == 2
-    hinge = {c["column"]: c["effect_ratio"] for c in found["per_cell"] if c["objective"] == "hinge"}
-    assert hinge["dl19"] is None and hinge["dl20"] == pytest.approx(0.0)  # paper Δ 0.005 < MIN_DELTA: no ratio
-    assert next(r for r in found["rows"] if r["objective"] == "hinge")["sign_agree"] == 0  # kit Δ -0.02 and 0.0
-    # order: paper infonce > hinge > bce, kit infonce > bce > hinge: 2 concordant pairs, 1 discordant
-    assert found["tau"]["b1"]["tau"] == pytest.approx(1 / 3)
-    assert found["rmse"] == pytest.approx(math.sqrt(0.080225 / 6))
-    assert "ER" in reproduction.table(found, "t").console
-
-
-def test_friedman_and_nemenyi_by_hand():
-    blocks = [{"a": 3.0, "b": 2.0, "c": 1.0} for _ in range(10)]
-    ranks = significance.friedman_nemenyi(blocks)
-    assert ranks.mean_rank == {"a": 1.0, "b": 2.0, "c": 3.0} and ranks.statistic == pytest.approx(20.0)
-    assert ranks.critical_difference == pytest.approx(3.314 / math.sqrt(2) * math.sqrt(12 / 60), abs=1e-3)
-    assert [(x, y) for x, y, _ in ranks.differ] == [("a", "c")]
 
 
 def test_published_verdicts_use_the_three_values():
