@@ -291,7 +291,10 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     runs = {}
     for (b, s, c), seeds in cells.items():
         runs.setdefault((b, s), {})[c] = [pq for _, pq in (seeds[k] for k in sorted(seeds))]
-    group = {c.name: c.group for c in [*paper_setup.DEMO_COLLECTIONS, *paper_setup.PAPER_COLLECTIONS]}
+    # A collection's setting as the mode's scripts read it: SciFact is in domain for the demo (its training data),
+    # out of domain (BEIR) for the paper; the mode's own list is read last, so it decides.
+    lists = [paper_setup.DEMO_COLLECTIONS, paper_setup.PAPER_COLLECTIONS]
+    group = {c.name: c.group for c in [*lists[not tag.startswith("paper")], *lists[tag.startswith("paper")]]}
     settings = {g: [c for c in columns if (group.get(names[c], "out-of-domain") == "in-domain") == (g == "in-domain")]
                 for g in ("in-domain", "out-of-domain")}
     counts = sorted({len(by_seed) for by_seed in cells.values()})  # seeds per (backbone, objective, collection)

@@ -188,9 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--summary-only", action="store_true", help="print the summary, not the full table")
     args = parser.parse_args(argv)
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())
-        print(summary(rows) if args.summary_only else table(rows) + "\n\n" + summary(rows))
-        return 1 if any(violations(row) for row in rows) else 0
+        return report(json.loads(Path(args.from_json).read_text()), args.summary_only)
     jobs = [(sc, args.replicates, 1000 + i, args.backbone_sd)
             for i, sc in enumerate(scenarios(args.backbones, args.seeds, args.queries, args.seed_sds, args.deltas))]
     try:
@@ -204,14 +202,20 @@ def main(argv=None) -> int:
             rows = list(tqdm(pool.imap(run_scenario, jobs), total=len(jobs), desc="scenarios", file=sys.stderr))
     else:
         rows = [run_scenario(job) for job in tqdm(jobs, desc="scenarios", file=sys.stderr)]
-    print(summary(rows) if args.summary_only else table(rows) + "\n\n" + summary(rows))
-    broken = [(row, v) for row in rows for v in violations(row)]
-    print(f"\n{len(rows)} scenarios x {args.replicates} replicates, alpha {claims.ALPHA}, margin {claims.MARGIN}, "
-          f"query sd {QUERY_SD} per term, backbone sd {args.backbone_sd}: "
-          + ("every limit met" if not broken else f"{len(broken)} limits broken"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps([{**row, "backbone_sd": args.backbone_sd} for row in rows], indent=1))
+    return report([{**row, "backbone_sd": args.backbone_sd} for row in rows], args.summary_only)
+
+
+def report(rows: list[dict], summary_only: bool) -> int:
+    """Print the tables and whether every limit holds; exit status 1 when one does not."""
+    print(summary(rows) if summary_only else table(rows) + "\n\n" + summary(rows))
+    broken = [(row, v) for row in rows for v in violations(row)]
+    replicates = sorted({row["replicates"] for row in rows})
+    print(f"\n{len(rows)} scenarios x {'/'.join(map(str, replicates))} replicates, alpha {claims.ALPHA}, margin "
+          f"{claims.MARGIN}, query sd {QUERY_SD} per term, backbone sd {rows[0].get('backbone_sd', 0.0) if rows else 0}: "
+          + ("every limit met" if not broken else f"{len(broken)} limits broken"))
     return 1 if broken else 0
 
 

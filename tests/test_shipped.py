@@ -56,6 +56,8 @@ def test_rq5_reads_shipped_results_in_place_and_refuses_a_damaged_file(tmp_path)
                tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "M1 (" in done.stdout and (tmp_path / "t" / "rq5_verdicts" / "rq5_verdicts.json").exists()
+    # RQ5 reads SciFact as the demo does (in domain), so its M1 judges the cells RQ1 judges, the same way
+    assert "cells: 1 backbone (minilm-l6) x in-domain" in done.stdout and " x out-of-domain" not in done.stdout
     assert {p: p.stat().st_mtime_ns for p in shipped.SHIPPED.rglob("*")} == before  # nothing written there
     copy = tmp_path / "copy"
     shutil.copytree(shipped.SHIPPED, copy)
