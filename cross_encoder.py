@@ -343,19 +343,31 @@ def config_record(fields: dict) -> dict:
 
 def _read_checkpoint(path: Path) -> dict | None:
     """The state saved in `path`, or None when the file cannot be read (a disk that filled up, a copy cut
-    short): it is moved aside to <name>.unreadable, kept for inspection, and the cell starts over."""
+    short): it is moved aside to <name>.unreadable, kept for inspection, and the cell starts over.
+
+    Only tensors, numbers, strings and containers are read (weights_only=True): a results folder may be shared or
+    sent, and unpickling anything else can run code. A file that holds anything else is refused, not loaded."""
+    import pickle
+
     import torch
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "step" not in state:
             raise ValueError("not a checkpoint of the kit")
         return state
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):  # an object weights_only will not build: never loaded
+            raise KitError(f"{path} holds objects other than tensors and numbers, which could run code when "
+                           f"loaded; it was not loaded: delete it or move it away, and rerun to recompute the "
+                           f"cell") from None
+        damaged = error
     except Exception as error:  # torch raises many kinds for a damaged file
-        aside = path.with_name(path.name + ".unreadable")
-        os.replace(path, aside)
-        print(f"note: {path} could not be read ({type(error).__name__}: {str(error).splitlines()[0][:100]}); "
-              f"moved to {aside.name}, and the cell starts again from step 0", file=sys.stderr)
-        return None
+        damaged = error
+    aside = path.with_name(path.name + ".unreadable")
+    os.replace(path, aside)
+    print(f"note: {path} could not be read ({type(damaged).__name__}: {str(damaged).splitlines()[0][:100]}); "
+          f"moved to {aside.name}, and the cell starts again from step 0", file=sys.stderr)
+    return None
 
 
 class _StepBatches:

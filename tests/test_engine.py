@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import time
 from collections import defaultdict
@@ -155,7 +156,7 @@ def resumed(tmp_path_factory):
         if pid:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-    state = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=True)
     killed_at, logged_before = state["step"], [r["step"] for r in read_log(killed)]
     notes = []
     cross_encoder.train(cfg, killed, checkpoint_every=2, log_every=1, progress=False, log=notes.append)
@@ -184,7 +185,7 @@ def test_resume_after_sigkill_gives_identical_weights(resumed):
     different = [name for name in straight if not torch.equal(straight[name], killed[name])]
     assert not different, f"{len(different)} of {len(straight)} tensors differ, e.g. {different[0]}"
     # and the final checkpoints agree too, optimizer moments included
-    a, b = (torch.load(f / "checkpoint.pt", map_location="cpu", weights_only=False)
+    a, b = (torch.load(f / "checkpoint.pt", map_location="cpu", weights_only=True)
             for f in (resumed.straight, resumed.killed))
     assert a["step"] == b["step"] == resumed.cfg.steps
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -304,7 +305,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     cfg = smoke(steps=5)
     with pytest.raises(KitError, match=r"loss became non-finite at step 3"):
         cross_encoder.train(cfg, tmp_path, checkpoint_every=2, log_every=log_every, progress=False, log=quiet)
-    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["step"] == 2
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert [r["step"] for r in read_log(tmp_path)] == [1, 2][:2 if log_every == 1 else 0]
@@ -312,6 +313,33 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     # a checkpoint of another configuration is refused, not silently mixed in
     with pytest.raises(KitError, match="another configuration"):
         cross_encoder.train(dataclasses.replace(cfg, seed=1), tmp_path, progress=False, log=quiet)
+
+
+class _RunsCode:
+    """Unpickling this object runs a shell command: what a planted checkpoint would do with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_checkpoint_is_refused_and_never_runs_code(tmp_path, small_data):
+    """A results folder can be shared or sent: a checkpoint whose unpickling would run code is not loaded; the
+    user gets one line naming the file, and once it is removed the cell is computed."""
+    marker = tmp_path / "code-ran"
+    cfg = smoke(steps=2)
+    out = tmp_path / "cell"
+    out.mkdir()
+    torch.save({"step": 1, "config": cfg.record(), "payload": _RunsCode(marker)}, out / "checkpoint.pt")
+    with pytest.raises(KitError, match=rf"{re.escape(str(out / 'checkpoint.pt'))} holds objects other than tensors"):
+        cross_encoder.train(cfg, out, progress=False, log=quiet)
+    assert not marker.exists() and (out / "checkpoint.pt").exists()  # not run, not deleted: the user decides
+    (out / "checkpoint.pt").unlink()
+    cross_encoder.train(cfg, out, progress=False, log=quiet)
+    assert (out / "model").exists() and not marker.exists()
 
 
 def test_unknown_backbone_lists_the_valid_names():
