@@ -180,6 +180,20 @@ def _record(unit, level, system, reference, statement, role, test, d, margin) ->
             "p": TESTS[test][1](d, margin), "p_holm": math.nan}
 
 
+def _backbone(cell: str) -> str:
+    return cell.split(" / ")[0]
+
+
+def seed_noises(cells: dict, runs: list[tuple[str, str]], seed_sd: float | None) -> dict:
+    """{backbone: SeedNoise or None}: each backbone's seed variance, pooled over its runs (systems and settings)
+    with 2+ seeds, since backbones differ in how much their seeds move (a noisier backbone must not borrow the
+    others' calm); a backbone with one seed takes --seed-sd if stated, else it stays unknown (None)."""
+    by_backbone = defaultdict(list)
+    for cell, system in runs:
+        by_backbone[_backbone(cell)].append(_seed_means(cells[cell][system]))
+    return {b: significance.pooled_seed_noise(means) or seed_noise_of(seed_sd) for b, means in by_backbone.items()}
+
+
 def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], where: str, *, named: list[str] = (),
            alpha: float = ALPHA, margin: float = MARGIN, seed_sd: float | None = None, scope: str = "",
            arrays: bool = False) -> Verdict:
@@ -188,18 +202,17 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
     `named`: systems the claim names, each of which must be present."""
     cells = cells if arrays else as_arrays(cells)
     present = [(s, r, st) for s, r, st in comparisons if any(s in c and r in c for c in cells.values())]
-    # One seed variance for the claim: every run it compares, per cell.
-    runs = {(cell, x): _seed_means(cells[cell][x]) for cell in cells for s, r, _ in present for x in (s, r)
-            if s in cells[cell] and r in cells[cell]}
-    noise = seed_noise_of(seed_sd) or significance.pooled_seed_noise(list(runs.values()))
-    records, units = [], {}
+    runs = {(cell, x) for cell in cells for s, r, _ in present for x in (s, r) if s in cells[cell] and r in cells[cell]}
+    noises = seed_noises(cells, sorted(runs), seed_sd)
+    records = []
     for system, reference, statement in present:
         for_test, veto, against = STATEMENTS[statement]
         by_setting = defaultdict(list)
         for cell, systems in cells.items():
             if system not in systems or reference not in systems:
                 continue
-            d = significance.difference_of_arrays(list(zip(systems[system], systems[reference])), noise)
+            d = significance.difference_of_arrays(list(zip(systems[system], systems[reference])),
+                                                  noises[_backbone(cell)])
             if not d.seed_noise_known:  # one seed, none stated: the query-level test would read seed noise as effect
                 d = d._replace(se=math.nan, df=math.nan)
             by_setting[cell.split(" / ")[-1]].append((cell, d))
@@ -207,8 +220,9 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
             across = len(found) >= MIN_BACKBONES
             tests = [(cell, "cell", d) for cell, d in found]
             if across:
+                over = significance.over_units([d.mean for _, d in found], "backbones as the unit")
                 tests.append((f"{setting}, over {len(found)} backbones", "backbones",
-                              significance.over_units([d.mean for _, d in found], "backbones as the unit")))
+                              over._replace(seeds=(min(d.seeds[0] for _, d in found), min(d.seeds[1] for _, d in found)))))
             for unit, level, d in tests:
                 if level == ("backbones" if across else "cell"):
                     records.append(_record(unit, level, system, reference, statement, "for", for_test, d, margin))
@@ -216,9 +230,13 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
                         records.append(_record(unit, level, system, reference, statement, "veto", veto, d, margin))
                 records += [_record(unit, level, system, reference, statement, "against", t, d, margin)
                             for t in against]
+    # "against" and "partly" are "some unit" statements: Holm over all of the claim's tests of each kind.
     against = [r for r in records if r["role"] == "against"]
     for r, p in zip(against, significance.holm([r["p"] for r in against])):
         r["p_holm"] = p
+    shown = [(r, p) for r, p, _ in _for_units(records, alpha)]
+    for (r, p), adjusted in zip(shown, significance.holm([p for _, p in shown])):
+        r["p_holm"] = adjusted
     parts, verdicts = [], []
     for system, reference, statement in present:
         mine = [r for r in records if (r["system"], r["reference"], r["statement"]) == (system, reference, statement)]
@@ -231,13 +249,13 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
                      f"{' and '.join(sorted({c[1] for c in comparisons}))}")
         verdicts.append("inconclusive")
     used = sorted({r["unit"] for r in records if r["level"] == "cell"})
-    backbones = list(dict.fromkeys(u.split(" / ")[0] for u in used))
+    backbones = list(dict.fromkeys(_backbone(u) for u in used))
     settings_used = list(dict.fromkeys(u.split(" / ")[-1] for u in used))
     if used:
         parts.append(f"cells: {len(backbones)} backbone{'s' if len(backbones) != 1 else ''} "
                      f"({', '.join(backbones) if len(backbones) <= 4 else f'{backbones[0]} ... {backbones[-1]}'}) x "
                      f"{' and '.join(settings_used)}")
-    parts.append(_seed_note(records, noise))
+    parts.append(_seed_note(records, {b: noises[b] for b in backbones}))
     if scope:
         parts.append(scope)
     elif len(backbones) == 1:
@@ -245,14 +263,15 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
     return Verdict(claim, where, "; ".join(p for p in parts if p), weakest(verdicts), records)
 
 
-def _for_units(records: list[dict], alpha: float) -> list[tuple[str, float, bool]]:
-    """(unit, the for-test's p, shown at alpha and not vetoed) for each unit of one comparison."""
+def _for_units(records: list[dict], alpha: float) -> list[tuple[dict, float, bool]]:
+    """(the for-record, its p with a vetoed unit's set to 1, shown at alpha) for each unit of the records."""
     out = []
     for r in records:
         if r["role"] == "for":
-            veto = [v for v in records if v["role"] == "veto" and v["unit"] == r["unit"]]
+            veto = [v for v in records if v["role"] == "veto" and (v["unit"], v["system"], v["reference"],
+                    v["statement"]) == (r["unit"], r["system"], r["reference"], r["statement"])]
             vetoed = any(v["p"] < alpha for v in veto)
-            out.append((r["unit"], r["p"], bool(r["p"] < alpha and not vetoed)))
+            out.append((r, 1.0 if vetoed else r["p"], bool(r["p"] < alpha and not vetoed)))
     return out
 
 
@@ -262,8 +281,7 @@ def _verdict(records: list[dict], alpha: float) -> str:
         return "contradicted"
     if units and all(shown for _, _, shown in units):
         return "supported"  # every unit at alpha: the intersection-union test of "in every unit"
-    adjusted = significance.holm([1.0 if p < alpha and not shown else p for _, p, shown in units])
-    return "partly" if any(p < alpha for p in adjusted) else "inconclusive"
+    return "partly" if any(r["p_holm"] < alpha for r, _, _ in units) else "inconclusive"  # Holm over the claim
 
 
 def _finding(records: list[dict], verdict: str, alpha: float) -> str:
@@ -271,41 +289,55 @@ def _finding(records: list[dict], verdict: str, alpha: float) -> str:
     first = records[0]
     name = f"{first['system']} {first['statement']} {first['reference']}"
     units = _for_units(records, alpha)
-    level = next(r["level"] for r in records if r["role"] == "for")
-    word = "settings, each over its backbones" if level == "backbones" else "cells"
-    diffs = [r["diff"] for r in records if r["role"] == "for"]
-    test = TESTS[next(r["test"] for r in records if r["role"] == "for")][0]
+    levels = {r["level"] for r, _, _ in units}
+    word = "settings, each over its backbones" if levels == {"backbones"} else \
+        "cells" if levels == {"cell"} else "units (settings over 3+ backbones, else cells)"
+    if len(units) == 1:
+        word = word.replace("settings, each", "setting").replace("cells", "cell").replace("units", "unit")
+    diffs = [r["diff"] for r, _, _ in units]
+    span = f"Δ {min(diffs):+.4f}" + (f" to {max(diffs):+.4f}" if len(diffs) > 1 else "")
+    test = TESTS[units[0][0]["test"]][0]
     against = [r for r in records if r["role"] == "against"]
     shown_against = [r for r in against if r["p_holm"] < alpha]
     tested = [p for _, p, _ in units if p == p]
-    span = f"Δ {min(diffs):+.4f}" + (f" to {max(diffs):+.4f}" if len(diffs) > 1 else "")
-    word = word if len(units) != 1 else word.replace("settings, each", "setting").replace("cells", "cell")
     if verdict == "contradicted":
         worst = min(shown_against, key=lambda r: r["p_holm"])
         return (f"{name}: shown against in {len(shown_against)} of {len(against)} tests ({worst['unit']}: "
                 f"{TESTS[worst['test']][0]}, Δ {worst['diff']:+.4f}, Holm p {worst['p_holm']:.2g}; {span})")
     if not tested:
-        why = "under 2 queries" if any(r["n"] < 2 for r in records) else "one seed, seed noise unknown"
+        why = "one value per cell" if all(r["n"] < 2 for r, _, _ in units) else "one seed, seed noise unknown"
         return f"{name}: {len(units)} {word} untestable ({why}; {span})"
     if verdict == "supported":
         return (f"{name}: shown in all {len(units)} {word} ({span}; {test}, each at α = {alpha}, largest p "
                 f"{max(tested):.2g}); none shown against")
-    adjusted = significance.holm([1.0 if p < alpha and not shown else p for _, p, shown in units])
+    adjusted = [r["p_holm"] for r, _, _ in units if r["p_holm"] == r["p_holm"]]
     shown = sum(p < alpha for p in adjusted)
-    text = (f"{name}: shown in {shown} of {len(units)} {word} after Holm ({span}; {test}, smallest Holm p "
-            f"{min(p for p in adjusted if p == p):.2g}); none shown against")
-    vetoed = [u for u, p, ok in units if p < alpha and not ok]
+    text = (f"{name}: shown in {shown} of {len(units)} {word} after Holm over the claim ({span}; {test}, smallest "
+            f"Holm p {min(adjusted):.2g}); none shown against")
+    vetoed = [r["unit"] for r, p, ok in units if r["p"] < alpha and not ok]
     return text + (f"; a win within the margin is no win ({', '.join(vetoed)})" if vetoed else "")
 
 
-def _seed_note(records: list[dict], noise) -> str:
+def _seed_note(records: list[dict], noises: dict) -> str:
     """Where the seed term of the cells' tests comes from."""
     if not records:
         return ""
     if all(r["n"] < 2 for r in records if r["level"] == "cell"):
         return "one value per cell: only the settings over the backbones are tested"
-    if noise is not None:
-        return f"seed noise: {noise.source}"
+    known = {b: n for b, n in noises.items() if n is not None}
+    if known:
+        stated = [n for n in known.values() if math.isinf(n.df)]
+        pooled = [n for n in known.values() if not math.isinf(n.df)]
+        text = []
+        if pooled:
+            sds = [n.variance ** 0.5 for n in pooled]
+            text.append(f"seed noise pooled per backbone over its runs: sd {min(sds):.4f}" +
+                        (f" to {max(sds):.4f}" if len(sds) > 1 else "") +
+                        f" ({', '.join(sorted({f'{n.df:g}' for n in pooled}))} df)")
+        if stated:
+            text.append(f"{'one seed, ' if pooled else ''}{stated[0].source}")
+        unknown = [b for b, n in noises.items() if n is None]
+        return "; ".join(text) + (f"; one seed on {', '.join(unknown)}: its cells untested" if unknown else "")
     if any(r["level"] == "backbones" for r in records):
         return "one seed: cells untested (seed noise unknown), settings tested over the backbones"
     return "one seed: the seed noise is unknown, so no cell is tested (state one with --seed-sd)"

@@ -118,17 +118,21 @@ def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[s
                   alpha: float, margin: float, seed_sd: float | None = None) -> dict:
     """{(pair, column): record} for every (small, large) system pair and column (a collection, or a group of
     them weighted equally): the difference, its 95% interval, two-sided and equivalence p-values (each
-    Holm-corrected over the pairs of the column) and the verdict. The seed term is one seed variance pooled over
-    every system's runs of the column, or --seed-sd; with one seed and none stated nothing is tested (the
-    query-level test alone reads seed noise as an effect) and every pair reads "inconclusive (one seed)"."""
+    Holm-corrected over the pairs of the column) and the verdict. The seed term: each backbone's seed variance
+    pooled over its systems' runs of the column, or --seed-sd; with one seed and none stated nothing is tested
+    (the query-level test alone reads seed noise as an effect) and every pair reads "inconclusive (one seed)"."""
     out = {}
     for column, names in columns.items():
-        systems = sorted({x for pair in pairs for x in pair})
-        per_seed = [np.mean([[np.mean(list(pq[measure].values())) for pq in per_query[x][n]] for n in names], axis=0)
-                    for x in systems]
-        noise = claims.seed_noise_of(seed_sd) or significance.pooled_seed_noise(per_seed)
+        # Each backbone's seed variance, pooled over its systems' runs of this column (backbones differ in how
+        # much their seeds move); --seed-sd where a backbone has one seed.
+        by_backbone: dict = {}
+        for x in sorted({x for pair in pairs for x in pair}):
+            by_backbone.setdefault(x.split("|")[0], []).append(
+                np.mean([[np.mean(list(pq[measure].values())) for pq in per_query[x][n]] for n in names], axis=0))
+        noise = {b: significance.pooled_seed_noise(m) or claims.seed_noise_of(seed_sd) for b, m in by_backbone.items()}
         found = [significance.difference([([pq[measure] for pq in per_query[a][n]],
-                                            [pq[measure] for pq in per_query[b][n]]) for n in names], noise)
+                                            [pq[measure] for pq in per_query[b][n]]) for n in names],
+                                          _pair_noise(noise[a.split("|")[0]], noise[b.split("|")[0]]))
                  for a, b in pairs]
         found = [d if d.seed_noise_known else d._replace(se=math.nan, df=math.nan) for d in found]
         differ = significance.holm([d.pvalue() for d in found]) if found else []
@@ -143,8 +147,13 @@ def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[s
                                    "pvalue_holm": p_differ, "pvalue_equivalence": d.equivalence_pvalue(margin),
                                    "pvalue_equivalence_holm": p_equal, "pvalue_worse_holm": p_worse,
                                    "verdict": verdict,
-                                   "seed_noise": noise.source if noise else "one seed: unknown"}
+                                   "seed_noise": d.seed_noise or "one seed: unknown"}
     return out
+
+
+def _pair_noise(a, b):
+    """The seed term of a (small, large) pair: one per side, or None while a side's is unknown (one seed)."""
+    return (a, b) if a is not None and b is not None else None
 
 
 def label(system: str) -> str:
@@ -255,7 +264,7 @@ def main() -> None:
             f"interval. 'matches': equivalence within ±{args.margin} shown by two one-sided t-tests; 'better': "
             f"a two-sided t-test finds a win and equivalence is not shown; 'worse': shown below -{args.margin} "
             f"(one-sided); 'inconclusive': none of these (with one seed and no --seed-sd nothing is tested). "
-            f"Seeds: one seed variance pooled over the column's runs. Holm-Bonferroni over the {len(pairs)} pairs of each collection and group, alpha={args.alpha}; "
+            f"Seeds: each backbone's seed variance pooled over its runs of the column. Holm-Bonferroni over the {len(pairs)} pairs of each collection and group, alpha={args.alpha}; "
             f"(k/n): collections of the group where the pair matches.")
     title = f"RQ3: small backbone + objective vs larger backbone + {weak} ({mode})"
     table = tables.make_table(title, headers, body, note, records=list(tests.values()),

@@ -212,6 +212,8 @@ def main() -> None:
                           args.measure)
     where = claims.scale_of(mode, backbones, objectives, collections, seeds,
                             claims.count_queries(next(iter(runs.values()))))
+    if args.measure != "nDCG@10":  # the margin is stated in nDCG@10: say that the claim was judged on another measure
+        where += f", judged on {args.measure} with the nDCG@10 margin {claims.MARGIN}"
     verdicts.append(claims.competitive_not_better(claims.settings(runs, tables.group_members(collections)), where,
                                                   alpha=args.alpha, seed_sd=args.seed_sd))
     claims.save(results, out.name, verdicts)

@@ -181,7 +181,8 @@ class Difference(NamedTuple):
         return self.mean - half, self.mean + half
 
 
-def difference(collections: Sequence[tuple[SeedRuns, SeedRuns]], seed_noise: SeedNoise | None = None) -> Difference:
+def difference(collections: Sequence[tuple[SeedRuns, SeedRuns]], seed_noise: SeedNoise | tuple | None = None) \
+        -> Difference:
     """A - B over one or several collections, one (A, B) pair of per-query values (one dict per seed) each."""
     arrays = []
     for per_query_a, per_query_b in collections:
@@ -192,11 +193,12 @@ def difference(collections: Sequence[tuple[SeedRuns, SeedRuns]], seed_noise: See
 
 
 def difference_of_arrays(collections: Sequence[tuple[np.ndarray, np.ndarray]],
-                         seed_noise: SeedNoise | None = None) -> Difference:
+                         seed_noise: SeedNoise | tuple | None = None) -> Difference:
     """`difference` on arrays: per collection, A's and B's values as [seeds, queries], queries in the same order.
 
     The seed term: with `seed_noise`, its variance times (1 / seeds of A + 1 / seeds of B) with its degrees of
-    freedom; without it, each side's own per-seed means where that side has 2 or more seeds."""
+    freedom (or, given one SeedNoise per side, each side's own); without it, each side's own per-seed means where
+    that side has 2 or more seeds."""
     means, parts, counts, seeds_a, seeds_b = [], [], [], [], []
     for a, b in collections:
         diff = a.mean(axis=0) - b.mean(axis=0)
@@ -216,12 +218,16 @@ def difference_of_arrays(collections: Sequence[tuple[np.ndarray, np.ndarray]],
     seed_diffs = tuple((per_seed_a - per_seed_b).tolist()) if k_a == k_b else ()
     # Variance terms with their degrees of freedom: each collection's queries, then the seeds.
     terms = [(v / k ** 2, n - 1) for v, n in zip(parts, counts)]
-    if seed_noise is not None:
+    pair = isinstance(seed_noise, tuple) and not isinstance(seed_noise, SeedNoise)
+    if pair:  # one per side (two backbones): two terms
+        terms += [(n.variance / k, n.df) for n, k in zip(seed_noise, (k_a, k_b))]
+    elif seed_noise is not None:  # one variance for both sides: one term, with its degrees of freedom
         terms.append((seed_noise.variance * (1 / k_a + 1 / k_b), seed_noise.df))
     else:
         terms += [(float(np.var(s, ddof=1)) / len(s), len(s) - 1) for s in (per_seed_a, per_seed_b) if len(s) >= 2]
     variance = sum(v for v, _ in terms)
-    source = seed_noise.source if seed_noise is not None else ""
+    source = ("; ".join(dict.fromkeys(n.source for n in seed_noise)) if pair
+              else seed_noise.source if seed_noise is not None else "")
     mean = float(np.mean(means))
     if not math.isfinite(variance):
         return Difference(mean, math.nan, math.nan, sum(counts), (k_a, k_b), seed_diffs, source)

@@ -10,6 +10,9 @@ the limits the README states:
     in at most 5% (false / true, by the true difference: beats false at DELTA <= 0, true at DELTA >= +0.03; does not
     beat the reverse; no worse than false at DELTA <= -0.03, true at DELTA >= 0; matches false at |DELTA| >= 0.03,
     true at 0);
+  * "supported" or "partly" together when it is false in at most 5% (partly is a "some unit" reading); as Holm
+    keeps that rate near 5% by design, this limit is read beyond sampling error: broken when a binomial test of
+    the count against 5% gives p < 0.01;
   * "beats" and "does not beat" are never both supported on the same data;
   * the paper's grid (9 backbones, 3 seeds, 1,000 queries, seed sd <= 0.02, DELTA = +0.07): "beats" supported in at
     least 80% of runs; one backbone, 3 seeds, 1,000 queries, seed sd 0.01: at least 90%.
@@ -17,9 +20,10 @@ the limits the README states:
 The noise model, per query q of a cell (backbone, setting), system x and seed s:
     value = base[q] + DELTA[x] + u[x, q] + e[x, s, q] + g[x, s]
   base ~ U(0.2, 0.8), shared by the systems of a cell; u ~ N(0, QUERY_SD) the system's own per-query term;
-  e ~ N(0, QUERY_SD) a seed's per-query term; g ~ N(0, seed sd) a seed's shift of the whole run. With QUERY_SD =
-  0.125, two systems' per-query difference on one seed has sd 0.25 (what the kit's demo cells show on SciFact).
-  --backbone-sd adds a per-backbone spread of the true effect. Values are not clipped to [0, 1].
+  e ~ N(0, QUERY_SD) a seed's per-query term; g ~ N(0, seed sd) a seed's shift of the whole run, the same in both
+  settings (one checkpoint scores both). With QUERY_SD = 0.125, two systems' per-query difference on one seed has
+  sd 0.25 (what the kit's demo cells show on SciFact). --backbone-sd adds a per-backbone spread of the true effect,
+  --noisy-backbone-sd gives backbone 0 seeds that move more than the others'. Values are not clipped to [0, 1].
 
 Commands:
   python bench/calibrate_verdicts.py                      # the full table: 360 scenarios x 200 replicates
@@ -36,6 +40,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,19 +68,23 @@ def scenarios(backbones, seeds, queries, seed_sds, deltas):
             yield {"backbones": b, "seeds": s, "queries": q, "seed_sd": sd, "delta": delta, "stated": claims.SEED_SD}
 
 
-def simulate(scenario: dict, rng: np.random.Generator, backbone_sd: float = 0.0) -> dict:
-    """One replicate: {"<backbone> / <setting>": {system: [array seeds x queries]}}, as claims.as_arrays gives."""
-    b, s, q, sd = scenario["backbones"], scenario["seeds"], scenario["queries"], scenario["seed_sd"]
+def simulate(scenario: dict, rng: np.random.Generator, backbone_sd: float = 0.0,
+             noisy_backbone_sd: float | None = None) -> dict:
+    """One replicate: {"<backbone> / <setting>": {system: [array seeds x queries]}}, as claims.as_arrays gives.
+    A seed's shift moves its run in both settings alike (one checkpoint scores both); with `noisy_backbone_sd`,
+    backbone 0's seeds move by that sd instead of the scenario's."""
+    b, s, q = scenario["backbones"], scenario["seeds"], scenario["queries"]
     cells = {}
     for i in range(b):
         effect = scenario["delta"] + (rng.normal(0, backbone_sd) if backbone_sd else 0.0)
+        sd = noisy_backbone_sd if i == 0 and noisy_backbone_sd is not None else scenario["seed_sd"]
+        shifts = {x: rng.normal(0, sd, (s, 1)) if sd else 0.0 for x in ["bce", *SYSTEMS]}
         for setting in ("in-domain", "out-of-domain"):
             base = rng.uniform(0.2, 0.8, q)
             cell = {}
             for system in ["bce", *SYSTEMS]:
                 own = base + (0.0 if system == "bce" else effect) + rng.normal(0, QUERY_SD, q)
-                runs = own + rng.normal(0, QUERY_SD, (s, q)) + (rng.normal(0, sd, (s, 1)) if sd else 0.0)
-                cell[system] = [runs]
+                cell[system] = [own + rng.normal(0, QUERY_SD, (s, q)) + shifts[system]]
             cells[f"b{i} / {setting}"] = cell
     return cells
 
@@ -87,12 +96,12 @@ def judge(cells: dict, stated: float | None) -> dict:
 
 
 def run_scenario(job) -> dict:
-    scenario, replicates, seed, backbone_sd = job
+    scenario, replicates, seed, backbone_sd, *noisy = job
     rng = np.random.default_rng(seed)
     counts = {st: dict.fromkeys(claims.VERDICTS, 0) for st in STATEMENTS}
     both = 0
     for _ in range(replicates):
-        found = judge(simulate(scenario, rng, backbone_sd), scenario["stated"])
+        found = judge(simulate(scenario, rng, backbone_sd, *noisy), scenario["stated"])
         for st, verdict in found.items():
             counts[st][verdict] += 1
         both += found["beats"] == found["does not beat"] == "supported"
@@ -106,6 +115,9 @@ def violations(row: dict) -> list[str]:
         share = {v: c / n for v, c in row["counts"][st].items()}
         if false(delta) and share["supported"] > LIMIT:
             out.append(f"{st}: supported in {share['supported']:.1%} while false")
+        some = row["counts"][st]["supported"] + row["counts"][st]["partly"]
+        if false(delta) and scipy.stats.binom.sf(some - 1, n, LIMIT) < 0.01:  # above 5% beyond sampling error
+            out.append(f"{st}: supported or partly in {some / n:.1%} while false")
         if true(delta) and share["contradicted"] > LIMIT:
             out.append(f"{st}: contradicted in {share['contradicted']:.1%} while true")
     if row["beats_and_not"]:
@@ -138,19 +150,20 @@ def table(rows: list[dict]) -> str:
 
 def summary(rows: list[dict]) -> str:
     """The worst share of each wrong verdict over every scenario, then how often "beats" is supported when true."""
-    lines = ["| statement | supported while false: worst scenario | contradicted while true: worst scenario |",
-             "|---|---|---|"]
+    lines = ["| statement | supported while false: worst scenario | contradicted while true: worst scenario | "
+             "supported or partly while false: worst |", "|---|---|---|---|"]
     def name(row):
         stated = f", --seed-sd {row['stated']}" if row["stated"] is not None else ""
         return (f"{row['backbones']} bb, {row['seeds']} seed{'s' if row['seeds'] > 1 else ''}, {row['queries']} q, "
                 f"seed sd {row['seed_sd']}{stated}, Δ {row['delta']:+.3f}")
     for st, (false, true) in TRUTH.items():
         worst = []
-        for kind, when in (("supported", false), ("contradicted", true)):
-            found = [(r["counts"][st][kind] / r["replicates"], name(r)) for r in rows if when(r["delta"])]
+        for kinds, when in ((["supported"], false), (["contradicted"], true), (["supported", "partly"], false)):
+            found = [(sum(r["counts"][st][k] for k in kinds) / r["replicates"], name(r)) for r in rows
+                     if when(r["delta"])]
             share, where = max(found, default=(0.0, "–"))
             worst.append(f"{share:.1%} ({where})" if share else "0.0% (in every scenario)")
-        lines.append(f"| {st} | {worst[0]} | {worst[1]} |")
+        lines.append(f"| {st} | {worst[0]} | {worst[1]} | {worst[2]} |")
     both = sum(r["beats_and_not"] for r in rows)
     lines.append(f"\n'beats' and 'does not beat' both supported: {both} times in {sum(r['replicates'] for r in rows)} "
                  f"runs.\n")
@@ -181,6 +194,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed-sds", type=float, nargs="+", default=[0.0, 0.01, 0.02])
     parser.add_argument("--deltas", type=float, nargs="+", default=[-0.03, 0.0, 0.005, 0.03, 0.07])
     parser.add_argument("--backbone-sd", type=float, default=0.0, help="spread of the true effect over backbones")
+    parser.add_argument("--noisy-backbone-sd", type=float, help="seed sd of backbone 0 (the others: the scenario's)")
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--json", help="also write every scenario's counts to this file")
@@ -189,7 +203,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.from_json:
         return report(json.loads(Path(args.from_json).read_text()), args.summary_only)
-    jobs = [(sc, args.replicates, 1000 + i, args.backbone_sd)
+    jobs = [(sc, args.replicates, 1000 + i, args.backbone_sd, args.noisy_backbone_sd)
             for i, sc in enumerate(scenarios(args.backbones, args.seeds, args.queries, args.seed_sds, args.deltas))]
     try:
         from tqdm import tqdm
