@@ -51,6 +51,19 @@ class KitError(Exception):
     """A problem with the user's input or files. Scripts print it as one line and exit with 2."""
 
 
+def extra(name: str, flag: str):
+    """The optional feature extras/<name>.py, imported only where `flag` asks for it: a core run never loads it,
+    and in a copy of a script without it the flag gets one error line naming the file to add."""
+    import importlib
+    try:
+        return importlib.import_module(f"extras.{name}")
+    except ModuleNotFoundError as error:
+        if error.name not in ("extras", f"extras.{name}"):
+            raise
+        raise KitError(f"{flag} needs extras/{name}.py (and extras/__init__.py): copy them from the kit beside "
+                       f"this script") from None
+
+
 class Interrupted(Exception):
     """The work stopped early because a stop was asked for (request_stop: SLURM's signal before a time limit or a
     preemption, or a lock taken over), at a point it resumes from exactly: training saved a checkpoint first."""
@@ -172,17 +185,12 @@ def install_demo_data(home: Path) -> None:
             atomic_write_bytes(target, source.read_bytes())  # a private temp name: safe with concurrent runs
 
 
-# Collections that are not ir_datasets ids, by the prefix of their id: local_collection.py registers "local:" (it
-# builds on this module's readers, so this module does not import it).
-DATASET_OPENERS: dict = {}
-
-
 def load_dataset(dataset_id: str):
     """The ir_datasets dataset, from the home choose_ir_datasets_home() picked; a local collection for a
-    "local:<spec>" id (DATASET_OPENERS); an unknown id is a KitError."""
-    for prefix, opener in DATASET_OPENERS.items():
-        if dataset_id.startswith(prefix):
-            return opener(dataset_id[len(prefix):])
+    "local:<spec>" id (extras/local_collection.py); an unknown id is a KitError."""
+    if dataset_id.startswith("local:"):
+        local = extra("local_collection", "a local collection (a JSON spec in --collections)")
+        return local.LocalCollection(Path(dataset_id[len("local:"):]))
     if not _chosen_home:
         raise RuntimeError("call common.choose_ir_datasets_home(demo=...) before loading a collection")
     home, demo = _chosen_home[0]

@@ -35,9 +35,6 @@ import figures
 import grid
 import launch
 import paper_setup
-import released
-import reproduction
-import shipped
 import significance
 import tables
 
@@ -139,6 +136,7 @@ def main() -> None:
                                 teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists)
     configs = {objective: [config(objective, seed) for seed in seeds] for objective in args.objectives}
     if args.cells:  # only the named cells, each to be compared with its shipped twin
+        shipped = common.extra("shipped", "--cells")
         if mode != "demo":
             raise common.KitError("--cells compares cells with the demo's shipped results: pass it with --demo")
         wanted = [cell.partition(":") for cell in args.cells]
@@ -152,6 +150,7 @@ def main() -> None:
             raise common.KitError(f"--cells: no shipped twin for {', '.join(missing)} (not measured yet); shipped: "
                                   f"{', '.join(sorted(shipped.shipped_cells())) or 'none'}")
     if args.from_shipped:  # the shipped cells are copied into the results folder, which then reuses them
+        shipped = common.extra("shipped", "--from-shipped")
         if mode != "demo":
             raise common.KitError("--from-shipped reads the demo's shipped results: pass it with --demo")
         missing = [f"{c.objective} seed {c.seed}" for cfgs in configs.values() for c in cfgs
@@ -164,6 +163,7 @@ def main() -> None:
     # 3. Train (or reuse) every cell, re-rank every collection (--released: re-rank the authors' checkpoints) -----
     train_and_evaluate = launch.train_and_evaluate
     if args.released:
+        released = common.extra("released", "--released")
         chosen = released.resolve([(backbone, o) for o in args.objectives], args.skip_missing)
         args.objectives = [o for o in args.objectives if (backbone, o) in chosen]
         train_and_evaluate = functools.partial(released.rerank, cells=chosen, labels={n: o for (_, o), n in chosen.items()},
@@ -214,6 +214,7 @@ def main() -> None:
                                                    [p["nDCG@10"] for p in per_query[baseline][c.name]])])
             intervals.setdefault(objective, {})[c.name] = (difference.mean, *difference.interval())
     if published:  # how close the kit's effects are to the paper's (README, "How close to the paper")
+        reproduction = common.extra("reproduction", "the paper mode's reproduction report")
         kit = {(backbone, r["system"]): {} for r in records if r["system"] in args.objectives}
         for r in records:
             if r["system"] in args.objectives:

@@ -41,8 +41,6 @@ import figures
 import grid
 import launch
 import paper_setup
-import released
-import reproduction
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
@@ -165,6 +163,7 @@ def main() -> None:
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
     train_and_evaluate = launch.train_and_evaluate
     if args.released:  # the authors' checkpoints as the grid's rows: nothing is trained
+        released = common.extra("released", "--released")
         chosen = released.resolve([(b, o) for b in backbones for o in args.objectives], args.skip_missing)
         train_and_evaluate = functools.partial(released.rerank, cells=chosen, lengths=next(iter(configs.values()))[0],
                                                labels={n: f"{b}|{o}" for (b, o), n in chosen.items()})
@@ -221,6 +220,7 @@ def main() -> None:
                                                                     for o, v in rows[b].items()},
                                     backbones, args.objectives, baseline, f"RQ2 {group}: nDCG@10 minus {baseline}")
     if published:  # the kit's mean against the paper's, for every cell the paper reports
+        reproduction = common.extra("reproduction", "the paper mode's reproduction report")
         points = [(published[b, o][c], float(np.mean(metrics_of(b, o, c))), f"{b} {o} {c}") for b in backbones
                   for o in args.objectives for c in [c.name for c in collections] if (b, o) in published
                   and c in published[b, o] and metrics_of(b, o, c)]

@@ -47,8 +47,6 @@ import common
 import grid
 import losses
 import paper_setup
-import reproduction
-import shipped
 import significance
 import tables
 
@@ -320,6 +318,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
                 members = [c.name for c in paper_setup.PAPER_COLLECTIONS if c.group == group]
                 if all(m in row for m in members):
                     row[column] = float(np.mean([row[m] for m in members]))
+        reproduction = common.extra("reproduction", "RQ5 on paper cells (the reproduction report)")
         made["rq5_reproduction"] = reproduction.table(reproduction.report(kit, claims.published_in_kit_columns()),
                                                       f"RQ5: the kit against the paper ({tag})")
     return made, statements, verdicts
@@ -403,7 +402,7 @@ def main() -> None:
     results = Path(args.results)
     shipped_folder = (results / "MANIFEST.json").exists()  # shipped results are read in place, never written
     if shipped_folder:
-        shipped.verify(results)
+        common.extra("shipped", f"--results {results} (shipped results)").verify(results)
     out_root = Path(args.tables) if args.tables else Path("results") / "tables" if shipped_folder else results / "tables"
     if (results / "FORMAT").exists() and not shipped_folder:
         grid.open_results(results)  # refuses a folder of another layout version

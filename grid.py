@@ -37,8 +37,6 @@ import numpy as np
 import common
 import cross_encoder
 import figures
-import first_stage as first_stage_module
-import local_collection
 import losses
 import paper_setup
 import token_cache
@@ -246,7 +244,7 @@ def resolve_setting(args) -> Setting:
 def select_collections(collections: list[Collection], names: list[str] | None) -> list[Collection]:
     """The collections named by --collections (all of the mode's when none are named): a name of the mode's,
     any ir_datasets id (e.g. beir/arguana; candidates from --run-dir or its scoreddocs), or the JSON spec of a
-    local collection (local_collection.LocalCollection). Anything else is a KitError."""
+    local collection (extras/local_collection.py). Anything else is a KitError."""
     if not names:
         return collections
     known, chosen = {c.name: c for c in collections}, []
@@ -254,7 +252,8 @@ def select_collections(collections: list[Collection], names: list[str] | None) -
         if name in known:
             chosen.append(known[name])
         elif name.endswith(".json") and Path(name).is_file():
-            spec = local_collection.read_collection_spec(Path(name).resolve())
+            local = common.extra("local_collection", f"--collections {name} (a local collection)")
+            spec = local.read_collection_spec(Path(name).resolve())
             chosen.append(Collection(common.slug(spec["name"]), f"local:{Path(name).resolve()}",
                                      spec.get("group", "other"), tuple(spec.get("measures", Collection.measures)),
                                      run=str(Path(name).resolve().parent / spec["run"])))
@@ -540,13 +539,19 @@ def _train_locked(cfg: TrainConfig, folder: Path, device: str, log=print, keep_c
         (folder / "checkpoint.pt").unlink(missing_ok=True)
 
 
+def _first_stage():
+    """The kit's own first stage (extras/first_stage.py), for collections with neither a shipped run nor
+    --run-dir (the paper's setting) and for the paper's NanoBEIR validation."""
+    return common.extra("first_stage", "a collection without a run (the kit's own first stage, --retriever)")
+
+
 def nanobeir_validator(cfg: TrainConfig, device: str, method: str, batch_size: int, log=print,
                        tokens_folder: Path | None = None, token_budget: int = 0):
     """validate(model, pair_tokenizer): the mean nDCG@10 of re-ranking the top-100 of the kit's first stage on
     the 13 NanoBEIR sets, as the paper selects its checkpoints. The sets are loaded once, here, and tokenized
     once into `tokens_folder` (token_cache.py) when given; the cell's own --unpadded applies."""
     depth = paper_setup.RECIPES["paper"]["validation_depth"]
-    sets = [common.load_eval_data(c, depth=depth, run=first_stage_module.cached_run(c, method, depth, device, log=log))
+    sets = [common.load_eval_data(c, depth=depth, run=_first_stage().cached_run(c, method, depth, device, log=log))
             for c in paper_setup.NANOBEIR]
 
     def validate(model, pair_tokenizer) -> float:
@@ -681,7 +686,7 @@ def first_stage_label(collections: list[Collection], run_dir: str | None, method
         return Path(run_dir).name
     if all(c.run and "bm25" in c.run for c in collections):
         return "BM25"
-    return first_stage_module.label(method, depth) if not any(c.run for c in collections) else "first stage"
+    return _first_stage().label(method, depth) if not any(c.run for c in collections) else "first stage"
 
 
 def train_cells(cfgs: Sequence[TrainConfig], results: Path, device: str, log=print, **train_options) -> None:
@@ -723,7 +728,7 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries, run=None if run_dir or c.run else
-                                              first_stage_module.cached_run(c, method, depth, device, log=log))
+                                              _first_stage().cached_run(c, method, depth, device, log=log))
                 for c in collections}
     for data in datasets.values():  # a run of another collection fails here, before the first cell trains
         data.documents.get_many(list(dict.fromkeys(d for docs in data.candidates.values() for d in docs))[:1000])

@@ -20,7 +20,7 @@ import _util  # noqa: F401  (puts the kit on the path, chooses the demo's ir_dat
 import numpy as np
 
 import common
-import first_stage
+from extras import first_stage
 import cross_encoder
 
 MS_MARCO_PASSAGES = 8_841_823

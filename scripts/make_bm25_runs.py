@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import common`
 
 import common  # noqa: E402
-import first_stage  # noqa: E402
+from extras import first_stage  # noqa: E402
 import grid  # noqa: E402
 import paper_setup  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Write the demo's measured cells into data/demo-results/ (shipped.py says what goes in and why).
+"""Write the demo's measured cells into data/demo-results/ (extras/shipped.py says what goes in and why).
 
   python scripts/ship_results.py --results results --cells 'minilm-l6__*'
 
@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
-import shipped  # noqa: E402
+from extras import shipped  # noqa: E402
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import os
 import runpy
 import sys
 
-import first_stage
+from extras import first_stage
 import paper_setup
 
 world = json.loads(os.environ["KIT_TEST_PAPER_WORLD"])

@@ -43,6 +43,25 @@ def test_a_copied_script_runs_with_only_the_files_the_readme_names(tmp_path):
                             "'losses']))"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert all(Path(f).resolve().parent == project.resolve() for f in probe.stdout.split()), probe.stdout
+    # A flag whose optional file was not copied: one line naming the file to add, before any work.
+    missing = subprocess.run([sys.executable, "exp_rq1_objectives.py", "--demo", "--from-shipped", "--precision",
+                              "bf16", "--objectives", "bce", "infonce", "--collections", "scifact", "--results",
+                              "results"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
+        "error: --from-shipped needs extras/shipped.py (and extras/__init__.py): copy them from the kit beside this "
+        "script"), missing.stderr[-2000:]
+
+
+def test_no_script_loads_an_optional_feature_it_was_not_asked_for():
+    """Importing a script (its flags unparsed, nothing run) loads no optional feature (extras/, where shipped,
+    released and reproduction, once imported by every script, now live): a core run never does."""
+    scripts = sorted(p.stem for p in ROOT.glob("exp_*.py"))
+    probe = subprocess.run([sys.executable, "-c", f"import sys; [__import__(s) for s in {scripts!r}]; "
+                            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                            "('extras', 'shipped', 'released', 'reproduction', 'first_stage', 'local_collection')))"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.strip() == "[]", probe.stdout
 
 
 def test_losses_file_prints_every_objective_term_by_term():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import common
-import first_stage
+from extras import first_stage
 import paper_setup
 
 DEMO = {c.name: c for c in paper_setup.DEMO_COLLECTIONS}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import paper_setup
-import released
+from extras import released
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import scipy.stats
 import claims
 import exp_rq5_summary as rq5
 import grid
-import reproduction
+from extras import reproduction
 import significance
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import shipped
+from extras import shipped
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- shipped: (?P<command>[^>]+) -->\n(?P<table>.*?)\n<!-- /shipped -->", re.S)

@@ -77,10 +77,10 @@ def read_collection_spec(spec: Path) -> dict:
     try:
         fields = json.loads(common.open_text(spec).read())
     except json.JSONDecodeError as error:
-        raise common.KitError(f"{spec}: not a JSON collection spec ({error}); see local_collection.LocalCollection") from None
+        raise common.KitError(f"{spec}: not a JSON collection spec ({error}); see extras/local_collection.py") from None
     missing = [k for k in ("name", "queries", "qrels", "documents", "run") if k not in fields]
     if missing:
-        raise common.KitError(f"{spec}: the collection spec has no {', '.join(missing)}; see local_collection.LocalCollection")
+        raise common.KitError(f"{spec}: the collection spec has no {', '.join(missing)}; see extras/local_collection.py")
     for key in ("queries", "qrels", "documents", "run"):
         if not (spec.parent / fields[key]).is_file():
             raise common.KitError(f"{spec}: its {key} file {spec.parent / fields[key]} does not exist")
@@ -109,4 +109,3 @@ def _records(path: Path, keys: tuple) -> Iterator[tuple]:
                 raise common.KitError(f"{path}, line {number}: malformed line ({error}): {line.strip()[:80]!r}") from None
 
 
-common.DATASET_OPENERS["local:"] = lambda spec: LocalCollection(Path(spec))
