@@ -11,7 +11,7 @@ Sections, read top to bottom:
   3. the results store: cells, keys, locks (shared by any number of workers, on one machine or many)
   4. evaluations, cached beside their cell
   5. the grid: train (or reuse) every cell, re-rank every collection, as one worker among any number
-(launch.py decides how a grid runs: here, planned with --plan, or as a SLURM job array with --slurm.)
+(launch.py runs a grid here; --plan and --slurm are extras/scale_out.py.)
 """
 from __future__ import annotations
 

@@ -8,4 +8,5 @@ runs until such a flag asks for a file, which then names itself in one error lin
   first_stage.py    a collection with neither a shipped run nor --run-dir (the paper's setting, NanoBEIR
                     validation): the kit's own first stage, --retriever splade or bm25
   local_collection.py  --collections my-collection.json: a test collection of your own from plain files
+  scale_out.py      --plan (what a grid costs) and --slurm (a SLURM job array, one task per cell)
 """

@@ -106,6 +106,7 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     import grid
     import workers
     import launch
+    from extras import scale_out
     import paper_setup
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the CPU the demo's rates were measured on
     configs = {o: [grid.make_config("demo", "minilm-l6", o, 12, "fp32")] for o in ("bce", "hinge", "infonce")}
@@ -121,7 +122,7 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     args = SimpleNamespace(array_parallelism=8, gpus=1, cpus=8, mem=32, time_limit="1:00:00", partition="gpu",
                            account=None)
     try:
-        text = launch.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
+        text = scale_out.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
                                 50, None, args)
     finally:
         held.release()
@@ -137,7 +138,7 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     one = launch.TOTAL["minilm-l6"] * launch.BYTES_PER_PARAMETER["checkpoint"] / 1e9
     assert f"checkpoints of the 2 cells training at once {2 * one:,.1f}" in text
     args.keep_checkpoint, args.array_parallelism = True, 1  # the lock is released by now: 3 cells to do, all kept
-    kept = launch.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
+    kept = scale_out.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
                             50, None, args)
     assert f"last checkpoints, kept {3 * one:,.1f}" in kept
 
