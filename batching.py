@@ -1,8 +1,10 @@
 """How (query, passage) pairs become batches for cross_encoder.py: tokenized batch by batch (here or in
 DataLoader workers), padded from stored token ids (token_cache.py), cut by a token budget, or packed into
-one row without padding (unpadded.py); and training batches tokenized ahead of the step in a thread.
+one row without padding (extras/unpadded.py, --unpadded); and training batches tokenized ahead of the step in a
+thread.
 
-Each batch is (positions of its pairs, their inputs): a dict of padded tensors, or an unpadded.Packed.
+Each batch is (positions of its pairs, their inputs): a dict of padded tensors, or a packed row
+(extras/unpadded.py).
 The tokenizer is always a cross_encoder.PairTokenizer; this module does not import cross_encoder.
 """
 from __future__ import annotations
@@ -11,8 +13,13 @@ import os
 
 import numpy as np
 
-import unpadded
 from token_cache import PairTokens
+
+
+def _pack(tokens, chosen):
+    """Pairs packed into one row (--unpadded): the model's checks ran before a packed batch was asked for."""
+    from extras import unpadded
+    return unpadded.pack(tokens, chosen)
 
 
 def reranking_batches(pair_tokenizer, queries: list[str], passages: list[str], batch_size: int, workers: int = 0,
@@ -78,7 +85,7 @@ class TokenBatches:
 
     def __iter__(self):
         for chosen in self.batches:
-            yield chosen, (unpadded.pack(self.tokens, chosen) if self.packed else
+            yield chosen, (_pack(self.tokens, chosen) if self.packed else
                            self.pair_tokenizer.pad(self.tokens, chosen))
 
 

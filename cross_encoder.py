@@ -3,9 +3,9 @@
 A cross-encoder reads a (query, passage) pair and returns one logit, the passage's score for the
 query. train() fits one to an objective of losses.py on the batches of common.TrainingData and saves
 it in the Hugging Face format; score_pairs() and rerank() score candidates with it in fp32.
-Three modules serve it: token_cache.py keeps pairs' token ids (rerank() tokenizes a collection's
-candidates once for every cell), batching.py makes the batches, unpadded.py runs a batch packed into one
-row without padding.
+Two modules serve it: token_cache.py keeps pairs' token ids (rerank() tokenizes a collection's
+candidates once for every cell), batching.py makes the batches; with --unpadded, extras/unpadded.py runs a
+batch packed into one row without padding.
 
 Sections, read top to bottom:
   1. backbones: the pretrained encoder with a fresh one-logit head
@@ -33,7 +33,6 @@ import common
 import losses
 import paper_setup
 import token_cache
-import unpadded
 from common import KitError
 from paper_setup import Backbone
 from token_cache import PairTokens
@@ -191,11 +190,11 @@ class PairTokenizer:
         queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
         return self([*queries], [d for docs in batch.docs for d in docs]), batch.targets
 
-    def packed_batch(self, batch: common.Batch) -> tuple[unpadded.Packed, "torch.Tensor"]:
-        """A training batch as `batch` makes it, packed into one row (the unpadded path)."""
+    def packed_batch(self, batch: common.Batch) -> tuple:
+        """A training batch as `batch` makes it, packed into one row (--unpadded: extras/unpadded.Packed, targets)."""
         queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
         tokens = self.encode(queries, [d for docs in batch.docs for d in docs])
-        return unpadded.pack(tokens, np.arange(len(tokens))), batch.targets
+        return _unpadded().pack(tokens, np.arange(len(tokens))), batch.targets
 
     def encode(self, queries: list[str], passages: list[str]) -> PairTokens:
         """The ids __call__ would give, unpadded."""
@@ -289,6 +288,20 @@ def setup_speed(device: str, deterministic: bool = False, threads: int | None = 
         torch.use_deterministic_algorithms(True)
 
 
+def forward_logits(model, inputs, device: str, pin: bool = False):
+    """The model's logits for one batch: a padded batch (a dict of tensors) is moved to `device` and run as it
+    is; a packed one (--unpadded, extras/unpadded.py) runs through its own attention."""
+    if not isinstance(inputs, dict):
+        return _unpadded().forward_logits(model, inputs, device, pin)
+    inputs = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in inputs.items()}
+    return model(**inputs).logits
+
+
+def _unpadded():
+    """The packed path (extras/unpadded.py), loaded only when --unpadded asks for it."""
+    return common.extra("unpadded", "--unpadded")
+
+
 # ================================================================================================
 # 4. The training configuration and the training loop
 # ================================================================================================
@@ -318,7 +331,7 @@ class TrainConfig:
     # How the arithmetic runs; each changes the numbers by rounding, so a cell with one of them on is its own
     # cell. Off, they are left out of the cell's key and checkpoint (OFF_BY_DEFAULT): cells made before they
     # existed keep their keys.
-    unpadded: bool = False      # packed batches, variable-length attention (unpadded.py)
+    unpadded: bool = False      # packed batches, variable-length attention (extras/unpadded.py)
     compile: bool = False       # torch.compile the encoder
 
     def record(self) -> dict:
@@ -473,7 +486,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     data = common.build_training_data(cfg.objective, setup, cfg.batch_queries, cfg.group_size, cfg.seed,
                                       cfg.max_examples, cfg.teacher_scores, log=log)
     pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
-    packed = cfg.unpadded and unpadded.usable(model, log)
+    packed = cfg.unpadded and _unpadded().usable(model, log)
     if cfg.compile:
         compile_model(model)
 
@@ -511,7 +524,7 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         for micro, (inputs, targets) in enumerate(batches, start=step * accumulation):
             targets = targets.to(device, non_blocking=True)
             with autocast(device, cfg.precision):
-                logits = unpadded.forward_logits(model, inputs, device)
+                logits = forward_logits(model, inputs, device)
             # The head and the loss run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
             loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
             loss.backward()
@@ -594,10 +607,10 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
     0: the workers would take cores from the model.
     `tokens` (token_cache.PairTokens of these pairs) skips the tokenizer: the same batches, padded from the
     stored ids, give the same scores. `token_budget` > 0 batches pairs of similar token length up to that
-    many tokens (padding counted); `unpad` packs each batch into one row without padding (unpadded.py), up to
+    many tokens (padding counted); `unpad` packs each batch into one row without padding (extras/unpadded.py), up to
     `token_budget` or batch_size x max_length real tokens, for the families that allow it (batching.py)."""
     import torch
-    if unpad and not unpadded.usable(model):
+    if unpad and not _unpadded().usable(model):
         unpad, token_budget = False, token_budget or batch_size * pair_tokenizer.max_length
     batches = batching.reranking_batches(pair_tokenizer, queries, passages, batch_size, workers, tokens,
                                          token_budget, unpad)
@@ -624,7 +637,7 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
                 raise common.Interrupted(f"re-ranking stopped ({common.stop_requested()})")
             chosen = np.asarray(chosen)
             with autocast(device, precision):
-                logits = unpadded.forward_logits(model, inputs, device, pin=on_gpu).float().view(-1)
+                logits = forward_logits(model, inputs, device, pin=on_gpu).float().view(-1)
             ready = None
             if on_gpu:
                 host = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)

@@ -22,7 +22,7 @@ import time
 from _util import add_threads_argument, demo_pairs, machine_line, median, print_table, set_threads
 import batching  # noqa: E402
 import cross_encoder  # noqa: E402
-import unpadded  # noqa: E402
+from extras import unpadded  # noqa: E402
 
 
 def main():

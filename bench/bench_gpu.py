@@ -42,7 +42,7 @@ import traceback
 from _util import demo_pairs, median, print_table
 import batching  # noqa: E402
 import cross_encoder  # noqa: E402
-import unpadded  # noqa: E402
+from extras import unpadded  # noqa: E402
 from _util import forward_flops as model_forward_flops
 
 # bf16 on the GPU. A dry run on a CPU without native bf16 (no AVX512-BF16 or AMX) takes fp32: there bf16

@@ -9,4 +9,5 @@ runs until such a flag asks for a file, which then names itself in one error lin
                     validation): the kit's own first stage, --retriever splade or bm25
   local_collection.py  --collections my-collection.json: a test collection of your own from plain files
   scale_out.py      --plan (what a grid costs) and --slurm (a SLURM job array, one task per cell)
+  unpadded.py       --unpadded: a batch packed into one row, attention kept within each pair
 """

@@ -1,5 +1,5 @@
 """Cheaper cells: candidates tokenized once (token_cache.py), batches by token budget, the unpadded path
-(unpadded.py), batches tokenized ahead of the training step, and --compile. What is checked is that none of
+(extras/unpadded.py), batches tokenized ahead of the training step, and --compile. What is checked is that none of
 it changes what the kit computes, or, where it does by rounding, that the cells are kept apart.
 
 Tiny random models on the CPU, one thread. Their weights are redrawn larger (std 0.3) where scores are
@@ -25,7 +25,7 @@ import cross_encoder
 import grid
 import paper_setup
 import token_cache
-import unpadded
+from extras import unpadded
 from token_cache import PairTokens
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,7 +59,7 @@ def test_no_script_loads_an_optional_feature_it_was_not_asked_for():
     probe = subprocess.run([sys.executable, "-c", f"import sys; [__import__(s) for s in {scripts!r}]; "
                             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                             "('extras', 'shipped', 'released', 'reproduction', 'first_stage', 'local_collection', "
-                            "'submitit')))"],
+                            "'submitit', 'unpadded')))"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.strip() == "[]", probe.stdout
