@@ -722,7 +722,7 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
     {measure: {qid: value}}; the candidates themselves appear in metrics (only) as the system `first_stage`.
     A collection with neither --run-dir nor a shipped run is re-ranked from the kit's own first stage
-    `method` (first_stage.py: splade, the paper's, or bm25), made once and cached."""
+    `method` (extras/first_stage.py: splade, the paper's, or bm25), made once and cached."""
     preflight(configs, collections, run_dir, results, train_options.get("keep_checkpoint", False), log)
     folders = {name: resolve_model(name) for name in models}  # fetched (and checked) before anything trains
     metrics: dict = {}

@@ -7,7 +7,7 @@ re-ranking variants score the same pairs and alternate round by round (the order
 - stored ids: the same batches padded from ids tokenized beforehand (what `rerank` does with
   results/tokens): the scores must come out bit-identical;
 - token budget: pairs sorted by token length, up to --token-budget tokens per batch counting padding;
-- unpadded: the same budget in real tokens, each batch packed into one row (unpadded.py).
+- unpadded: the same budget in real tokens, each batch packed into one row (extras/unpadded.py).
 Per variant: pairs/s per round and the median, tokens the model computed per real token (padding), and the
 largest score difference to the on-the-fly scores. Tokenizing all pairs once, the stored ids' one-off cost,
 is timed on its own. Training (--train-steps > 0): the training step (bce, clip, fused AdamW) on the same

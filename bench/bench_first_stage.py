@@ -1,4 +1,4 @@
-"""How fast the kit's own first stage is (first_stage.py), to size the paper's collections.
+"""How fast the kit's own first stage is (extras/first_stage.py), to size the paper's collections.
 
 1. SPLADE encoding: a DistilBERT-sized masked LM (6 layers, 768 wide, BERT's 30,522-word vocabulary; random
    weights, the same arithmetic as naver/splade-v3-distilbert) encodes real SciFact abstracts at the kit's

@@ -8,7 +8,7 @@ and train on real (query, passage) pairs from the demo collections' BM25 candida
 For every model and length it prints:
 - re-ranking with `cross_encoder.score_pairs`: tokenized on the fly in-process (the kit before stored
   tokens), and by --workers worker processes; from stored ids (what `rerank` does with results/tokens), by
-  pair count, then by token budget padded, then unpadded (unpadded.py); with --compile, the stored-ids
+  pair count, then by token budget padded, then unpadded (extras/unpadded.py); with --compile, the stored-ids
   variants again with the encoder compiled. With sentence-transformers installed, `CrossEncoder.predict` on
   the same pairs (BERT only). Pairs/s, MFU, and the largest score difference to the on-the-fly scores;
 - the tokenizer alone (CPU, one process);

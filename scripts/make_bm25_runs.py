@@ -1,4 +1,4 @@
-"""BM25 top-100 runs of the offline demo query sets, through the kit's first stage (first_stage.py: bm25s, k1 0.9,
+"""BM25 top-100 runs of the offline demo query sets, through the kit's first stage (extras/first_stage.py: bm25s, k1 0.9,
 b 0.4, Lucene's idf, English stopwords and the Snowball stemmer).
 
 The shipped runs in data/runs/bm25/ were made by an earlier hand-written BM25 (Porter stemmer, Lucene's 33
