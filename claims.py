@@ -6,7 +6,7 @@ by rules fixed here and calibrated by simulation (bench/calibrate_verdicts.py; R
   supported     every unit the claim names is shown for it, each by its own test at ALPHA (a claim about
                 every unit needs every test to pass, so no correction is due: the intersection-union
                 principle, Berger 1982), and no cell is shown against it;
-  partly        some unit is shown for it after Holm over its units, and no cell is shown against it;
+  partly        some unit is shown for it after Holm over all the claim's units, and no cell is shown against it;
   contradicted  some cell (or unit) is shown against it after Holm over every such test of the claim;
   inconclusive  nothing else: the line says why (nothing shown, one seed, one query, ...).
 
@@ -23,9 +23,9 @@ collections, each weighted equally; the unit of a test within a cell is the quer
 backbones in a setting, the statement is tested over the backbones, as the published table is: each backbone's
 difference is one value, the setting is the unit (an "across backbones" claim is a claim about the backbones'
 effect, and a test in each of 36 cells cannot all pass at the paper's seed noise). Cells are still tested one by
-one for the "against" side. A cell's test counts the seeds: one seed variance for the whole claim, pooled over its
-runs (2+ seeds), or stated (--seed-sd); with one seed and none stated, cells are not tested at all, because the
-seed noise is unknown and the query-level test alone reads seed noise as an effect.
+one for the "against" side. A cell's test counts the seeds: one seed variance per backbone, pooled over its runs
+in the claim (2+ seeds), or stated (--seed-sd) where a backbone has one seed; with one seed and none stated, cells
+are not tested at all, because the seed noise is unknown and the query-level test alone reads it as an effect.
 
 The published table (means of 3 seeds, no per-query values) enters the same code with one value per cell: its
 units are the two settings over the 9 backbones.
@@ -157,7 +157,7 @@ def as_arrays(cells: dict) -> dict:
         for system, collections in systems.items():
             arrays = []
             for i, per_seed in enumerate(collections):
-                seeds = significance._seeds(per_seed, f"{system} in {cell}")
+                seeds = significance.seed_runs(per_seed, f"{system} in {cell}")
                 qids = order.setdefault(i, sorted(seeds[0]))
                 if set(seeds[0]) != set(qids):
                     raise common.KitError(f"{cell}: {system} covers other queries than the other systems on "
@@ -165,12 +165,6 @@ def as_arrays(cells: dict) -> dict:
                 arrays.append(np.array([[s[q] for q in qids] for s in seeds]))
             out[cell][system] = arrays
     return out
-
-
-def _seed_means(arrays: list) -> np.ndarray:
-    """Each seed's mean over the setting (collections weighted equally)."""
-    k = min(len(a) for a in arrays)
-    return np.mean([a[:k].mean(axis=1) for a in arrays], axis=0)
 
 
 def _record(unit, level, system, reference, statement, role, test, d, margin) -> dict:
@@ -184,14 +178,19 @@ def _backbone(cell: str) -> str:
     return cell.split(" / ")[0]
 
 
+def backbone_seed_noise(runs: list, seed_sd: float | None) -> significance.SeedNoise | None:
+    """One backbone's seed variance, pooled over its runs (each its per-seed means) with 2+ seeds; with one seed
+    --seed-sd if stated, else None (unknown). RQ3's pairs take theirs from here too."""
+    return significance.pooled_seed_noise(runs) or seed_noise_of(seed_sd)
+
+
 def seed_noises(cells: dict, runs: list[tuple[str, str]], seed_sd: float | None) -> dict:
-    """{backbone: SeedNoise or None}: each backbone's seed variance, pooled over its runs (systems and settings)
-    with 2+ seeds, since backbones differ in how much their seeds move (a noisier backbone must not borrow the
-    others' calm); a backbone with one seed takes --seed-sd if stated, else it stays unknown (None)."""
+    """{backbone: SeedNoise or None} for the (cell, system) `runs` of a claim: per backbone, since backbones
+    differ in how much their seeds move (a noisier backbone must not borrow the others' calm)."""
     by_backbone = defaultdict(list)
     for cell, system in runs:
-        by_backbone[_backbone(cell)].append(_seed_means(cells[cell][system]))
-    return {b: significance.pooled_seed_noise(means) or seed_noise_of(seed_sd) for b, means in by_backbone.items()}
+        by_backbone[_backbone(cell)].append(significance.seed_means(cells[cell][system]))
+    return {b: backbone_seed_noise(means, seed_sd) for b, means in by_backbone.items()}
 
 
 def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], where: str, *, named: list[str] = (),
@@ -212,17 +211,15 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
             if system not in systems or reference not in systems:
                 continue
             d = significance.difference_of_arrays(list(zip(systems[system], systems[reference])),
-                                                  noises[_backbone(cell)])
-            if not d.seed_noise_known:  # one seed, none stated: the query-level test would read seed noise as effect
-                d = d._replace(se=math.nan, df=math.nan)
+                                                  noises[_backbone(cell)]).require_seed_noise()
             by_setting[cell.split(" / ")[-1]].append((cell, d))
         for setting, found in by_setting.items():
             across = len(found) >= MIN_BACKBONES
             tests = [(cell, "cell", d) for cell, d in found]
             if across:
                 over = significance.over_units([d.mean for _, d in found], "backbones as the unit")
-                tests.append((f"{setting}, over {len(found)} backbones", "backbones",
-                              over._replace(seeds=(min(d.seeds[0] for _, d in found), min(d.seeds[1] for _, d in found)))))
+                seeds = tuple(min(d.seeds[side] for _, d in found) for side in (0, 1))
+                tests.append((f"{setting}, over {len(found)} backbones", "backbones", over._replace(seeds=seeds)))
             for unit, level, d in tests:
                 if level == ("backbones" if across else "cell"):
                     records.append(_record(unit, level, system, reference, statement, "for", for_test, d, margin))
@@ -234,8 +231,8 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
     against = [r for r in records if r["role"] == "against"]
     for r, p in zip(against, significance.holm([r["p"] for r in against])):
         r["p_holm"] = p
-    shown = [(r, p) for r, p, _ in _for_units(records, alpha)]
-    for (r, p), adjusted in zip(shown, significance.holm([p for _, p in shown])):
+    units = _mark_units(records, alpha)
+    for r, adjusted in zip(units, significance.holm([1.0 if r["vetoed"] else r["p"] for r in units])):
         r["p_holm"] = adjusted
     parts, verdicts = [], []
     for system, reference, statement in present:
@@ -263,58 +260,58 @@ def decide(claim: str, cells: dict, comparisons: list[tuple[str, str, str]], whe
     return Verdict(claim, where, "; ".join(p for p in parts if p), weakest(verdicts), records)
 
 
-def _for_units(records: list[dict], alpha: float) -> list[tuple[dict, float, bool]]:
-    """(the for-record, its p with a vetoed unit's set to 1, shown at alpha) for each unit of the records."""
-    out = []
-    for r in records:
-        if r["role"] == "for":
-            veto = [v for v in records if v["role"] == "veto" and (v["unit"], v["system"], v["reference"],
-                    v["statement"]) == (r["unit"], r["system"], r["reference"], r["statement"])]
-            vetoed = any(v["p"] < alpha for v in veto)
-            out.append((r, 1.0 if vetoed else r["p"], bool(r["p"] < alpha and not vetoed)))
-    return out
+def _mark_units(records: list[dict], alpha: float) -> list[dict]:
+    """The for-records, each marked once: "vetoed" (its veto test shown: a win within the margin) and "shown"
+    (its own test at alpha, not vetoed)."""
+    vetoes = {(v["unit"], v["system"], v["reference"], v["statement"]): v["p"] < alpha
+              for v in records if v["role"] == "veto"}
+    units = [r for r in records if r["role"] == "for"]
+    for r in units:
+        r["vetoed"] = vetoes.get((r["unit"], r["system"], r["reference"], r["statement"]), False)
+        r["shown"] = bool(r["p"] < alpha and not r["vetoed"])
+    return units
 
 
 def _verdict(records: list[dict], alpha: float) -> str:
-    units = _for_units(records, alpha)
+    units = [r for r in records if r["role"] == "for"]
     if any(r["p_holm"] < alpha for r in records if r["role"] == "against"):
         return "contradicted"
-    if units and all(shown for _, _, shown in units):
+    if units and all(r["shown"] for r in units):
         return "supported"  # every unit at alpha: the intersection-union test of "in every unit"
-    return "partly" if any(r["p_holm"] < alpha for r, _, _ in units) else "inconclusive"  # Holm over the claim
+    return "partly" if any(r["p_holm"] < alpha for r in units) else "inconclusive"  # Holm over the claim
 
 
 def _finding(records: list[dict], verdict: str, alpha: float) -> str:
     """'infonce beats bce: shown in 2 of 2 settings, each over its backbones (...)', quoting the test that decided."""
     first = records[0]
     name = f"{first['system']} {first['statement']} {first['reference']}"
-    units = _for_units(records, alpha)
-    levels = {r["level"] for r, _, _ in units}
+    units = [r for r in records if r["role"] == "for"]
+    levels = {r["level"] for r in units}
     word = "settings, each over its backbones" if levels == {"backbones"} else \
         "cells" if levels == {"cell"} else "units (settings over 3+ backbones, else cells)"
     if len(units) == 1:
         word = word.replace("settings, each", "setting").replace("cells", "cell").replace("units", "unit")
-    diffs = [r["diff"] for r, _, _ in units]
+    diffs = [r["diff"] for r in units]
     span = f"Δ {min(diffs):+.4f}" + (f" to {max(diffs):+.4f}" if len(diffs) > 1 else "")
-    test = TESTS[units[0][0]["test"]][0]
+    test = TESTS[units[0]["test"]][0]
     against = [r for r in records if r["role"] == "against"]
     shown_against = [r for r in against if r["p_holm"] < alpha]
-    tested = [p for _, p, _ in units if p == p]
+    tested = [1.0 if r["vetoed"] else r["p"] for r in units if r["p"] == r["p"]]
     if verdict == "contradicted":
         worst = min(shown_against, key=lambda r: r["p_holm"])
         return (f"{name}: shown against in {len(shown_against)} of {len(against)} tests ({worst['unit']}: "
                 f"{TESTS[worst['test']][0]}, Δ {worst['diff']:+.4f}, Holm p {worst['p_holm']:.2g}; {span})")
     if not tested:
-        why = "one value per cell" if all(r["n"] < 2 for r, _, _ in units) else "one seed, seed noise unknown"
+        why = "one value per cell" if all(r["n"] < 2 for r in units) else "one seed, seed noise unknown"
         return f"{name}: {len(units)} {word} untestable ({why}; {span})"
     if verdict == "supported":
         return (f"{name}: shown in all {len(units)} {word} ({span}; {test}, each at α = {alpha}, largest p "
                 f"{max(tested):.2g}); none shown against")
-    adjusted = [r["p_holm"] for r, _, _ in units if r["p_holm"] == r["p_holm"]]
+    adjusted = [r["p_holm"] for r in units if r["p_holm"] == r["p_holm"]]
     shown = sum(p < alpha for p in adjusted)
     text = (f"{name}: shown in {shown} of {len(units)} {word} after Holm over the claim ({span}; {test}, smallest "
             f"Holm p {min(adjusted):.2g}); none shown against")
-    vetoed = [r["unit"] for r, p, ok in units if r["p"] < alpha and not ok]
+    vetoed = [r["unit"] for r in units if r["vetoed"] and r["p"] < alpha]
     return text + (f"; a win within the margin is no win ({', '.join(vetoed)})" if vetoed else "")
 
 
@@ -609,9 +606,10 @@ def save(results: Path, name: str, verdicts: list[Verdict]) -> Path:
              "–" if r["p"] != r["p"] else f"{r['p']:.2g}", "–" if r["p_holm"] != r["p_holm"] else f"{r['p_holm']:.2g}"]
             for v in mine for r in v.evidence if "role" in r]
     if rows:
-        note = (f"The tests that decide each verdict. role: 'for' tests are read one by one at alpha (a claim about "
-                f"every unit), 'veto' undoes a 'for' (a win within the margin), 'against' tests are Holm-corrected "
-                f"over the claim; a unit named 'over N backbones' is a t-test with the backbone as the unit.")
+        note = ("The tests that decide each verdict. role: 'for' tests are read one by one at alpha for "
+                "'supported' (a claim about every unit) and by their Holm p over the claim for 'partly'; 'veto' "
+                "undoes a 'for' (a win within the margin); 'against' tests are Holm-corrected over the claim. A unit "
+                "named 'over N backbones' is a t-test with the backbone as the unit.")
         table = tables.make_table(f"The tests behind the verdicts ({name})", ["claim", "unit", "statement", "role",
                                   "test", "Δ", "95% CI", "p", "Holm p"], rows, note,
                                   records=[dict(r, claim=v.claim) for v in mine for r in v.evidence if "role" in r],

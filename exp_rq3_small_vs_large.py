@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -129,12 +128,12 @@ def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[s
         for x in sorted({x for pair in pairs for x in pair}):
             by_backbone.setdefault(x.split("|")[0], []).append(
                 np.mean([[np.mean(list(pq[measure].values())) for pq in per_query[x][n]] for n in names], axis=0))
-        noise = {b: significance.pooled_seed_noise(m) or claims.seed_noise_of(seed_sd) for b, m in by_backbone.items()}
+        noise = {b: claims.backbone_seed_noise(m, seed_sd) for b, m in by_backbone.items()}
         found = [significance.difference([([pq[measure] for pq in per_query[a][n]],
                                             [pq[measure] for pq in per_query[b][n]]) for n in names],
                                           _pair_noise(noise[a.split("|")[0]], noise[b.split("|")[0]]))
                  for a, b in pairs]
-        found = [d if d.seed_noise_known else d._replace(se=math.nan, df=math.nan) for d in found]
+        found = [d.require_seed_noise() for d in found]
         differ = significance.holm([d.pvalue() for d in found]) if found else []
         equal = significance.holm([d.equivalence_pvalue(margin) for d in found]) if found else []
         worse = significance.holm([d.less_pvalue(-margin) for d in found]) if found else []  # below -margin

@@ -195,7 +195,7 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
     units = [(b, c) for b in backbones for c in columns]  # one backbone x collection cell
 
     # Mean rank, and wins / ties / losses against the baseline: tested, Holm within each cell ---------------
-    ranks, outcomes, cell_tests = defaultdict(list), defaultdict(list), []
+    ranks, outcomes = defaultdict(list), defaultdict(list)
     for b, c in units:
         present = [s for s in labels if (b, s, c) in mean]
         if len(present) >= 2:
@@ -208,7 +208,6 @@ def summarise(cells: dict, first_stage: dict, args: Args, tag: str):
         tests = [significance.difference([([pq for _, pq in cells[b, s, c].values()], base)]) for s in others]
         for s, t, p in zip(others, tests, significance.holm([t.pvalue() for t in tests])):
             outcomes[s].append("win" if p < args.alpha and t.mean > 0 else "loss" if p < args.alpha else "tie")
-            cell_tests.append({"system": s, "column": f"{b}/{c}", "diff": t.mean, "significant": p < args.alpha})
     rows, records, statements = [], [], []
     for s in sorted(labels, key=lambda s: (np.mean(ranks[s]) if ranks[s] else np.inf, s)):
         values = [mean[b, s, c] for b, c in units if (b, s, c) in mean]

@@ -34,7 +34,7 @@ SeedRuns = Union[PerQuery, Sequence[PerQuery]]    # one run, or one per seed
 # ================================================================================================
 # 1. One difference A - B, over one or several collections
 # ================================================================================================
-def _seeds(per_query: SeedRuns, side: str) -> list[dict[str, float]]:
+def seed_runs(per_query: SeedRuns, side: str) -> list[dict[str, float]]:
     """The runs of one side, one {qid: value} per seed, every seed covering the same queries."""
     seeds = [per_query] if isinstance(per_query, Mapping) else list(per_query)
     if not seeds:
@@ -52,18 +52,16 @@ def _seeds(per_query: SeedRuns, side: str) -> list[dict[str, float]]:
     return out
 
 
-def _paired(per_query_a: SeedRuns, per_query_b: SeedRuns):
-    """Both sides' seeds, and their seed-averaged per-query values aligned by query id. Both must cover the same
-    queries: silently intersecting would hide a run that lost queries."""
-    a, b = _seeds(per_query_a, "A"), _seeds(per_query_b, "B")
+def _paired(per_query_a: SeedRuns, per_query_b: SeedRuns) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as [seeds, queries] arrays, queries aligned by id. Both must cover the same queries: silently
+    intersecting would hide a run that lost queries."""
+    a, b = seed_runs(per_query_a, "A"), seed_runs(per_query_b, "B")
     differ = sorted(set(a[0]) ^ set(b[0]))
     if differ:
         raise ValueError(f"A and B cover different queries: {len(differ)} query ids are in only "
                          f"one side (e.g. {differ[0]!r})")
     qids = sorted(a[0])
-    mean_a = np.array([np.mean([s[q] for s in a]) for q in qids])
-    mean_b = np.array([np.mean([s[q] for s in b]) for q in qids])
-    return a, b, mean_a, mean_b
+    return np.array([[s[q] for q in qids] for s in a]), np.array([[s[q] for q in qids] for s in b])
 
 
 class TTest(NamedTuple):
@@ -76,7 +74,8 @@ class TTest(NamedTuple):
 def paired_ttest(per_query_a: SeedRuns, per_query_b: SeedRuns) -> TTest:
     """Two-sided paired t-test of A against B over queries alone (seeds averaged per query first), as IR papers
     run it. The kit's tables and verdicts use `difference`, which also counts the seeds' own spread."""
-    _, _, x, y = _paired(per_query_a, per_query_b)
+    a, b = _paired(per_query_a, per_query_b)
+    x, y = a.mean(axis=0), b.mean(axis=0)  # seeds averaged per query
     if len(x) < 2:
         raise ValueError(f"a paired t-test needs at least 2 queries, got {len(x)}")
     diff = x - y
@@ -136,6 +135,11 @@ class Difference(NamedTuple):
     def seed_noise_known(self) -> bool:
         return bool(self.seed_noise) or min(self.seeds) >= 2
 
+    def require_seed_noise(self) -> "Difference":
+        """This difference, or an untestable one where the seed noise is unknown (one seed, none stated): the
+        query-level test alone would read a seed's shift of the whole run as an effect. For verdicts."""
+        return self if self.seed_noise_known else self._replace(se=math.nan, df=math.nan)
+
     def greater_pvalue(self, shift: float = 0.0) -> float:
         """One-sided p of H0: difference <= shift. Small: A is shown to exceed B by more than `shift`."""
         if not self.testable:
@@ -184,12 +188,14 @@ class Difference(NamedTuple):
 def difference(collections: Sequence[tuple[SeedRuns, SeedRuns]], seed_noise: SeedNoise | tuple | None = None) \
         -> Difference:
     """A - B over one or several collections, one (A, B) pair of per-query values (one dict per seed) each."""
-    arrays = []
-    for per_query_a, per_query_b in collections:
-        a, b, _, _ = _paired(per_query_a, per_query_b)
-        qids = sorted(a[0])
-        arrays.append((np.array([[s[q] for q in qids] for s in a]), np.array([[s[q] for q in qids] for s in b])))
-    return difference_of_arrays(arrays, seed_noise)
+    return difference_of_arrays([_paired(a, b) for a, b in collections], seed_noise)
+
+
+def seed_means(collections: Sequence[np.ndarray]) -> np.ndarray:
+    """Each seed's mean over the collections (each weighted equally), from one [seeds, queries] array per
+    collection; seeds beyond the fewest any collection has are left out."""
+    k = min(len(a) for a in collections)
+    return np.mean([a[:k].mean(axis=1) for a in collections], axis=0)
 
 
 def difference_of_arrays(collections: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -199,22 +205,19 @@ def difference_of_arrays(collections: Sequence[tuple[np.ndarray, np.ndarray]],
     The seed term: with `seed_noise`, its variance times (1 / seeds of A + 1 / seeds of B) with its degrees of
     freedom (or, given one SeedNoise per side, each side's own); without it, each side's own per-seed means where
     that side has 2 or more seeds."""
-    means, parts, counts, seeds_a, seeds_b = [], [], [], [], []
+    means, parts, counts = [], [], []
     for a, b in collections:
         diff = a.mean(axis=0) - b.mean(axis=0)
         n = diff.size
         means.append(float(diff.mean()))
         parts.append(float(diff.var(ddof=1)) / n if n > 1 else math.nan)  # squared se of the mean
         counts.append(n)
-        seeds_a.append(a.mean(axis=1))  # each seed's mean on this collection
-        seeds_b.append(b.mean(axis=1))
     k = len(means)
     if k == 0:
         raise ValueError("a difference needs at least one collection")
     # Per seed, the mean over collections (equal weights); seeds are paired by position.
-    k_a, k_b = min(map(len, seeds_a)), min(map(len, seeds_b))
-    per_seed_a = np.mean([s[:k_a] for s in seeds_a], axis=0)
-    per_seed_b = np.mean([s[:k_b] for s in seeds_b], axis=0)
+    per_seed_a, per_seed_b = seed_means([a for a, _ in collections]), seed_means([b for _, b in collections])
+    k_a, k_b = len(per_seed_a), len(per_seed_b)
     seed_diffs = tuple((per_seed_a - per_seed_b).tolist()) if k_a == k_b else ()
     # Variance terms with their degrees of freedom: each collection's queries, then the seeds.
     terms = [(v / k ** 2, n - 1) for v, n in zip(parts, counts)]
