@@ -555,7 +555,7 @@ def published_pairs(table: dict, alpha: float = ALPHA) -> list[dict]:
     """RQ3's pair records from the published table: each smaller backbone with infonce and with margin_mse
     against each larger one with bce, over the six columns as units, Holm over all of them."""
     size = paper_setup.PUBLISHED_SIZES
-    backbones = sorted({b for b, _ in table}, key=lambda b: size[b])
+    backbones = sorted({b for b, _ in table}, key=lambda b: (size[b], b))  # by name within a size: a fixed order
     pairs = [(s, o, l) for i, s in enumerate(backbones) for o in STRONG for l in backbones[i + 1:] if size[s] < size[l]]
     found = [significance.difference([([table[s, o]], [table[l, "bce"]])]) for s, o, l in pairs]
     differ = significance.holm([d.pvalue() for d in found])

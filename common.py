@@ -69,6 +69,11 @@ class Interrupted(Exception):
     preemption, or a lock taken over), at a point it resumes from exactly: training saved a checkpoint first."""
 
 
+class EarlyExit(Exception):
+    """Ends a script before its tables, and not in error: a plan printed, a grid submitted to SLURM, or cells left
+    to other workers (whichever finishes the last cell writes the tables). grid.main_guard prints it; status 0."""
+
+
 _STOP: list[str] = []  # why a stop was asked for, if it was
 
 
@@ -81,6 +86,21 @@ def request_stop(reason: str) -> None:
 def stop_requested() -> str | None:
     """Why a stop was asked for, or None."""
     return _STOP[0] if _STOP else None
+
+
+def field_default(field: dataclasses.Field):
+    """A dataclass field's default value, made fresh where it comes from a factory."""
+    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

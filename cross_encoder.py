@@ -3,9 +3,9 @@
 A cross-encoder reads a (query, passage) pair and returns one logit, the passage's score for the
 query. train() fits one to an objective of losses.py on the batches of common.TrainingData and saves
 it in the Hugging Face format; score_pairs() and rerank() score candidates with it in fp32.
-Two modules serve it: token_cache.py keeps pairs' token ids (rerank() tokenizes a collection's
-candidates once for every cell), batching.py makes the batches; with --unpadded, extras/unpadded.py runs a
-batch packed into one row without padding.
+Optional speed-ups live in extras/: token ids kept beside the results and batches cut by a token budget
+(token_batches.py: --token-cache, --eval-token-budget), batches packed into one row without padding
+(unpadded.py: --unpadded).
 
 Sections, read top to bottom:
   1. backbones: the pretrained encoder with a fresh one-logit head
@@ -23,19 +23,17 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-import batching
 import common
 import losses
 import paper_setup
-import token_cache
 from common import KitError
 from paper_setup import Backbone
-from token_cache import PairTokens
 
 if TYPE_CHECKING:  # for the annotations only; torch is imported where it runs
     import torch
@@ -190,33 +188,84 @@ class PairTokenizer:
         queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
         return self([*queries], [d for docs in batch.docs for d in docs]), batch.targets
 
-    def packed_batch(self, batch: common.Batch) -> tuple:
-        """A training batch as `batch` makes it, packed into one row (--unpadded: extras/unpadded.Packed, targets)."""
-        queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
-        tokens = self.encode(queries, [d for docs in batch.docs for d in docs])
-        return _unpadded().pack(tokens, np.arange(len(tokens))), batch.targets
-
-    def encode(self, queries: list[str], passages: list[str]) -> PairTokens:
-        """The ids __call__ would give, unpadded."""
-        encoded = self.tokenizer(self.cut_queries(queries), passages, truncation="only_second",
-                                 max_length=self.max_length, return_token_type_ids=self.use_token_types,
-                                 return_attention_mask=False)
-        return PairTokens.from_lists(encoded["input_ids"], encoded["token_type_ids"] if self.use_token_types else None)
-
-    def encode_pairs(self, queries: list[str], passages: list[str], workers: int = 0, chunk: int = 1024) -> PairTokens:
-        """`encode` over many pairs, `chunk` at a time, in `workers` processes when > 0."""
-        return batching.encode_pairs(self, queries, passages, workers, chunk)
-
-    def pad(self, tokens: PairTokens, chosen) -> dict:
-        """The pairs `chosen` of `tokens` as __call__ would return them (padded to the longest)."""
-        return tokens.pad_batch(chosen, self.tokenizer.pad_token_id, getattr(self.tokenizer, "pad_token_type_id", 0),
-                                self.tokenizer.padding_side)
-
 
 def make_pair_tokenizer(model, tokenizer, max_length: int, query_max_length: int) -> PairTokenizer:
     # Token types only where the model has an embedding for the second segment (not RoBERTa, DeBERTa-v3, ModernBERT).
     use_types = getattr(model.config, "type_vocab_size", 0) >= 2
     return PairTokenizer(tokenizer, min(max_length, tokenizer.model_max_length), query_max_length, use_types)
+
+
+# ================================================================================================
+# 2b. Batches: pairs tokenized batch by batch, here, in DataLoader workers or in a thread ahead of the step
+# ================================================================================================
+def length_order(queries: list[str], passages: list[str], batch_size: int) -> list[np.ndarray]:
+    """Re-ranking batches of `batch_size` pairs by character length, longest first (a batch too large for the
+    device fails at once), as positions into the pairs."""
+    lengths = np.fromiter((len(q) + len(p) for q, p in zip(queries, passages)), dtype=np.int64, count=len(queries))
+    order = np.argsort(-lengths, kind="stable")
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+class PairBatches:
+    """Map-style dataset over re-ranking batches: item k is (positions of batch k's pairs, their tokens).
+    Tokenizing here lets DataLoader workers do it in parallel processes."""
+
+    def __init__(self, pair_tokenizer, queries: list[str], passages: list[str], batches: list):
+        self.pair_tokenizer, self.queries, self.passages, self.batches = pair_tokenizer, queries, passages, batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        chosen = self.batches[index]
+        return chosen, self.pair_tokenizer([self.queries[i] for i in chosen], [self.passages[i] for i in chosen])
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
+def ahead(items, depth: int):
+    """Iterate `items` in a background thread that stays up to `depth` items ahead: the next batches are
+    tokenized while the current step runs (the tokenizer releases the GIL). The items and their order are
+    those of `items`; an exception in the thread is raised here, at the item where it happened."""
+    import queue
+    import threading
+    ready, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def fill():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the training loop
+            put((None, error))
+
+    threading.Thread(target=fill, daemon=True, name="kit-batches-ahead").start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def _token_batches():
+    """Batches off the default path (extras/token_batches.py), loaded only when a flag asks for them."""
+    return common.extra("token_batches", "--token-cache, --eval-token-budget, --unpadded or --num-workers")
 
 
 # ================================================================================================
@@ -396,7 +445,7 @@ class _StepBatches:
 
     def __getitem__(self, index):
         batch = self.data.batch(self.start + index)
-        return self.pair_tokenizer.packed_batch(batch) if self.packed else self.pair_tokenizer.batch(batch)
+        return _unpadded().packed_batch(self.pair_tokenizer, batch) if self.packed else self.pair_tokenizer.batch(batch)
 
 
 def linear_warmup_decay(warmup: int, total: int):
@@ -475,9 +524,44 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, pair_tokenizer, data = _prepare(cfg, device, log)
     loss_fn = losses.get_loss(cfg.objective)
-    backbone = get_backbone(cfg.backbone)
-    model, tokenizer = load_backbone(backbone, cfg.seed, device)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    book = _Bookkeeping(cfg, out_dir, log_every, checkpoint_every, validate, validate_every, log)
+    book.resume(model, optimizer, scheduler, device)
+    accumulation, step = cfg.grad_accumulation, book.step
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.backbone}/{cfg.objective}", unit="step")
+    model.train()
+    with _training_batches(cfg, data, model, pair_tokenizer, step, device, num_workers, validate, log) as batches:
+        for micro, (inputs, targets) in enumerate(batches, start=step * accumulation):
+            # One micro-batch: forward, loss, backward. The head and the loss run in fp32 whatever the autocast
+            # dtype (bf16 scores collapse into ties).
+            targets = targets.to(device, non_blocking=True)
+            with autocast(device, cfg.precision):
+                logits = forward_logits(model, inputs, device)
+            loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
+            loss.backward()
+            book.add(loss.detach(), targets.numel())
+            if (micro + 1) % accumulation:
+                continue
+            # One step, every `accumulation` micro-batches: clip, update, next learning rate.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            book.after_step(step, model, tokenizer, pair_tokenizer, optimizer, scheduler, device, bar)
+    bar.close()
+    if validate is None or not validate_every:
+        save_trained_model(model, tokenizer, cfg, out_dir / "model")
+    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": book.best, "curve": book.curve})
+    return out_dir / "model"
+
+
+def _prepare(cfg: TrainConfig, device: str, log):
+    """The backbone with a fresh head (seeded), its tokenizer and pair tokenizer, and the training batches."""
+    model, tokenizer = load_backbone(get_backbone(cfg.backbone), cfg.seed, device)
     log(f"backbone {cfg.backbone}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
         f"attention {model.config._attn_implementation}, precision {cfg.precision}, device {device}")
     setup = paper_setup.TRAINING_SETUPS[cfg.training]
@@ -486,26 +570,18 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
     data = common.build_training_data(cfg.objective, setup, cfg.batch_queries, cfg.group_size, cfg.seed,
                                       cfg.max_examples, cfg.teacher_scores, log=log)
     pair_tokenizer = make_pair_tokenizer(model, tokenizer, cfg.max_length, cfg.query_max_length)
-    packed = cfg.unpadded and _unpadded().usable(model, log)
     if cfg.compile:
-        compile_model(model)
+        common.extra("compiled", "--compile").compile_model(model)
+    return model, tokenizer, pair_tokenizer, data
 
-    optimizer, scheduler = make_optimizer(model, cfg)
-    checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
-    step, best, curve = 0, {"value": -float("inf"), "step": None}, []
-    resumed = resume_checkpoint(checkpoint_path, cfg, model, optimizer, scheduler, device) \
-        if checkpoint_path.exists() else None
-    if resumed:
-        step, best, curve = resumed
-        log(f"resuming from {checkpoint_path} at step {step}")
-    # Log lines after the checkpoint belong to the interrupted attempt: drop them.
-    kept = [l for l in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(l)["step"] <= step]
-    common.atomic_write_text(log_path, "".join(l + "\n" for l in kept))
 
-    def save_checkpoint():
-        write_checkpoint(checkpoint_path, cfg, model, optimizer, scheduler, device,
-                         {"step": step, "best": best, "curve": curve})
-
+def _training_batches(cfg: TrainConfig, data: common.TrainingData, model, pair_tokenizer: PairTokenizer, step: int,
+                      device: str, num_workers: int, validate, log):
+    """The tokenized micro-batches from `step` on, in a context: tokenized in DataLoader workers, or (without
+    workers) in a thread ahead of the step; not when `validate` may call the same tokenizer meanwhile (a fast
+    tokenizer's truncation settings are per call, not per thread)."""
+    import torch
+    packed = cfg.unpadded and _unpadded().usable(model, log)
     accumulation = cfg.grad_accumulation
     loader = torch.utils.data.DataLoader(
         _StepBatches(data, pair_tokenizer, step * accumulation, cfg.steps * accumulation, packed), batch_size=None,
@@ -513,90 +589,106 @@ def train(cfg: TrainConfig, out_dir: Path, device: str = "cpu", checkpoint_every
         persistent_workers=False, prefetch_factor=4 if num_workers else None,
         # Its own generator: a loader created on resume must not draw from the global RNG (dropout's).
         generator=torch.Generator().manual_seed(cfg.seed))
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"{cfg.backbone}/{cfg.objective}", unit="step")
-    import time
-    window_start, window_pairs, running, unread = time.perf_counter(), 0, [], []
-    # Without worker processes, a thread tokenizes the next batches while the step runs; not when `validate`
-    # may call the same tokenizer meanwhile (a fast tokenizer's truncation settings are per call, not per thread).
-    ahead = not num_workers and validate is None
-    with contextlib.closing(batching.ahead(loader, depth=4)) if ahead else contextlib.nullcontext(loader) as batches:
-        for micro, (inputs, targets) in enumerate(batches, start=step * accumulation):
-            targets = targets.to(device, non_blocking=True)
-            with autocast(device, cfg.precision):
-                logits = forward_logits(model, inputs, device)
-            # The head and the loss run in fp32 whatever the autocast dtype: bf16 scores collapse into ties.
-            loss = loss_fn(logits.float().view(targets.shape), targets) / accumulation
-            loss.backward()
-            running.append(loss.detach())
-            window_pairs += targets.numel()
-            if (micro + 1) % accumulation:
-                continue
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            unread.append(torch.stack(running).sum())
-            running = []
-            bar.update(1)
-            validating = validate is not None and validate_every and (step % validate_every == 0 or step == cfg.steps)
-            logging = step % log_every == 0 or step == cfg.steps
-            stopping = step < cfg.steps and common.stop_requested()  # a time limit or preemption: checkpoint, then stop
-            if not (logging or validating or stopping or step % checkpoint_every == 0):
-                continue  # reading the loss back waits for the GPU: only before a log line or a save
-            values = torch.stack(unread).tolist()
-            unread = []
-            if not all(np.isfinite(values)):
-                bar.close()
-                bad = step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
-                kept = (f"the last good checkpoint is kept in {checkpoint_path}" if checkpoint_path.exists() else
-                        f"no checkpoint was written before it, so a rerun starts {out_dir.name} from step 0")
-                raise KitError(f"the loss became non-finite at step {bad} ({cfg.objective}, lr {cfg.learning_rate}); "
-                               f"{kept}; lower the learning rate or check the teacher scores")
-            step_loss = values[-1]
-            if logging:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
-                          "pairs_per_s": round(window_pairs / max(elapsed, 1e-9), 1)}
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
-                window_start, window_pairs = time.perf_counter(), 0
-            if validating:
-                value = validate(model, pair_tokenizer)
-                model.train()
-                log(f"step {step}: validation {value:.4f} (best {best['value']:.4f})")
-                curve.append({"step": step, "value": value})
-                if value > best["value"]:
-                    best = {"value": value, "step": step}
-                    save_trained_model(model, tokenizer, cfg, out_dir / "model")
-            if step % checkpoint_every == 0 or step == cfg.steps or stopping:
-                save_checkpoint()
-            if stopping:
-                bar.close()
-                raise common.Interrupted(f"{out_dir.name} stopped at step {step} of {cfg.steps} ({stopping}); "
-                                         f"its checkpoint is saved and a rerun resumes from it")
-    bar.close()
-    if validate is None or not validate_every:
-        save_trained_model(model, tokenizer, cfg, out_dir / "model")
-    common.atomic_write_json(out_dir / "training.json", {"steps": step, "best": best, "curve": curve})
-    return out_dir / "model"
+    if num_workers or validate is not None:
+        return contextlib.nullcontext(loader)
+    return contextlib.closing(ahead(loader, depth=4))
+
+
+class _Bookkeeping:
+    """What the training loop does besides the step: the losses read back (only when a job needs them: reading
+    waits for the GPU), the log lines, validation and the best model, checkpoints, and stopping when asked."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, log_every: int, checkpoint_every: int, validate,
+                 validate_every: int, log):
+        self.cfg, self.out_dir, self.log_every, self.checkpoint_every = cfg, out_dir, log_every, checkpoint_every
+        self.validate, self.validate_every, self.log = validate, validate_every, log
+        self.checkpoint, self.log_path = out_dir / "checkpoint.pt", out_dir / "train_log.jsonl"
+        self.step, self.best, self.curve = 0, {"value": -float("inf"), "step": None}, []
+        self.micro_losses, self.unread, self.window_pairs = [], [], 0
+        self.window_start = time.perf_counter()
+
+    def resume(self, model, optimizer, scheduler, device: str) -> None:
+        """Load the checkpoint when there is one; log lines after it belong to the interrupted attempt: dropped."""
+        resumed = resume_checkpoint(self.checkpoint, self.cfg, model, optimizer, scheduler, device) \
+            if self.checkpoint.exists() else None
+        if resumed:
+            self.step, self.best, self.curve = resumed
+            self.log(f"resuming from {self.checkpoint} at step {self.step}")
+        lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= self.step]
+        common.atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
+        self.window_start = time.perf_counter()
+
+    def add(self, micro_loss, pairs: int) -> None:
+        self.micro_losses.append(micro_loss)
+        self.window_pairs += pairs
+
+    def after_step(self, step: int, model, tokenizer, pair_tokenizer, optimizer, scheduler, device: str, bar) -> None:
+        import torch
+        cfg = self.cfg
+        self.step = step
+        self.unread.append(torch.stack(self.micro_losses).sum())
+        self.micro_losses = []
+        validating = self.validate is not None and self.validate_every and \
+            (step % self.validate_every == 0 or step == cfg.steps)
+        logging = step % self.log_every == 0 or step == cfg.steps
+        stopping = step < cfg.steps and common.stop_requested()  # a time limit or preemption: checkpoint, then stop
+        saving = step % self.checkpoint_every == 0 or step == cfg.steps or stopping
+        if not (logging or validating or saving):
+            return
+        step_loss = self._read_losses(bar)
+        if logging:
+            self._log_line(step, step_loss, scheduler, bar)
+        if validating:
+            self._validate(step, model, tokenizer, pair_tokenizer)
+        if saving:
+            write_checkpoint(self.checkpoint, cfg, model, optimizer, scheduler, device,
+                             {"step": step, "best": self.best, "curve": self.curve})
+        if stopping:
+            bar.close()
+            raise common.Interrupted(f"{self.out_dir.name} stopped at step {step} of {cfg.steps} ({stopping}); "
+                                     f"its checkpoint is saved and a rerun resumes from it")
+
+    def _read_losses(self, bar) -> float:
+        """The losses of the steps since the last read; a non-finite one stops training with one line."""
+        import torch
+        values = torch.stack(self.unread).tolist()
+        self.unread = []
+        if not all(np.isfinite(values)):
+            bar.close()
+            bad = self.step - len(values) + 1 + next(i for i, v in enumerate(values) if not np.isfinite(v))
+            kept = (f"the last good checkpoint is kept in {self.checkpoint}" if self.checkpoint.exists() else
+                    f"no checkpoint was written before it, so a rerun starts {self.out_dir.name} from step 0")
+            raise KitError(f"the loss became non-finite at step {bad} ({self.cfg.objective}, lr "
+                           f"{self.cfg.learning_rate}); {kept}; lower the learning rate or check the teacher scores")
+        return values[-1]
+
+    def _log_line(self, step: int, step_loss: float, scheduler, bar) -> None:
+        elapsed = time.perf_counter() - self.window_start
+        record = {"step": step, "loss": round(step_loss, 6), "lr": scheduler.get_last_lr()[0],
+                  "pairs_per_s": round(self.window_pairs / max(elapsed, 1e-9), 1)}
+        with open(self.log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{step_loss:.4f}", pairs_s=f"{record['pairs_per_s']:.0f}")
+        self.window_start, self.window_pairs = time.perf_counter(), 0
+
+    def _validate(self, step: int, model, tokenizer, pair_tokenizer) -> None:
+        """Validate, and keep the model when it is the best so far."""
+        value = self.validate(model, pair_tokenizer)
+        model.train()
+        self.log(f"step {step}: validation {value:.4f} (best {self.best['value']:.4f})")
+        self.curve.append({"step": step, "value": value})
+        if value > self.best["value"]:
+            self.best = {"value": value, "step": step}
+            save_trained_model(model, tokenizer, self.cfg, self.out_dir / "model")
 
 
 # ================================================================================================
 # 5. Re-ranking
 # ================================================================================================
-def compile_model(model):
-    """torch.compile the encoder in place (the head stays eager; save_pretrained and state_dict unchanged).
-    Shapes vary from batch to batch, so it is compiled for dynamic shapes from the start."""
-    model.base_model.compile(dynamic=True)
-    return model
-
-
 def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passages: list[str], *,
                 batch_size: int = 64, device: str = "cpu", precision: str = "fp32", bar=None,
-                workers: int = 0, tokens: PairTokens | None = None, token_budget: int = 0,
+                workers: int = 0, tokens=None, token_budget: int = 0,
                 unpad: bool = False) -> np.ndarray:
     """Cross-encoder scores of (query, passage) pairs, in fp32 (the head runs in fp32 under any precision,
     see score_head_in_fp32).
@@ -605,15 +697,20 @@ def score_pairs(model, pair_tokenizer: PairTokenizer, queries: list[str], passag
     batch fails at once) and tokenized batch by batch; `workers` > 0 tokenizes in that many DataLoader worker
     processes: on a GPU one tokenizing process can be slower than the model (bench/README.md). On a CPU keep
     0: the workers would take cores from the model.
-    `tokens` (token_cache.PairTokens of these pairs) skips the tokenizer: the same batches, padded from the
+    `tokens` (extras/token_batches.PairTokens of these pairs) skips the tokenizer: the same batches, padded from the
     stored ids, give the same scores. `token_budget` > 0 batches pairs of similar token length up to that
     many tokens (padding counted); `unpad` packs each batch into one row without padding (extras/unpadded.py), up to
-    `token_budget` or batch_size x max_length real tokens, for the families that allow it (batching.py)."""
+    `token_budget` or batch_size x max_length real tokens, for the families that allow it (extras/token_batches.py)."""
     import torch
     if unpad and not _unpadded().usable(model):
         unpad, token_budget = False, token_budget or batch_size * pair_tokenizer.max_length
-    batches = batching.reranking_batches(pair_tokenizer, queries, passages, batch_size, workers, tokens,
-                                         token_budget, unpad)
+    if tokens is not None or token_budget or unpad:  # extras/token_batches.py
+        batches = _token_batches().batches(pair_tokenizer, queries, passages, batch_size, workers, tokens,
+                                           token_budget, unpad)
+    else:
+        batches = PairBatches(pair_tokenizer, queries, passages, length_order(queries, passages, batch_size))
+        if workers:  # tokenized in DataLoader worker processes (extras/token_batches.py)
+            batches = _token_batches().in_workers(batches, workers)
     scores = np.empty(len(queries), dtype=np.float32)
     on_gpu = device.startswith("cuda")
     score_head_in_fp32(model)
@@ -660,7 +757,7 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
            token_budget: int = 0, unpad: bool = False) -> dict[str, dict[str, float]]:
     """Score every candidate of every query; returns the run {qid: {docid: score}}. Documents are
     looked up a chunk of queries at a time, never all at once. `tokens_folder`: each chunk's token ids are
-    read from there when stored, else tokenized once and stored (token_cache.py); the scores are the same.
+    read from there when stored, else tokenized once and stored (extras/token_batches.py, --token-cache); the scores are the same.
     `workers`, `token_budget`, `unpad`: see `score_pairs`."""
     from tqdm import tqdm
     qids = [qid for qid in candidates if qid in queries]
@@ -674,94 +771,10 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
             query_texts, passages = [queries[q] for q, _ in pairs], [texts[d] for _, d in pairs]
             tokens = None
             if tokens_folder is not None:
-                tokens = token_cache.cached_tokens(tokens_folder, pair_tokenizer, query_texts, passages, workers)
+                tokens = _token_batches().cached_tokens(tokens_folder, pair_tokenizer, query_texts, passages, workers)
             scores = score_pairs(model, pair_tokenizer, query_texts, passages, batch_size=batch_size, device=device,
                                  precision=precision, bar=bar, workers=workers, tokens=tokens,
                                  token_budget=token_budget, unpad=unpad)
             for (qid, docid), score in zip(pairs, scores.tolist()):
                 run.setdefault(qid, {})[docid] = score
     return run
-
-
-# ================================================================================================
-# 6. The model card
-# ================================================================================================
-CITATIONS = {"Morand et al. 2026": "@article{morand2026reproducing,\n  title={Reproducing and Comparing Distillation "
-             "Techniques for Cross-Encoders},\n  author={Morand, Victor and Vast, Mathias and Van Cooten, Basile and "
-             "Soulier, Laure and Mothe, Josiane and Piwowarski, Benjamin},\n  journal={arXiv preprint arXiv:2603.03010},"
-             "\n  year={2026}\n}",
-             "Xu et al. 2025": "@article{xu2025distillation,\n  title={Distillation versus Contrastive Learning: How to "
-             "Train Your Rerankers},\n  author={Xu, Zhichao and Huang, Zhiqi and Zhuang, Shengyao and Srikumar, Vivek},"
-             "\n  journal={arXiv preprint arXiv:2507.08336},\n  year={2025}\n}"}
-
-
-def write_model_card(cfg: TrainConfig, folder: Path) -> None:
-    """The cell's model/README.md: how it was trained, on what, how to score with it, what it measured
-    (every evaluation stored in the cell so far), and what to cite. Rewritten after each evaluation."""
-    model_dir = folder / "model"
-    if not model_dir.is_dir():
-        return
-    setup = paper_setup.TRAINING_SETUPS[cfg.training]
-    family = losses.DATA[cfg.objective]
-    data = {"pairs": f"triples {setup.triples}" if setup.triples else f"positives paired with negatives from {setup.pair_negatives}",
-            "teacher-pairs": f"teacher scores of triples, {cfg.teacher_file()}",
-            "groups": f"1 positive + {cfg.group_size - 1} negatives from {setup.candidates} (top {setup.candidate_depth})",
-            "teacher-groups": f"teacher scores {cfg.teacher_file()} of groups from {setup.candidates}",
-            "lists": f"the teacher's ordering {cfg.teacher_file()}, top {cfg.group_size}"}[family]
-    rows = []
-    for evaluation in sorted((folder / "eval").glob("*/metrics.json")):
-        metrics = json.loads(evaluation.read_text())
-        rows.append(f"| {evaluation.parent.name.split('__')[0]} | "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + " |")
-    cite = "Xu et al. 2025" if cfg.objective == "kl" else "Morand et al. 2026"
-    settings = "\n".join(f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items())
-    card = f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [cross-encoder, reranking, {cfg.objective}]
----
-# {cfg.backbone} cross-encoder trained with {cfg.objective} (seed {cfg.seed})
-
-A re-ranker trained by the cross-encoder reproducibility kit: one logit per (query, passage), higher is more
-relevant. Training queries: `{setup.queries}`; data of {cfg.objective}: {data}; {cfg.steps} steps.
-
-## How to score with it
-
-The score is the raw logit (no sigmoid). The query is cut to {cfg.query_max_length} tokens first, then the pair is
-tokenized with only the passage truncated, {cfg.max_length} tokens in all (both recorded in config.json under
-`cross_encoder_kit`; the maximum length is the tokenizer's `model_max_length`):
-
-```python
-import torch, transformers
-model = transformers.AutoModelForSequenceClassification.from_pretrained(PATH).eval()
-tokenizer = transformers.AutoTokenizer.from_pretrained(PATH)
-cut = tokenizer(query, add_special_tokens=False, truncation=True, max_length={cfg.query_max_length},
-                return_offsets_mapping=True)["offset_mapping"]
-query = query[:cut[-1][1]] if cut else query
-inputs = tokenizer([query] * len(passages), passages, truncation="only_second", padding=True, return_tensors="pt")
-scores = model(**inputs).logits[:, 0]
-```
-
-`sentence_transformers.CrossEncoder(PATH).predict([(query, passage), ...])` gives the same scores when the query
-is shorter than {cfg.query_max_length} tokens (it reads the maximum length and the identity activation from the
-saved files; it cannot give the query a budget of its own).
-
-## Training configuration
-
-| setting | value |
-|---|---|
-{settings}
-
-## Evaluation (re-ranking; nDCG@10 and the collection's other measures)
-
-| collection | measures |
-|---|---|
-{chr(10).join(rows) if rows else "| (none yet) | |"}
-
-## Citation
-
-```bibtex
-{CITATIONS[cite]}
-```
-"""
-    common.atomic_write_text(model_dir / "README.md", card)

@@ -40,11 +40,9 @@ import claims
 import common
 import cross_encoder
 import grid
-import workers
-import launch
 import paper_setup
+import store
 import tables
-import token_cache
 
 # Per mode: students, large teacher, training queries scored by each teacher (None: all), depth scored,
 # training steps of every cell (None: the mode's recipe in paper_setup.RECIPES).
@@ -57,7 +55,7 @@ METHODS = [("CL: infonce", "infonce", None), ("KD: kl from large", "kl", "large"
 
 
 @dataclasses.dataclass
-class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
+class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared by the training scripts
     students: list[str] = dataclasses.field(default_factory=lambda: list(MODES["paper"][0]))
     """student backbones (default: Ettin-17M/32M/68M; --demo: minilm-l4/l5; --smoke: tiny-bert)"""
     teacher: str = "ettin-150m"
@@ -105,6 +103,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     eval_token_budget: int = 0
     """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
     counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    token_cache: bool = False
+    """keep the candidates' token ids in <results>/tokens: later cells re-rank them without the tokenizer (same scores)"""
     unpadded: bool = False
     """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
     (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
@@ -135,31 +135,31 @@ def _portable(path: Path) -> str:
 
 def teacher_files(cfg: cross_encoder.TrainConfig, results: Path, device: str, setup: paper_setup.TrainingSetup,
                   n_queries: int | None, depth: int, batch_size: int, num_workers: int = 0,
-                  compute: bool = True, token_budget: int = 0) -> tuple[str, str]:
+                  compute: bool = True, token_budget: int = 0, token_cache: bool = False) -> tuple[str, str]:
     """(TREC run of teacher scores, Hofstätter pairs file) of a trained teacher, computed once and reused:
     the teacher scores every positive and top-`depth` candidate of `n_queries` sampled training queries.
     One worker computes them (the others wait for it); `compute=False` only names them (--plan, --slurm)."""
-    folder = results / "teachers" / grid.cell_dir(results, cfg).name
+    folder = results / "teachers" / store.cell_dir(results, cfg).name
     scores_path = folder / f"scores_q{n_queries or 'all'}_d{depth}.run.gz"
     pairs_path = folder / f"pairs_q{n_queries or 'all'}_d{depth}.tsv"
     if not compute:
         return _portable(scores_path), _portable(pairs_path)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = workers.CellLock(folder)
+    lock = store.CellLock(folder)
     if not lock.acquire(wait=True, done=lambda: scores_path.exists() and pairs_path.exists()):
         print(f"reusing the teacher files in {folder}")
         return _portable(scores_path), _portable(pairs_path)
     try:
         if not (scores_path.exists() and pairs_path.exists()):
             _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_size, num_workers, folder,
-                                scores_path, pairs_path, token_budget)
+                                scores_path, pairs_path, token_budget, token_cache)
     finally:
         lock.release()
     return _portable(scores_path), _portable(pairs_path)
 
 
 def _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_size, num_workers, folder, scores_path,
-                        pairs_path, token_budget: int = 0) -> None:
+                        pairs_path, token_budget: int = 0, token_cache: bool = False) -> None:
     dataset = common.load_dataset(setup.queries)
     queries, qrels = common.load_queries(dataset), common.load_qrels(dataset)
     ranked = common.read_run(common.resolve_file(setup.candidates), depth)
@@ -171,13 +171,13 @@ def _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_siz
     candidates = {q: list(dict.fromkeys([*positives[q], *negatives[q]])) for q in eligible}
     print(f"teacher {cfg.backbone} (seed {cfg.seed}) scores {sum(map(len, candidates.values()))} pairs of "
           f"{len(eligible)} training queries -> {folder}")
-    model, pair_tokenizer = cross_encoder.load_trained(grid.cell_dir(results, cfg) / "model", cfg.max_length,
+    model, pair_tokenizer = cross_encoder.load_trained(store.cell_dir(results, cfg) / "model", cfg.max_length,
                                                        cfg.query_max_length, device)
     if cfg.compile:
-        cross_encoder.compile_model(model)
+        common.extra("compiled", "--compile").compile_model(model)
     run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
                                batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
-                               workers=num_workers, tokens_folder=token_cache.results_folder(results),
+                               workers=num_workers, tokens_folder=results / "tokens" if token_cache else None,
                                token_budget=token_budget, unpad=cfg.unpadded)
     common.write_teacher_pairs(pairs_path, ((run[q][p], run[q][n], q, p, n) for q in eligible
                                             for p in positives[q] for n in negatives[q]))  # atomic, shuffled
@@ -198,7 +198,7 @@ def main() -> None:
     setup = paper_setup.TRAINING_SETUPS[paper_setup.RECIPES[mode]["training"]]
     n_queries = args.teacher_queries if args.teacher_queries is not None else default_queries
     teacher_depth = args.teacher_depth or default_depth or setup.candidate_depth
-    results = grid.open_results(args.results)
+    results = store.open_results(args.results)
     print(f"KD vs CL ({mode}): students {students}, large teacher {large}, seeds {seeds}, {precision} on {device}")
 
     # 2. Teachers: InfoNCE, one large and one per student size (same backbone, another seed) --------
@@ -213,14 +213,18 @@ def main() -> None:
     launching = args.plan or args.slurm  # the teachers are cells of the plan, trained by the tasks
     if not launching:
         selecting = next((c for c in teachers.values() if c.validate_every), None)  # paper: NanoBEIR selection
-        validate = grid.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size,
-                                           tokens_folder=token_cache.results_folder(results),
-                                           token_budget=args.eval_token_budget) if selecting else None
+        validate = None
+        if selecting:
+            first_stage = common.extra("first_stage", "NanoBEIR validation (the paper's checkpoint selection)")
+            validate = first_stage.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size,
+                                                      tokens_folder=results / "tokens" if args.token_cache else None,
+                                                      token_budget=args.eval_token_budget)
         grid.train_cells(list(teachers.values()), results, device, validate=validate, **options)
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,
-                                args.num_workers, compute=not launching, token_budget=args.eval_token_budget)
+                                args.num_workers, compute=not launching, token_budget=args.eval_token_budget,
+                                token_cache=args.token_cache)
              for key, cfg in teachers.items()}
 
     # 4. Students: CL and four KD variants per student size, trained and evaluated with the teachers ---
@@ -234,9 +238,10 @@ def main() -> None:
             extra = {} if source is None else {"teacher_scores": files[key][0]} if objective == "kl" \
                 else {"teacher_pairs": files[key][1]}
             configs[f"{s} | {label}"] = [config(s, objective, seed, **extra) for seed in seeds]
-    metrics, per_query = launch.train_and_evaluate(args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
-                                                 batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
-                                                 max_queries=30 if args.smoke else None, **options)
+    metrics, per_query = grid.train_and_evaluate(
+        args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
+        max_queries=30 if args.smoke else None, **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
     out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args, mode, already_in_name=["precision"])

@@ -31,18 +31,17 @@ import functools
 
 import claims
 import common
-import figures
 import grid
-import launch
 import paper_setup
 import significance
+import store
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
 
 
 @dataclasses.dataclass
-class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
+class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared by the training scripts
     backbone: str = "bert-base"
     """backbone to train (a name from paper_setup.PAPER_BACKBONES, or a Hugging Face id / local path)"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
@@ -88,6 +87,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     eval_token_budget: int = 0
     """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
     counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    token_cache: bool = False
+    """keep the candidates' token ids in <results>/tokens: later cells re-rank them without the tokenizer (same scores)"""
     unpadded: bool = False
     """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
     (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
@@ -115,6 +116,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     for must be shipped"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    figures: bool = False
+    """write the figures as PNG beside the tables and each new cell's training curve (extras/figures.py; matplotlib)"""
 
 
 def main() -> None:
@@ -125,7 +128,7 @@ def main() -> None:
     backbone = args.backbone
     if mode != "paper" and "backbone" not in args.given:  # the paper's default is not available offline
         backbone = "tiny-bert" if args.smoke else "minilm-l6"
-    results = grid.open_results(args.results)
+    results = store.open_results(args.results)
     print(f"RQ1 ({mode}): {backbone}, objectives {args.objectives}, seeds {seeds}, {precision} on {device}")
 
     # 2. One training configuration per (objective, seed) --------------------------------------
@@ -145,7 +148,7 @@ def main() -> None:
                 raise common.KitError(f"--cells {cell}: expected objective:seed with an objective of --objectives "
                                       f"({', '.join(configs)}) and a seed, e.g. bce:12")
         configs = {f"{o}:{s}": [config(o, int(s))] for o, _, s in wanted}
-        missing = [key for key, (cfg,) in configs.items() if grid.cell_dir(results, cfg).name not in shipped.shipped_cells()]
+        missing = [key for key, (cfg,) in configs.items() if store.cell_dir(results, cfg).name not in shipped.shipped_cells()]
         if missing:
             raise common.KitError(f"--cells: no shipped twin for {', '.join(missing)} (not measured yet); shipped: "
                                   f"{', '.join(sorted(shipped.shipped_cells())) or 'none'}")
@@ -154,14 +157,14 @@ def main() -> None:
         if mode != "demo":
             raise common.KitError("--from-shipped reads the demo's shipped results: pass it with --demo")
         missing = [f"{c.objective} seed {c.seed}" for cfgs in configs.values() for c in cfgs
-                   if grid.cell_dir(results, c).name not in shipped.shipped_cells()]
+                   if store.cell_dir(results, c).name not in shipped.shipped_cells()]
         if missing:
             raise common.KitError(f"--from-shipped: not measured yet (not in {shipped.SHIPPED.name}): "
                                   f"{', '.join(missing)}; shipped: {', '.join(sorted(shipped.shipped_cells())) or 'none'}")
         print(f"from {shipped.SHIPPED}: {len(shipped.install(results))} cell(s) copied into {results}")
 
     # 3. Train (or reuse) every cell, re-rank every collection (--released: re-rank the authors' checkpoints) -----
-    train_and_evaluate = launch.train_and_evaluate
+    train_and_evaluate = grid.train_and_evaluate
     if args.released:
         released = common.extra("released", "--released")
         chosen = released.resolve([(backbone, o) for o in args.objectives], args.skip_missing)
@@ -171,13 +174,13 @@ def main() -> None:
         configs = {}
     metrics, per_query = train_and_evaluate(
         args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
-        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
-        max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers, figures=args.figures,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint,
         **({} if args.released else {"models": args.models}))
     if args.cells:  # each cell trained here against its shipped twin, and nothing else
         for key, (cfg,) in configs.items():
-            for r in shipped.twin_report(grid.cell_dir(results, cfg)):
+            for r in shipped.twin_report(store.cell_dir(results, cfg)):
                 spread = (f"within the shipped seeds' spread {r['seed_spread']:.4f}" if r["within_spread"] else
                           f"outside the shipped seeds' spread {r['seed_spread']:.4f}" if r["seed_spread"] is not None
                           else "seed spread unknown (one shipped seed)")
@@ -222,7 +225,9 @@ def main() -> None:
         report = reproduction.table(reproduction.report(kit, published), f"RQ1: the kit against the paper ({backbone})")
         tables.write_table(report, out, "rq1_reproduction")
         print("\n" + report.console + "\n\n" + report.latex)
-    figures.differences(out / "rq1_differences_nDCG10.png", intervals, baseline, f"RQ1: objectives on {backbone} ({mode})")
+    if args.figures:
+        common.extra("figures", "--figures").differences(out / "rq1_differences_nDCG10.png", intervals, baseline,
+                                                         f"RQ1: objectives on {backbone} ({mode})")
     print(f"tables written to {out}")
 
     # 5. The claim this script checks: what the published table says, what these results say -------

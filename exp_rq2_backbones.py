@@ -37,10 +37,9 @@ import numpy as np
 
 import claims
 import common
-import figures
 import grid
-import launch
 import paper_setup
+import store
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
@@ -48,7 +47,7 @@ SMOKE_BACKBONES = ["tiny-bert", "tiny-electra"]
 
 
 @dataclasses.dataclass
-class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
+class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared by the training scripts
     backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
     """backbones (names from paper_setup.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
@@ -92,6 +91,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     eval_token_budget: int = 0
     """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
     counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    token_cache: bool = False
+    """keep the candidates' token ids in <results>/tokens: later cells re-rank them without the tokenizer (same scores)"""
     unpadded: bool = False
     """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
     (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
@@ -113,6 +114,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     """--released: go on without the checkpoints that cannot be found (one note each) instead of stopping"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    figures: bool = False
+    """write the figures as PNG beside the tables and each new cell's training curve (extras/figures.py; matplotlib)"""
 
 
 def describe(members: list[str], collections: list[paper_setup.Collection]) -> str:
@@ -148,7 +151,7 @@ def main() -> None:
         passed = backbones if "backbones" in args.given else []
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
     first_stage = grid.first_stage_label(collections, args.run_dir, args.retriever, depth)
-    results = grid.open_results(args.results)
+    results = store.open_results(args.results)
     print(f"RQ2 ({mode}): backbones {backbones}, objectives {args.objectives}, seeds {seeds}, "
           f"{precision} on {device}")
 
@@ -161,7 +164,7 @@ def main() -> None:
         for backbone in backbones for objective in args.objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection (the collections are loaded once) ----
-    train_and_evaluate = launch.train_and_evaluate
+    train_and_evaluate = grid.train_and_evaluate
     if args.released:  # the authors' checkpoints as the grid's rows: nothing is trained
         released = common.extra("released", "--released")
         chosen = released.resolve([(b, o) for b in backbones for o in args.objectives], args.skip_missing)
@@ -170,8 +173,8 @@ def main() -> None:
         configs = {}
     metrics, per_query = train_and_evaluate(
         args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=first_stage,
-        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
-        max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers, figures=args.figures,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 4. Per backbone: objectives x collections, each objective tested against the baseline ------
@@ -216,15 +219,18 @@ def main() -> None:
                                                    f"{precision})", note)
         tables.write_table(table, out, f"rq2_summary_{group}_nDCG10")
         print("\n" + table.console + "\n\n" + table.latex)
-        figures.heatmap_vs_baseline(out / f"rq2_delta_{group}.png", {(b, o): float(np.mean(v)) for b in backbones
-                                                                    for o, v in rows[b].items()},
-                                    backbones, args.objectives, baseline, f"RQ2 {group}: nDCG@10 minus {baseline}")
+        if args.figures:
+            common.extra("figures", "--figures").heatmap_vs_baseline(
+                out / f"rq2_delta_{group}.png", {(b, o): float(np.mean(v)) for b in backbones for o, v in rows[b].items()},
+                backbones, args.objectives, baseline, f"RQ2 {group}: nDCG@10 minus {baseline}")
     if published:  # the kit's mean against the paper's, for every cell the paper reports
         reproduction = common.extra("reproduction", "the paper mode's reproduction report")
         points = [(published[b, o][c], float(np.mean(metrics_of(b, o, c))), f"{b} {o} {c}") for b in backbones
                   for o in args.objectives for c in [c.name for c in collections] if (b, o) in published
                   and c in published[b, o] and metrics_of(b, o, c)]
-        figures.paper_vs_kit(out / "rq2_paper_vs_kit.png", points, f"RQ2 ({mode}): the kit against the paper")
+        if args.figures:
+            common.extra("figures", "--figures").paper_vs_kit(out / "rq2_paper_vs_kit.png", points,
+                                                              f"RQ2 ({mode}): the kit against the paper")
         report = reproduction.table(reproduction.report({k: v for k, v in kit_means.items() if k[1] in args.objectives},
                                                         published), f"RQ2: the kit against the paper ({mode})")
         tables.write_table(report, out, "rq2_reproduction")

@@ -37,11 +37,10 @@ import numpy as np
 import claims
 import common
 import cross_encoder
-import figures
 import grid
-import launch
 import paper_setup
 import significance
+import store
 import tables
 
 OBJECTIVES = ["bce", "hinge", "infonce", "margin_mse", "distill_ranknet", "adr_mse"]
@@ -49,7 +48,7 @@ SMOKE_BACKBONES = ["tiny-bert", "tiny-deberta"]  # 1.011M and 1.018M parameters:
 
 
 @dataclasses.dataclass
-class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
+class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared by the training scripts
     backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
     """backbones (names from paper_setup.PAPER_BACKBONES, HF ids, local paths); --demo/--smoke add them to their own"""
     objectives: list[str] = dataclasses.field(default_factory=lambda: list(OBJECTIVES))
@@ -93,6 +92,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     eval_token_budget: int = 0
     """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
     counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    token_cache: bool = False
+    """keep the candidates' token ids in <results>/tokens: later cells re-rank them without the tokenizer (same scores)"""
     unpadded: bool = False
     """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
     (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
@@ -111,6 +112,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     """with one seed: the seed sd the tests assume (claims.SEED_SD = 0.02 is the kit's documented value); else none"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    figures: bool = False
+    """write the figures as PNG beside the tables and each new cell's training curve (extras/figures.py; matplotlib)"""
 
 
 def compare_pairs(per_query: dict, pairs: list[tuple[str, str]], columns: dict[str, list[str]], measure: str,
@@ -170,7 +173,7 @@ def count_parameters(results: Path, cells: dict[str, cross_encoder.TrainConfig])
     missing = [b for b in cells if b not in cache]
     for backbone in missing:
         transformers.logging.set_verbosity_error()
-        config = transformers.AutoConfig.from_pretrained(grid.cell_dir(results, cells[backbone]) / "model")
+        config = transformers.AutoConfig.from_pretrained(store.cell_dir(results, cells[backbone]) / "model")
         with torch.device("meta"):
             cache[backbone] = transformers.AutoModelForSequenceClassification.from_config(config).num_parameters()
     if missing:
@@ -203,7 +206,7 @@ def main() -> None:
         backbones = list(dict.fromkeys([*(SMOKE_BACKBONES if args.smoke else paper_setup.DEMO_BACKBONES), *passed]))
     weak, strong = args.objectives[0], args.objectives[1:]
     members = tables.group_members(collections)
-    results = grid.open_results(args.results)
+    results = store.open_results(args.results)
     print(f"RQ3 ({mode}): backbones {backbones}, objectives {args.objectives} (large ones with {weak}), "
           f"seeds {seeds}, {precision} on {device}")
 
@@ -214,10 +217,10 @@ def main() -> None:
                          unpadded=args.unpadded, compile=args.compile,
                          teacher_pairs=args.teacher_pairs, teacher_lists=args.teacher_lists) for seed in seeds]
         for backbone in backbones for objective in args.objectives}
-    metrics, per_query = launch.train_and_evaluate(
+    metrics, per_query = grid.train_and_evaluate(
         args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth, first_stage=None,
-        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
-        max_queries=30 if args.smoke else None, num_workers=args.num_workers,
+        batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
+        max_queries=30 if args.smoke else None, num_workers=args.num_workers, figures=args.figures,
         checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 
     # 3. Parameter counts (cached), backbones sorted by size ------------------------------------
@@ -272,8 +275,9 @@ def main() -> None:
     print("\n" + table.console + "\n\n" + table.latex)
 
     # 6. Plot: nDCG@10 against parameter count, one line per objective ---------------------------
-    figures.size_curves(out / "rq3_size.png", means, params, args.objectives, list(members),
-                        f"RQ3 ({mode}): nDCG@10 vs backbone size")
+    if args.figures:
+        common.extra("figures", "--figures").size_curves(out / "rq3_size.png", means, params, args.objectives,
+                                                         list(members), f"RQ3 ({mode}): nDCG@10 vs backbone size")
     print(f"tables written to {out} (one .txt/.tex/.csv/.json per table)")
 
     # 7. The claim this script checks: what the published table says, what these results say --------

@@ -30,9 +30,9 @@ import numpy as np
 import claims
 import common
 import grid
-import launch
 import paper_setup
 import significance
+import store
 import tables
 
 LLM_OBJECTIVES = ["distill_ranknet", "adr_mse"]
@@ -41,7 +41,7 @@ MODE_BACKBONES = {"paper": list(paper_setup.PAPER_BACKBONES), "demo": list(paper
 
 
 @dataclasses.dataclass
-class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared by the training scripts
+class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared by the training scripts
     backbones: list[str] = dataclasses.field(default_factory=lambda: list(paper_setup.PAPER_BACKBONES))
     """backbones to train (default: the nine of the paper; --demo: minilm-l6/l4/l2; --smoke: tiny-bert)"""
     llm_objectives: list[str] = dataclasses.field(default_factory=lambda: list(LLM_OBJECTIVES))
@@ -89,6 +89,8 @@ class Args(launch.LaunchOptions):  # + --plan, --slurm and its options, shared b
     eval_token_budget: int = 0
     """tokens per re-ranking batch: pairs of similar length batched together up to this many tokens (padding
     counted, unless --unpadded); 0: --eval-batch-size pairs per batch"""
+    token_cache: bool = False
+    """keep the candidates' token ids in <results>/tokens: later cells re-rank them without the tokenizer (same scores)"""
     unpadded: bool = False
     """train and re-rank without padding (pairs packed, variable-length attention) where the backbone allows it
     (not DeBERTa: it stays padded); scores differ from padded ones by rounding, so these cells are kept apart"""
@@ -161,7 +163,7 @@ def main() -> None:
     objectives = list(dict.fromkeys([*args.llm_objectives, *args.other_objectives]))
     if not args.llm_objectives or not args.other_objectives:
         raise common.KitError("--llm-objectives and --other-objectives each need at least one objective")
-    results = grid.open_results(args.results)
+    results = store.open_results(args.results)
     print(f"RQ4 ({mode}): backbones {backbones}, objectives {objectives}, seeds {seeds}, {precision} on {device}")
 
     # 2. One training configuration per (backbone, objective, seed): the cells of RQ1/RQ2 ----------
@@ -173,9 +175,9 @@ def main() -> None:
                for backbone in backbones for objective in objectives}
 
     # 3. Train (or reuse) every cell, re-rank every collection ----------------------------------
-    metrics, per_query = launch.train_and_evaluate(
+    metrics, per_query = grid.train_and_evaluate(
         args, {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
-        depth=depth, batch_size=args.eval_batch_size, token_budget=args.eval_token_budget,
+        depth=depth, batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
         max_queries=30 if args.smoke else None,
         num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
 

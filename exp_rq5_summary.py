@@ -48,6 +48,7 @@ import grid
 import losses
 import paper_setup
 import significance
+import store
 import tables
 
 # The teacher file each objective family reads; the others do not change the model.
@@ -404,7 +405,7 @@ def main() -> None:
         common.extra("shipped", f"--results {results} (shipped results)").verify(results)
     out_root = Path(args.tables) if args.tables else Path("results") / "tables" if shipped_folder else results / "tables"
     if (results / "FORMAT").exists() and not shipped_folder:
-        grid.open_results(results)  # refuses a folder of another layout version
+        store.open_results(results)  # refuses a folder of another layout version
     groups, fingerprints, unfinished = scan(results, args.measure)
     if not groups:
         raise common.KitError(f"no finished cell evaluated with {args.measure} in {results / 'cells'} (a cell "

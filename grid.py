@@ -1,55 +1,40 @@
-"""The results store and the grid runner: every script trains and evaluates through here.
+"""The grid runner: every script's flags, what they resolve to, the checks before anything trains, and the grid
+itself: train (or reuse) every cell, re-rank every collection with it, as one worker among any number.
 
-A grid is a set of cells, one trained model per (backbone, objective, seed, recipe). Each cell has a
-folder in the results store, named by the hash of its full training configuration, so a finished cell
-is reused by every script and an interrupted one resumes from its checkpoint.
+A grid is a set of cells, one trained model per (backbone, objective, seed, recipe), each in its own folder of
+the results store (store.py). Any number of processes may run the same script on one results folder at once
+(--gpu 0, --gpu 1, ..., or machines that share a filesystem): each takes the cells no live worker holds, one at
+a time under the cell's lock, prints each cell's row as it lands, and the one that finishes the last cell
+returns the results (the others end with common.EarlyExit). --plan and --slurm are extras/scale_out.py.
 
 Sections, read top to bottom:
-  1. the command line: flags and their rules, and what they resolve to (mode, device, precision, seeds,
+  1. the command line: flags, their rules, and what they resolve to (mode, device, precision, seeds,
      test collections)
   2. the configuration of one cell, and the checks made before the first cell trains
-  3. the results store: cells, keys, locks (shared by any number of workers, on one machine or many)
-  4. evaluations, cached beside their cell
-  5. the grid: train (or reuse) every cell, re-rank every collection, as one worker among any number
-(launch.py runs a grid here; --plan and --slurm are extras/scale_out.py.)
+  3. the grid: a cell trained under its lock, every cell and collection, one worker among many
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
-import functools
 import glob
-import hashlib
 import inspect
-import json
 import math
-import os
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import numpy as np
-
 import common
 import cross_encoder
-import figures
 import losses
 import paper_setup
-import token_cache
-import workers
+import store
 from common import EvalData, KitError
 from cross_encoder import TrainConfig
 from paper_setup import Collection
-
-RESULTS_FORMAT = 3  # bump when a results folder's cells or layout would no longer be reproduced
-# What each bump changed, so that a refused folder says why.
-FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models score with an fp32 head",
-                  3: "the demo's InfoNCE negatives and teacher lists come from a dense first stage, and cells are keyed "
-                     "by the content of their training files"}
+from store import cell_dir
 
 
 # ================================================================================================
@@ -57,10 +42,10 @@ FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models scor
 # ================================================================================================
 def main_guard(main) -> None:
     """Run `main()`; a KitError becomes one line on stderr and exit status 2, without a traceback. A script that
-    ends early without error (workers.EarlyExit: a plan, a submission, cells left to other workers) prints its note."""
+    ends early without error (common.EarlyExit: a plan, a submission, cells left to other workers) prints its note."""
     try:
         main()
-    except workers.EarlyExit as early:
+    except common.EarlyExit as early:
         print(early)
     except KitError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -72,7 +57,7 @@ def main_guard(main) -> None:
 
 def _field_docs(cls) -> dict[str, str]:
     """The docstring under each dataclass field (CleanRL style), which becomes its --help line; fields of a base
-    class (launch.LaunchOptions) are read from its own source."""
+    class (ScaleOutFlags) are read from its own source."""
     docs = {}
     for klass in filter(dataclasses.is_dataclass, reversed(cls.__mro__)):
         body = ast.parse(inspect.getsource(klass)).body[0].body
@@ -81,11 +66,6 @@ def _field_docs(cls) -> dict[str, str]:
                     and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
                 docs[node.target.id] = following.value.value.strip()
     return docs
-
-
-def field_default(field: dataclasses.Field):
-    """A dataclass field's default value, made fresh where it comes from a factory."""
-    return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -102,7 +82,7 @@ def parse_args(cls, argv: list[str] | None = None):
     docs = _field_docs(cls)
     own_first = sorted(dataclasses.fields(cls), key=lambda f: f.name not in cls.__annotations__)  # base's after
     for field in own_first:
-        default = field_default(field)
+        default = common.field_default(field)
         shown = " ".join(map(str, default)) if isinstance(default, list) else default
         flag, help_text = "--" + field.name.replace("_", "-"), f"{docs.get(field.name, '')} (default: {shown})"
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
@@ -115,7 +95,7 @@ def parse_args(cls, argv: list[str] | None = None):
             item = {"int": int, "float": float}.get(kind.replace(" | None", "").replace("Optional[", "").rstrip("]"), str)
             parser.add_argument(flag, type=item, default=argparse.SUPPRESS, help=help_text)
     given = vars(parser.parse_args(argv))
-    args = cls(**{**{f.name: field_default(f) for f in dataclasses.fields(cls)}, **given})
+    args = cls(**{**{f.name: common.field_default(f) for f in dataclasses.fields(cls)}, **given})
     args.given = frozenset(given)
     check_flags(args)
     return args
@@ -148,28 +128,19 @@ FLAG_RULES = {
     "demo_negatives": (lambda v: v in ("dense", "bm25"), "dense or bm25"),
     "retriever": (lambda v: v in ("splade", "bm25"), "splade or bm25"),
     "paper_lists": (lambda v: v in ("colbert-top50", "rankzephyr-top50"), "colbert-top50 or rankzephyr-top50"),
-    "gpus": (lambda v: v in (0, 1), "1 GPU per task (a cell trains on one GPU; README, 'Many GPUs and SLURM'), or 0"),
-    "cpus": (_at_least(1), "CPU cores per task, at least 1"),
-    "mem": (_at_least(1), "memory per task in GB, at least 1"),
-    "array_parallelism": (_at_least(1), "a number of tasks at once, at least 1"),
-    "time_limit": (lambda v: slurm_minutes(v) is not None, "a SLURM time: minutes, HH:MM:SS or D-HH:MM:SS"),
 }
-# Options of --slurm (and of --plan, which shows what --slurm would submit).
-SLURM_OPTIONS = ("partition", "time_limit", "gpus", "cpus", "mem", "account", "array_parallelism")
 
 
-def slurm_minutes(text: str) -> float | None:
-    """A SLURM time limit in minutes ('90', '4:00:00', '1-12:00:00', '2-0', ...); None if not one."""
-    import re
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
-    if not match:
-        return None
-    days, first, second, third = (int(g) if g is not None else None for g in match.groups())
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        return days * 1440 + first * 60 + (second or 0) + (third or 0) / 60
-    if third is not None:  # H:M:S
-        return first * 60 + second + third / 60
-    return first + (second or 0) / 60  # M or M:S
+@dataclasses.dataclass
+class ScaleOutFlags:
+    """The flags of every training script that send its grid elsewhere (extras/scale_out.py); their --help lines
+    follow each script's own."""
+    plan: bool = False
+    """list the cells (done, running, to do), the GPU-hours and disk they need, what --slurm would submit; run nothing"""
+    slurm: bool = False
+    """submit the cells to do as a SLURM job array, one task per cell (README, "Many GPUs and SLURM")"""
+    slurm_options: list[str] = dataclasses.field(default_factory=list)
+    """--slurm: KEY=VALUE of partition, time-limit, gpus, cpus, mem (GB), account, array-parallelism"""
 
 
 def check_flags(args) -> None:
@@ -189,12 +160,13 @@ def check_flags(args) -> None:
     if getattr(args, "plan", False) and getattr(args, "slurm", False):
         raise KitError("--plan and --slurm together: --plan shows what --slurm would submit and runs nothing; pass one")
     if getattr(args, "slurm", False) and "gpu" in args.given:
-        raise KitError("--gpu with --slurm: each task runs on the GPU that SLURM gives it (--gpus 1, the default) or "
-                       "on its CPUs (--gpus 0)")
-    stray = [o for o in SLURM_OPTIONS if o in getattr(args, "given", ()) and not (args.slurm or args.plan)]
-    if stray:
-        raise KitError(f"--{stray[0].replace('_', '-')} is an option of --slurm: pass it with --slurm (or with --plan, "
-                       f"to see what would be submitted)")
+        raise KitError("--gpu with --slurm: each task runs on the GPU that SLURM gives it (--slurm-options gpus=1, "
+                       "the default) or on its CPUs (gpus=0)")
+    if getattr(args, "slurm_options", None):
+        if not (args.slurm or args.plan):
+            raise KitError("--slurm-options are options of --slurm: pass them with --slurm (or with --plan, to see "
+                           "what would be submitted)")
+        common.extra("scale_out", "--slurm-options").slurm_settings(args)  # one line for a key or value it refuses
     if "demo_negatives" in getattr(args, "given", ()) and not (args.demo or args.smoke):
         raise KitError("--demo-negatives chooses the demo's data: pass it with --demo or --smoke (the paper's "
                        "setting always trains on the paper's data)")
@@ -220,7 +192,7 @@ def resolve_setting(args) -> Setting:
         raise KitError("the paper's setting trains 200k steps per cell: pass --gpu N to train on a GPU (or --gpu -1 "
                        "to use the CPU anyway; --demo runs the offline demo)")
     # --slurm and --plan describe where the work will run, which need not be this machine (a login node, a laptop).
-    device = ("cuda:0" if args.gpus else "cpu") if slurm else \
+    device = ("cuda:0" if common.extra("scale_out", "--slurm").slurm_settings(args).gpus else "cpu") if slurm else \
         (f"cuda:{args.gpu}" if args.gpu >= 0 else "cpu") if plan else cross_encoder.choose_device(args.gpu)
     cross_encoder.setup_speed(device, args.deterministic, threads=1 if args.smoke else None)
     wanted = "fp32" if args.smoke and args.precision == "auto" else args.precision
@@ -424,260 +396,17 @@ def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) 
                        f"is it the teacher file of another collection?")
     common.DocumentLookup(dataset, source=str(path)).get_many(list(dict.fromkeys(d for _, ds in rows for d in ds))[:1000])
 
+
 # ================================================================================================
-# 3. The results store: one folder per trained cell, keyed by its full training configuration
+# 3. The grid
 # ================================================================================================
-# results/FORMAT                                    layout version (RESULTS_FORMAT)
-# results/cells/<backbone>__<objective>__seed<k>__<config hash>/
-#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE (where and how long it trained)
-#     LOCK (while a worker works on the cell: see "Locks" below)
-#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  timing.json  metrics.json (written last)
-# results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
-# results/tokens/<key>.npz                          token ids of a chunk of candidates (token_cache.py)
-# A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
-# after everything else, so an interrupted cell is resumed, never read as finished.
-def open_results(results: Path) -> Path:
-    """The results folder, made if missing; one of another layout version, or one that cannot be written,
-    is refused before any work."""
-    results = Path(results)
-    marker = results / "FORMAT"
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=results).close()
-    except OSError as error:
-        raise KitError(f"--results {results}: cannot write there ({error.strerror}); pass a folder you can "
-                       f"write to") from None
-    if marker.exists():
-        found = marker.read_text().strip()
-        if found != str(RESULTS_FORMAT):
-            raise KitError(f"{results} was written by an incompatible version of the kit (format {found}, this "
-                           f"version writes {RESULTS_FORMAT}: {FORMAT_CHANGES[RESULTS_FORMAT]}); pass another "
-                           f"--results folder")
-    else:
-        common.atomic_write_text(marker, f"{RESULTS_FORMAT}\n")
-    return results
-
-
-def cell_key(cfg: TrainConfig) -> str:
-    """The hash of everything that determines the trained model, and of the store's layout version (options
-    that are off by default count only when on: cross_encoder.OFF_BY_DEFAULT)."""
-    fields = cfg.record()
-    used = cfg.teacher_file()
-    # A local teacher file is keyed by its content and name, not its folder: a rebuilt teacher must
-    # not reuse old cells, while a results store that moved (or another spelling of --results)
-    # must still find its own.
-    if used and used not in paper_setup.EXTERNAL_FILES and common.resolve_file(used).is_file():
-        fields["teacher_md5"] = common.md5_of(common.resolve_file(used))
-        for name in ("teacher_scores", "teacher_pairs", "teacher_lists"):
-            if fields[name] == used:
-                fields[name] = Path(used).name
-    # The training files the objective reads are keyed by content too (the demo's first-stage runs).
-    setup = paper_setup.TRAINING_SETUPS[cfg.training]
-    reads = {"pairs": [] if setup.triples else [setup.pair_negatives], "groups": [setup.candidates],
-             "teacher-groups": [setup.candidates]}.get(losses.DATA.get(cfg.objective), [])
-    local = [f for f in reads if f not in paper_setup.EXTERNAL_FILES and common.resolve_file(f).is_file()]
-    if local:
-        fields["data_md5"] = {Path(f).name: common.md5_of(common.resolve_file(f)) for f in local}
-    # A backbone given as a local folder is keyed by its files' content: a model replaced at the same path
-    # must not reuse the cells of the old one.
-    if Path(cfg.backbone).is_dir():
-        fields["backbone"] = [Path(cfg.backbone).name, folder_fingerprint(Path(cfg.backbone))]
-    if not fields["validate_every"]:  # absent when 0, so that cells made before it existed keep their keys
-        del fields["validate_every"]
-    text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def folder_fingerprint(folder: Path) -> dict[str, str]:
-    """{file: md5} of a model folder: what keys the results of a model given as a folder."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return {str(p.relative_to(folder)): common.md5_of(p) for p in files}
-
-
-def cell_dir(results: Path, cfg: TrainConfig) -> Path:
-    return Path(results) / "cells" / f"{common.slug(cfg.backbone)}__{cfg.objective}__seed{cfg.seed}__{cell_key(cfg)}"
-
-
-def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bool = True,
-               **train_options) -> Path | None:
-    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted. A cell
-    that another live worker is training is waited for (`wait`), or None is returned. `train_options` are
-    _train_locked's."""
-    folder = cell_dir(results, cfg)
-    if (folder / "DONE").exists():
-        return folder / "model"
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = workers.CellLock(folder, log)
-    if not lock.acquire(wait=wait, done=(folder / "DONE").exists):
-        return folder / "model" if (folder / "DONE").exists() else None
-    try:
-        if not (folder / "DONE").exists():  # finished by another process while we waited
-            _train_locked(cfg, folder, device, log, **train_options)
-    finally:
-        lock.release()
-    return folder / "model"
-
-
-def _train_locked(cfg: TrainConfig, folder: Path, device: str, log=print, keep_checkpoint: bool = False,
-                  validate=None, **train_options) -> None:
-    """Train a cell whose lock this process holds, and mark it DONE (with where and how long it trained). A
-    finished cell keeps its model and, unless `keep_checkpoint`, drops its last checkpoint (the optimizer's
-    state doubles the model's size and nothing reads it again). `validate(model, pair_tokenizer)` selects the
-    checkpoint when the configuration asks for it (cfg.validate_every)."""
-    if cfg.validate_every and validate is None:
-        raise RuntimeError("this configuration selects its checkpoint: pass validate")
-    common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
-    started = time.time()
-    cross_encoder.train(cfg, folder, device, log=log, validate=validate, validate_every=cfg.validate_every,
-                        **train_options)
-    cross_encoder.write_model_card(cfg, folder)
-    figures.training_curve(folder)
-    common.atomic_write_json(folder / "DONE", {"seconds": round(time.time() - started, 1),
-                                               "device": cross_encoder.device_name(device),
-                                               "worker": f"{socket.gethostname()}:{os.getpid()}"})
-    if not keep_checkpoint:
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
-
-
 def _first_stage():
     """The kit's own first stage (extras/first_stage.py), for collections with neither a shipped run nor
-    --run-dir (the paper's setting) and for the paper's NanoBEIR validation."""
-    return common.extra("first_stage", "a collection without a run (the kit's own first stage, --retriever)")
+    --run-dir (the paper's setting), and the paper's NanoBEIR validation, which re-ranks its runs."""
+    return common.extra("first_stage", "a collection without a run, or NanoBEIR validation (the kit's own "
+                                       "first stage, --retriever)")
 
 
-def nanobeir_validator(cfg: TrainConfig, device: str, method: str, batch_size: int, log=print,
-                       tokens_folder: Path | None = None, token_budget: int = 0):
-    """validate(model, pair_tokenizer): the mean nDCG@10 of re-ranking the top-100 of the kit's first stage on
-    the 13 NanoBEIR sets, as the paper selects its checkpoints. The sets are loaded once, here, and tokenized
-    once into `tokens_folder` (token_cache.py) when given; the cell's own --unpadded applies."""
-    depth = paper_setup.RECIPES["paper"]["validation_depth"]
-    sets = [common.load_eval_data(c, depth=depth, run=_first_stage().cached_run(c, method, depth, device, log=log))
-            for c in paper_setup.NANOBEIR]
-
-    def validate(model, pair_tokenizer) -> float:
-        values = []
-        for data in sets:
-            run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents,
-                                       batch_size=batch_size, device=device, precision=cfg.precision,
-                                       tokens_folder=tokens_folder, token_budget=token_budget, unpad=cfg.unpadded)
-            values.append(common.evaluate(run, data.qrels, ["nDCG@10"])[0]["nDCG@10"])
-        return float(np.mean(values))
-    return validate
-
-
-# ================================================================================================
-# 4. Evaluations, cached beside their cell
-# ================================================================================================
-def _load_metrics(folder: Path):
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return metrics, json.loads((folder / "per_query.json").read_text())
-
-
-def _save_metrics(folder: Path, run, data: EvalData, tag: str):
-    aggregate, per_query = common.evaluate(run, data.qrels, list(data.collection.measures))
-    common.write_run(folder / "run.trec.gz", run, tag)
-    common.atomic_write_json(folder / "per_query.json", per_query)
-    common.atomic_write_json(folder / "metrics.json", aggregate)  # last: its presence marks the folder finished
-    return aggregate, per_query
-
-
-def evaluate_first_stage(data: EvalData, results: Path):
-    """The candidates' own effectiveness, as the row every re-ranker must beat."""
-    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.candidates_name,
-                                   data.collection.measures]).encode()).hexdigest()[:10]
-    folder = Path(results) / "first-stage" / f"{data.collection.name}__{key}"
-    if (folder / "metrics.json").exists():
-        return _load_metrics(folder)
-    run = {qid: {d: -float(rank) for rank, d in enumerate(docs)} for qid, docs in data.candidates.items()}
-    return _save_metrics(folder, run, data, "first-stage")
-
-
-def eval_folder(home: Path, data: EvalData, max_length: int, query_max_length: int, precision: str,
-                unpadded: bool = False, compile: bool = False) -> Path:
-    """Where the evaluation of the model of `home` on `data` is stored (finished once its metrics.json exists).
-    `unpadded` and `compile` change scores by rounding: they are keyed, when on (cross_encoder.OFF_BY_DEFAULT)."""
-    keyed = [data.collection.dataset_id, data.collection.relevance, data.candidates_name,
-             data.collection.measures, max_length, query_max_length, precision]
-    keyed += [{name: True} for name, on in (("unpadded", unpadded), ("compile", compile)) if on]
-    key = hashlib.sha1(json.dumps(keyed).encode()).hexdigest()[:10]
-    return home / "eval" / f"{data.collection.name}__{key}"
-
-
-def _evaluate(model_dir: Path, home: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
-              precision: str, tag: str, batch_size: int, progress: bool, workers: int, results: Path,
-              token_budget: int = 0, unpadded: bool = False, compile: bool = False):
-    """(aggregate, per_query) of the model in `model_dir` re-ranking `data`, stored in `home`/eval/ and reused.
-    The candidates' token ids are shared by every cell and model through `results`/tokens (token_cache.py).
-    `workers` tokenize in parallel and `token_budget` groups pairs by length (see `cross_encoder.score_pairs`):
-    like batch_size they change how the pairs are batched (another batch shape rounds the last bits of a score
-    differently, README "Cheaper cells"), so they are not in the key; `unpadded` and `compile`, which change the
-    cell's arithmetic in training too, are.
-    How long it took is kept beside (timing.json), for the plans of later runs (launch.py)."""
-    folder = eval_folder(home, data, max_length, query_max_length, precision, unpadded, compile)
-    if (folder / "metrics.json").exists():
-        return _load_metrics(folder)
-    started = time.time()
-    model, pair_tokenizer = cross_encoder.load_trained(model_dir, max_length, query_max_length, device)
-    if compile:
-        cross_encoder.compile_model(model)
-    run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents, batch_size=batch_size,
-                               device=device, precision=precision, progress=progress, workers=workers,
-                               tokens_folder=token_cache.results_folder(results), token_budget=token_budget,
-                               unpad=unpadded)
-    pairs = sum(len(docs) for docs in run.values())
-    common.atomic_write_json(folder / "timing.json", {"pairs": pairs, "seconds": round(time.time() - started, 2),
-                                                      "device": cross_encoder.device_name(device)})
-    return _save_metrics(folder, run, data, tag)
-
-
-def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, batch_size: int = 64,
-                  progress: bool = True, workers: int = 0, token_budget: int = 0):
-    """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed."""
-    folder = cell_dir(results, cfg)
-    found = _evaluate(folder / "model", folder, data, device, cfg.max_length, cfg.query_max_length, cfg.precision,
-                      f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}", batch_size, progress, workers,
-                      results, token_budget, cfg.unpadded, cfg.compile)
-    cross_encoder.write_model_card(cfg, folder)
-    return found
-
-
-def resolve_model(name: str) -> Path:
-    """A trained cross-encoder named by --models: a local folder, or a Hugging Face id fetched into the hub's
-    own cache (the authors' releases, xpmir/cross-encoder-<backbone>-<loss>, cross-encoder/ms-marco-...)."""
-    if Path(name).is_dir():
-        if not (Path(name) / "config.json").is_file():
-            raise KitError(f"--models {name}: the folder holds no config.json; pass a folder saved with save_pretrained")
-        return Path(name)
-    if name.count("/") != 1:
-        raise KitError(f"--models {name}: neither a folder nor a Hugging Face id (owner/name)")
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(name))
-    except Exception as error:  # the hub raises many kinds: unknown id, no network, offline mode
-        raise KitError(f"--models {name}: could not fetch it from the Hugging Face hub ({type(error).__name__}); "
-                       f"check the id and the network, or pass a local folder") from None
-
-
-def model_home(results: Path, name: str) -> Path:
-    """The folder of results/models/ where the evaluations of a model trained elsewhere are stored, keyed by its
-    files' content (`name`: a folder, or a Hugging Face id fetched by resolve_model)."""
-    key = hashlib.sha1(json.dumps(folder_fingerprint(resolve_model(name)), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(results) / "models" / f"{common.slug(name)}__{key}"
-
-
-def evaluate_model(name: str, results: Path, data: EvalData, device: str, max_length: int, query_max_length: int,
-                   precision: str, batch_size: int = 64, progress: bool = True, workers: int = 0,
-                   token_budget: int = 0, unpadded: bool = False, compile: bool = False):
-    """(aggregate, per_query) of a cross-encoder trained elsewhere re-ranking `data`, on the same candidates, with
-    the same lengths, measures and arithmetic as the cells; stored under results/models/, keyed by its files' content."""
-    return _evaluate(resolve_model(name), model_home(results, name), data, device, max_length, query_max_length,
-                     precision, f"model-{common.slug(name)}", batch_size, progress, workers, results,
-                     token_budget, unpadded, compile)
-
-
-# ================================================================================================
-# 5. The grid
-# ================================================================================================
 def first_stage_label(collections: list[Collection], run_dir: str | None, method: str = "splade",
                       depth: int = 1000) -> str:
     """The name of the candidates' own row: the run folder, BM25 for the shipped runs, the kit's own first stage
@@ -689,42 +418,93 @@ def first_stage_label(collections: list[Collection], run_dir: str | None, method
     return _first_stage().label(method, depth) if not any(c.run for c in collections) else "first stage"
 
 
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bool = True, keep_checkpoint: bool = False,
+               validate=None, **train_options) -> Path | None:
+    """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted, trained under
+    the cell's lock. A cell that another live worker is training is waited for (`wait`), or None is returned.
+    `validate(model, pair_tokenizer)` selects the checkpoint when the configuration asks for it; `train_options`
+    go to cross_encoder.train; unless `keep_checkpoint`, a finished cell drops its last checkpoint."""
+    folder = cell_dir(results, cfg)
+    if (folder / "DONE").exists():
+        return folder / "model"
+    if cfg.validate_every and validate is None:
+        raise RuntimeError("this configuration selects its checkpoint: pass validate")
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = store.CellLock(folder, log)
+    if not lock.acquire(wait=wait, done=(folder / "DONE").exists):
+        return folder / "model" if (folder / "DONE").exists() else None
+    try:
+        if not (folder / "DONE").exists():  # finished by another worker while this one waited
+            _train_here(cfg, folder, device, log, validate, keep_checkpoint, **train_options)
+    finally:
+        lock.release()
+    return folder / "model"
+
+
+def _train_here(cfg: TrainConfig, folder: Path, device: str, log, validate, keep_checkpoint: bool,
+                **train_options) -> None:
+    """Train the cell of `folder`, whose lock this worker holds, and mark it DONE."""
+    store.start_cell(folder, cfg)
+    started = time.time()
+    cross_encoder.train(cfg, folder, device, log=log, validate=validate, validate_every=cfg.validate_every,
+                        **train_options)
+    store.finish_cell(folder, device, time.time() - started, keep_checkpoint)
+
+
 def train_cells(cfgs: Sequence[TrainConfig], results: Path, device: str, log=print, **train_options) -> None:
     """Train (or reuse) every cell of `cfgs` before going on (teachers that later cells learn from): those that
-    are free here, then wait for those that other workers are training."""
-    units = []
-    for cfg in dict((cell_dir(results, c), c) for c in cfgs).values():
-        folder = cell_dir(results, cfg)
-        units.append(workers.Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, cfg.backbone,
-                          (folder / "DONE").exists, functools.partial(_train_locked, cfg, folder, device, log,
-                                                                      **train_options), lambda: "trained"))
-    try:
-        workers.work(units, log)
-    except workers.EarlyExit:
-        for cfg in cfgs:
-            train_cell(cfg, results, device, log=log, wait=True, **train_options)
+    are free here first, then those that other workers are training, waited for."""
+    cells = list(dict((cell_dir(results, c), c) for c in cfgs).values())
+    for wait in (False, True):
+        for cfg in cells:
+            train_cell(cfg, results, device, log=log, wait=wait, **train_options)
 
 
-def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
+_TASK: dict = {}  # set in a --slurm task (extras/scale_out.GridTask): this process is one worker that does one cell
+
+
+class Unit(NamedTuple):
+    """One piece of a grid's work, done by one worker at a time under the lock of its folder: a cell (train it if
+    needed, then every evaluation it lacks) or a model trained elsewhere (`model`: its evaluations)."""
+    label: str
+    folder: Path
+    evaluations: dict[str, Path]  # collection -> the folder of its finished evaluation
+    cfg: TrainConfig              # a cell's configuration; for a model, the lengths and precision it is run at
+    model: str | None = None
+
+    def complete(self) -> bool:
+        trained = self.model is not None or (self.folder / "DONE").exists()
+        return trained and all((f / "metrics.json").exists() for f in self.evaluations.values())
+
+
+def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections: list[Collection], results: Path,
                        device: str, *, run_dir: str | None = None, depth: int = 1000, batch_size: int = 64,
-                       token_budget: int = 0, first_stage: str | None = "auto", max_queries: int | None = None,
-                       progress: bool = True, models: Sequence[str] = (), method: str = "splade", log=print,
-                       max_units: int | None = None, estimate=None, lengths: TrainConfig | None = None,
-                       labels: dict[str, str] | None = None, **train_options):
+                       token_budget: int = 0, token_cache: bool = False, first_stage: str | None = "auto",
+                       max_queries: int | None = None, progress: bool = True, models: Sequence[str] = (),
+                       method: str = "splade", log=print, lengths: TrainConfig | None = None,
+                       labels: dict[str, str] | None = None, keep_checkpoint: bool = False, figures: bool = False,
+                       **train_options):
     """Train (or reuse) every cell and re-rank every collection with it, and with every model of `models`
     (trained elsewhere: folders or Hugging Face ids), shown as the system "model: <name>" or `labels[name]`.
+    With --plan or --slurm (`args`), extras/scale_out.py does what they ask instead, and the script ends.
 
-    Any number of processes may run this on one results folder at once (workers: README, "Many GPUs and SLURM"):
-    each works on the cells that are free (`work`), and the one that finds every cell complete returns the
-    results, read from the store, so they do not depend on which worker computed what; the others raise workers.EarlyExit.
+    Any number of processes may run this on one results folder at once (README, "Many GPUs and SLURM"): each
+    works on the cells that are free, and the one that finds every cell complete returns the results, read from
+    the store, so they do not depend on which worker computed what; the others end with common.EarlyExit.
 
     configs: {system label: [one TrainConfig per seed]}. Returns (metrics, per_query) shaped
     {system: {collection: [per-seed dict]}}, metrics holding {measure: value} and per_query
     {measure: {qid: value}}; the candidates themselves appear in metrics (only) as the system `first_stage`.
     A collection with neither --run-dir nor a shipped run is re-ranked from the kit's own first stage
     `method` (extras/first_stage.py: splade, the paper's, or bm25), made once and cached."""
-    preflight(configs, collections, run_dir, results, train_options.get("keep_checkpoint", False), log)
-    folders = {name: resolve_model(name) for name in models}  # fetched (and checked) before anything trains
+    if getattr(args, "plan", False) or getattr(args, "slurm", False):  # they end the script (common.EarlyExit)
+        scale_out = common.extra("scale_out", "--plan" if args.plan else "--slurm")
+        scale_out.plan_or_submit(args, configs, collections, results, device,
+                                 dict(run_dir=run_dir, depth=depth, max_queries=max_queries, models=models,
+                                      method=method, lengths=lengths, keep_checkpoint=keep_checkpoint, **train_options))
+    preflight(configs, collections, run_dir, results, keep_checkpoint, log)
+    elsewhere = common.extra("released", "--models") if models else None  # cross-encoders trained elsewhere
+    folders = {name: elsewhere.resolve_model(name) for name in models}  # fetched (and checked) before anything trains
     metrics: dict = {}
     per_query: dict = {}
     datasets = {c.name: common.load_eval_data(c, run_dir, depth, max_queries, run=None if run_dir or c.run else
@@ -736,65 +516,104 @@ def train_and_evaluate(configs: dict[str, list[TrainConfig]], collections: list[
         first_stage = first_stage_label(collections, run_dir, method, depth)
     if first_stage:  # shown beside the re-rankers, never tested: its per-query values are not returned
         for name, data in datasets.items():
-            metrics.setdefault(first_stage, {})[name] = [evaluate_first_stage(data, results)[0]]
+            metrics.setdefault(first_stage, {})[name] = [store.evaluate_first_stage(data, results)[0]]
     selecting = next((c for seeds in configs.values() for c in seeds if c.validate_every), None)
-    validate = nanobeir_validator(selecting, device, method, batch_size, log, token_cache.results_folder(results),
-                                  token_budget) if selecting else None
-    num_workers = train_options.get("num_workers", 0)
-    # The lengths and precision every cell shares (`lengths` where no cell is trained: --released).
-    shared = lengths or next(c for seeds in configs.values() for c in seeds)
+    tokens_folder = Path(results) / "tokens" if token_cache else None
+    validate = _first_stage().nanobeir_validator(selecting, device, method, batch_size, log, tokens_folder,
+                                                 token_budget) if selecting else None
+    shared = lengths or next(c for seeds in configs.values() for c in seeds)  # `lengths` where none trains: --released
 
     def evaluations(home: Path, cfg: TrainConfig) -> dict[str, Path]:
-        return {name: eval_folder(home, data, cfg.max_length, cfg.query_max_length, cfg.precision, cfg.unpadded,
-                                  cfg.compile) for name, data in datasets.items()}
-
-    def row(found: dict[str, Path]) -> str:
-        values = {name: _load_metrics(folder)[0] for name, folder in found.items()}
-        return ", ".join(f"{name} {tables_measure(datasets[name].collection)} {m[tables_measure(datasets[name].collection)]:.4f}"
-                         for name, m in values.items())
-
-    def cell_unit(cfg: TrainConfig) -> workers.Unit:
-        folder, found = cell_dir(results, cfg), evaluations(cell_dir(results, cfg), cfg)
-
-        def run():
-            if not (folder / "DONE").exists():
-                _train_locked(cfg, folder, device, log, progress=progress, validate=validate, **train_options)
-            for data in datasets.values():
-                evaluate_cell(cfg, results, data, device, batch_size=batch_size, progress=progress, workers=num_workers,
-                              token_budget=token_budget)
-        return workers.Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, cfg.backbone,
-                    lambda: (folder / "DONE").exists() and all((f / "metrics.json").exists() for f in found.values()),
-                    run, lambda: row(found))
-
-    def model_unit(name: str) -> workers.Unit:
-        home = model_home(results, name)
-        found = evaluations(home, shared)
-
-        def run():
-            for data in datasets.values():
-                evaluate_model(name, results, data, device, shared.max_length, shared.query_max_length,
-                               shared.precision, batch_size, progress, num_workers, token_budget, shared.unpadded,
-                               shared.compile)
-        return workers.Unit(f"model {name}", home, name, lambda: all((f / "metrics.json").exists() for f in found.values()),
-                    run, lambda: row(found))
+        return {name: store.eval_folder(home, data, cfg.max_length, cfg.query_max_length, cfg.precision,
+                                        cfg.unpadded, cfg.compile) for name, data in datasets.items()}
 
     cells = dict((cell_dir(results, c), c) for seeds in configs.values() for c in seeds)  # a cell of two systems: once
-    workers.work([cell_unit(c) for c in cells.values()] + [model_unit(m) for m in folders], log, max_units, estimate)
+    units = [Unit(f"{cfg.backbone} {cfg.objective} seed {cfg.seed}", folder, evaluations(folder, cfg), cfg)
+             for folder, cfg in cells.items()]
+    homes = {name: elsewhere.model_home(results, name) for name in folders}
+    units += [Unit(f"model {name}", home, evaluations(home, shared), shared, name) for name, home in homes.items()]
+    evaluate = dict(batch_size=batch_size, progress=progress, workers=train_options.get("num_workers", 0),
+                    token_budget=token_budget, token_cache=token_cache)
 
-    # Every cell is complete: the results as stored, whoever computed them.
+    # The worker's loop, the same in every process on this results folder: work on each unit that is neither
+    # complete nor held by a live worker, in order, under its lock, and print its row as it lands.
+    todo = [u for u in units if not u.complete()]
+    if todo and not _TASK:
+        log(f"{len(todo)} of {len(units)} cell(s) to do on {cross_encoder.device_name(device)}, less what other "
+            f"workers take (--plan estimates how long they take)")
+    done_here: list[float] = []
+    while True:
+        worked = False
+        for unit in units:
+            if (_TASK and done_here) or unit.complete():
+                continue
+            unit.folder.mkdir(parents=True, exist_ok=True)
+            lock = store.CellLock(unit.folder, log)
+            if not lock.acquire(done=unit.complete):
+                continue  # a live worker has it: take the next one
+            started = time.time()
+            try:
+                if unit.complete():  # finished by another worker between the look and the lock
+                    continue
+                if unit.model is None and not (unit.folder / "DONE").exists():
+                    _train_here(unit.cfg, unit.folder, device, log, validate, keep_checkpoint, progress=progress,
+                                **train_options)
+                    if figures:  # its loss (and validation) over the steps, beside its model
+                        common.extra("figures", "--figures").training_curve(unit.folder)
+                for data in datasets.values():
+                    if unit.model is None:
+                        store.evaluate_cell(unit.cfg, results, data, device, **evaluate)
+                    else:
+                        elsewhere.evaluate_model(unit.model, results, data, device, shared, **evaluate)
+                done_here.append(time.time() - started)
+                worked = True
+            finally:
+                lock.release()
+            log(_landed(unit, units, done_here, datasets, going_on=not _TASK))
+        left = [u for u in units if not u.complete()]
+        if not left:
+            break
+        if _TASK and done_here:
+            raise common.EarlyExit(f"note: this worker stops after one cell; {len(left)} left to the other tasks "
+                                   f"(the one that finishes the last writes the tables)")
+        if not worked:
+            holders = sorted({store.describe_holder(store.CellLock.read(u.folder / "LOCK")[0]) for u in left})
+            raise common.EarlyExit(f"note: {len(left)} cell(s) left, all in the hands of other workers "
+                                   f"({', '.join(holders)}); the worker that finishes the last one writes the "
+                                   f"tables, and rerunning this command then prints them (it only reads)")
+
+    # Every unit is complete: the results as stored, whoever computed them.
     for system, seeds in configs.items():
         for cfg in seeds:
             for name, folder in evaluations(cell_dir(results, cfg), cfg).items():
-                aggregate, pq = _load_metrics(folder)
+                aggregate, pq = store.load_metrics(folder)
                 metrics.setdefault(system, {}).setdefault(name, []).append(aggregate)
                 per_query.setdefault(system, {}).setdefault(name, []).append(pq)
     for model in folders:
-        for name, folder in evaluations(model_home(results, model), shared).items():
-            aggregate, pq = _load_metrics(folder)
+        for name, folder in evaluations(homes[model], shared).items():
+            aggregate, pq = store.load_metrics(folder)
             label = (labels or {}).get(model, f"model: {model}")  # --released: the objective's row
             metrics.setdefault(label, {})[name] = [aggregate]
             per_query.setdefault(label, {})[name] = [pq]
     return metrics, per_query
+
+
+def _landed(unit: Unit, units: list[Unit], done_here: list[float], datasets: dict[str, EvalData],
+            going_on: bool) -> str:
+    """'[k/n] <cell>: <its measure per collection> (<time here>); <m> left, about <t> at <w> worker(s)': the
+    time left is the mean time of the units done here; the workers are those holding a unit now, and this one
+    if it goes on."""
+    row = ", ".join(f"{name} {tables_measure(datasets[name].collection)} "
+                    f"{store.load_metrics(folder)[0][tables_measure(datasets[name].collection)]:.4f}"
+                    for name, folder in unit.evaluations.items())
+    left = [u for u in units if not u.complete()]
+    busy = {(store.CellLock.read(u.folder / "LOCK")[0] or {}).get("token") for u in left} - {None}
+    workers = max(1, len(busy) + going_on)
+    seconds = sum(done_here) / len(done_here) * len(left) / workers
+    rest = f"{len(left)} left, about {common.format_duration(seconds)} at {workers} worker(s)" if left else \
+        "the grid is complete"
+    return (f"[{len(units) - len(left)}/{len(units)}] {unit.label}: {row} ({common.format_duration(done_here[-1])} "
+            f"here); {rest}")
 
 
 def tables_measure(collection: Collection) -> str:

@@ -27,7 +27,6 @@ import numpy as np
 from tabulate import tabulate
 
 import common
-import grid
 import paper_setup
 import significance
 from paper_setup import Collection
@@ -304,7 +303,7 @@ def measure_file_name(measure: str) -> str:
 # --unpadded and --compile are not among them: they change scores by rounding, so their tables are kept apart.
 HOW_TO_RUN_OPTIONS = frozenset({"demo", "smoke", "gpu", "results", "eval_batch_size", "eval_token_budget",
                                 "num_workers", "checkpoint_every", "keep_checkpoint", "plan", "slurm",
-                                *grid.SLURM_OPTIONS})
+                                "slurm_options", "token_cache", "figures"})
 
 
 def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Sequence[str] = ()) -> Path:
@@ -321,7 +320,7 @@ def tables_folder(results: Path, name: str, args, mode: str, already_in_name: Se
         if field.name in HOW_TO_RUN_OPTIONS or field.name in already_in_name or field.name not in args.given:
             continue
         value = getattr(args, field.name)
-        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else grid.field_default(field)):
+        if value != (paper_setup.SEEDS[mode] if field.name == "seeds" else common.field_default(field)):
             changed[field.name] = value
     parts = []
     for option, value in changed.items():

@@ -20,7 +20,7 @@ import argparse
 import time
 
 from _util import add_threads_argument, demo_pairs, machine_line, median, print_table, set_threads
-import batching  # noqa: E402
+from extras import token_batches  # noqa: E402
 import cross_encoder  # noqa: E402
 from extras import unpadded  # noqa: E402
 
@@ -57,7 +57,7 @@ def main():
             torch.cuda.synchronize(device)
 
     start = time.perf_counter()
-    tokens = pair_tokenizer.encode_pairs(queries, passages)
+    tokens = token_batches.encode_pairs(pair_tokenizer, queries, passages)
     tokenizing = time.perf_counter() - start
     lengths = tokens.lengths
     print(f"machine: {machine_line()}")
@@ -84,7 +84,7 @@ def main():
         "stored ids, token budget, padded": (
             lambda: cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, tokens=tokens,
                                               token_budget=budget, **common),
-            computed(batching.token_budget_batches(lengths, budget, True), True)),
+            computed(token_batches.token_budget_batches(lengths, budget, True), True)),
     }
     if unpadded.unsupported_reason(model) is None:
         variants["stored ids, token budget, unpadded"] = (
@@ -130,7 +130,7 @@ def train(args, model, pair_tokenizer, pairs, device, sync, np, torch):
         batch = common.Batch(queries=[q for q, _ in chosen[:half]],
                              docs=[[chosen[i][1], chosen[half + i][1]] for i in range(half)],
                              targets=torch.tensor([[1.0, 0.0]] * half))
-        batches.append((pair_tokenizer.batch(batch), pair_tokenizer.packed_batch(batch)))
+        batches.append((pair_tokenizer.batch(batch), unpadded.packed_batch(pair_tokenizer, batch)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12, fused=True)  # tiny lr: the weights stay ~fixed
     model.train()
 

@@ -40,7 +40,7 @@ import time
 import traceback
 
 from _util import demo_pairs, median, print_table
-import batching  # noqa: E402
+from extras import compiled, token_batches  # noqa: E402
 import cross_encoder  # noqa: E402
 from extras import unpadded  # noqa: E402
 from _util import forward_flops as model_forward_flops
@@ -209,7 +209,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
         if length not in prepared:
             pair_tokenizer = cross_encoder.make_pair_tokenizer(model, tokenizer, length, 64)
             start = time.perf_counter()
-            tokens = pair_tokenizer.encode_pairs(queries, passages)
+            tokens = token_batches.encode_pairs(pair_tokenizer, queries, passages)
             prepared[length] = pair_tokenizer, tokens, time.perf_counter() - start
         pair_tokenizer, tokens, encode_seconds = prepared[length]
         real = tokens.lengths
@@ -244,7 +244,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
             lo = (k * args.train_batch) % (len(pairs) - args.train_batch)
             targets = pin(torch.randint(0, 2, (half, 2)).float())
             chosen = np.arange(lo, lo + args.train_batch)
-            padded_batches.append(({k: pin(v) for k, v in pair_tokenizer.pad(tokens, chosen).items()}, targets))
+            padded_batches.append(({k: pin(v) for k, v in token_batches.pad(pair_tokenizer, tokens, chosen).items()}, targets))
             packed_batches.append((unpadded.pack(tokens, chosen).to("cpu", pin=on_gpu), targets))
             batch_real.append(real[chosen])
 
@@ -279,7 +279,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
                 "; ".join(n for n in notes if n))
 
         # Re-ranking
-        padded_runs = sum(len(b) * real[b].max() for b in batching.token_budget_batches(real, budget, True))
+        padded_runs = sum(len(b) * real[b].max() for b in token_batches.token_budget_batches(real, budget, True))
         chars = np.array([len(q) + len(p) for q, p in pairs])
         by_chars = np.argsort(-chars, kind="stable")  # score_pairs' batches by pair count
         by_count = sum(len(c) * real[c].max() for c in (by_chars[i:i + args.batch_size]
@@ -338,7 +338,7 @@ def bench_model(args, model_name, model, tokenizer, pairs, device, peak, rows):
     for length in args.lengths:
         measure(length, compiled=False)
     if args.compile:  # compiled once for dynamic shapes, then every length (the first calls include compiling)
-        cross_encoder.compile_model(model)
+        compiled.compile_model(model)
         for length in args.lengths:
             measure(length, compiled=True)
         model.base_model._compiled_call_impl = None

@@ -8,6 +8,8 @@
   bm25    BM25 through bm25s (k1 0.9, b 0.4, Lucene's idf, as Anserini), English stopwords and the Snowball
           English stemmer (PyStemmer).
 
+nanobeir_validator: the paper's checkpoint selection, mean nDCG@10 of re-ranking these runs on NanoBEIR.
+
 A run is cached in the kit's cache by what determines it (method, model, collection, depth, lengths), with an
 md5 checked at every read; the encoded documents of SPLADE are cached per document collection, so that the
 queries of TREC DL 19, 20 and MS MARCO dev share one encoding of MS MARCO's passages.
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 import common
+import cross_encoder
+import paper_setup
 from common import KitError
 
 SPLADE = "naver/splade-v3-distilbert"
@@ -151,3 +155,23 @@ def splade_run(dataset, queries: dict[str, str], depth: int, device: str, model_
     query_vectors = splade_vectors(model, tokenizer, [queries[q] for q in qids], SPLADE_LENGTHS["queries"], device,
                                    batch_size)
     return {qid: {ids[d]: s for d, s in hits} for qid, hits in zip(qids, top_k(query_vectors, doc_vectors, depth))}
+
+
+def nanobeir_validator(cfg: cross_encoder.TrainConfig, device: str, method: str, batch_size: int, log=print,
+                       tokens_folder: Path | None = None, token_budget: int = 0):
+    """validate(model, pair_tokenizer): the mean nDCG@10 of re-ranking the top-100 of the kit's first stage on
+    the 13 NanoBEIR sets, as the paper selects its checkpoints. The sets are loaded once, here, and tokenized
+    once into `tokens_folder` (--token-cache) when given; the cell's own --unpadded applies."""
+    depth = paper_setup.RECIPES["paper"]["validation_depth"]
+    sets = [common.load_eval_data(c, depth=depth, run=cached_run(c, method, depth, device, log=log))
+            for c in paper_setup.NANOBEIR]
+
+    def validate(model, pair_tokenizer) -> float:
+        values = []
+        for data in sets:
+            run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents,
+                                       batch_size=batch_size, device=device, precision=cfg.precision,
+                                       tokens_folder=tokens_folder, token_budget=token_budget, unpad=cfg.unpadded)
+            values.append(common.evaluate(run, data.qrels, ["nDCG@10"])[0]["nDCG@10"])
+        return float(np.mean(values))
+    return validate

@@ -1,4 +1,8 @@
-"""The authors' released checkpoints as the cheap check of a claim: re-rank with them instead of training.
+"""Cross-encoders trained elsewhere, re-ranked beside the cells: any model of --models, and the authors' released
+checkpoints (--released) as the cheap check of a claim: re-rank with them instead of training.
+
+--models takes folders saved with save_pretrained or Hugging Face ids; each is evaluated under results/models/,
+keyed by its files' content, on the same candidates with the same lengths, measures and arithmetic as the cells.
 
 Morand et al. (2026) released one cross-encoder per backbone x loss on the Hugging Face hub,
 `xpmir/cross-encoder-<backbone>-<loss>`, the best of their 3 seeds (not a mean). Re-ranking with them costs
@@ -14,14 +18,50 @@ card's "using loss `...`") is printed beside its row.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
 
 import common
 import paper_setup
+import store
+from common import KitError
 
 OWNER = "xpmir"
+
+
+def resolve_model(name: str) -> Path:
+    """A trained cross-encoder named by --models: a local folder, or a Hugging Face id fetched into the hub's
+    own cache (the authors' releases, xpmir/cross-encoder-<backbone>-<loss>, cross-encoder/ms-marco-...)."""
+    if Path(name).is_dir():
+        if not (Path(name) / "config.json").is_file():
+            raise KitError(f"--models {name}: the folder holds no config.json; pass a folder saved with save_pretrained")
+        return Path(name)
+    if name.count("/") != 1:
+        raise KitError(f"--models {name}: neither a folder nor a Hugging Face id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(name))
+    except Exception as error:  # the hub raises many kinds: unknown id, no network, offline mode
+        raise KitError(f"--models {name}: could not fetch it from the Hugging Face hub ({type(error).__name__}); "
+                       f"check the id and the network, or pass a local folder") from None
+
+
+def model_home(results: Path, name: str) -> Path:
+    """The folder of results/models/ where the evaluations of a model trained elsewhere are stored, keyed by its
+    files' content (`name`: a folder, or a Hugging Face id fetched by resolve_model)."""
+    fingerprint = store.folder_fingerprint(resolve_model(name))
+    key = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(results) / "models" / f"{common.slug(name)}__{key}"
+
+
+def evaluate_model(name: str, results: Path, data, device: str, lengths, **speed):
+    """(aggregate, per_query) of a cross-encoder trained elsewhere re-ranking `data` at the lengths, precision and
+    arithmetic of `lengths` (the cells'), stored under results/models/. `speed`: see store.evaluate."""
+    return store.evaluate(resolve_model(name), model_home(results, name), data, device, lengths,
+                          f"model-{common.slug(name)}", results, **speed)
 
 
 def checkpoint_id(backbone: str, objective: str) -> str:
@@ -105,27 +145,26 @@ def resolve(grid_cells: list[tuple[str, str]], skip_missing: bool) -> dict[tuple
 
 def rerank(args, configs, collections, results: Path, device: str, *, cells: dict[tuple[str, str], str],
            labels: dict[str, str], lengths, depth: int = 1000, **options):
-    """launch.train_and_evaluate for --released: re-rank every checkpoint of `cells` as its row `labels[id]`
+    """grid.train_and_evaluate for --released: re-rank every checkpoint of `cells` as its row `labels[id]`
     (grid.train_and_evaluate with no cell to train: `configs` is empty), or with --plan list them with the
     re-ranking time of this machine. Returns (metrics, per_query)."""
     import grid
-    import launch
-    import workers
     if getattr(args, "plan", False):
-        queries = {c.name: launch.collection_queries(c, options.get("max_queries")) for c in collections}
+        from extras import scale_out
+        queries = {c.name: scale_out.collection_queries(c, options.get("max_queries")) for c in collections}
         pairs = sum((n or 0) * depth for n in queries.values())
-        unit = "GPU" if launch.kind_of(device) == "cuda" else "CPU"
+        unit = "GPU" if scale_out.kind_of(device) == "cuda" else "CPU"
         print(f"Plan (--released): {len(cells)} checkpoint(s) re-ranked, nothing trained; {pairs:,} pairs each "
-              f"on {len(collections)} collection(s), {lengths.precision} on {launch.describe_device(device)}.")
+              f"on {len(collections)} collection(s), {lengths.precision} on {scale_out.describe_device(device)}.")
         hours = 0.0
         for (backbone, objective), name in cells.items():
-            rate = launch.rates(backbone, device, lengths.precision, lengths.max_length)
+            rate = scale_out.rates(backbone, device, lengths.precision, lengths.max_length)
             hours += pairs / rate.rerank / 3600
-            print(f"  {name:<48} as {objective:<16} ~{workers.format_duration(pairs / rate.rerank)} {unit} "
+            print(f"  {name:<48} as {objective:<16} ~{common.format_duration(pairs / rate.rerank)} {unit} "
                   f"({rate.rerank:,.0f} pairs/s, {rate.source})")
-        print(f"Left to do: {hours:.1f} {unit}-hours of re-ranking (rates: launch.RATES, scaled as the training plan does)")
-        raise workers.EarlyExit("note: --plan ran nothing")
-    return grid.train_and_evaluate(configs, collections, results, device, depth=depth, models=list(cells.values()),
+        print(f"Left to do: {hours:.1f} {unit}-hours of re-ranking (rates: extras/scale_out.RATES, scaled as the training plan does)")
+        raise common.EarlyExit("note: --plan ran nothing")
+    return grid.train_and_evaluate(None, configs, collections, results, device, depth=depth, models=list(cells.values()),
                                    labels=labels, lengths=lengths, **options)
 
 

@@ -54,8 +54,16 @@ class Packed(NamedTuple):
         return len(self.cu_seqlens) - 1
 
 
+def packed_batch(pair_tokenizer, batch) -> tuple[Packed, "torch.Tensor"]:
+    """A training batch (common.Batch) packed into one row, and its targets."""
+    from extras import token_batches
+    queries = [q for q, docs in zip(batch.queries, batch.docs) for _ in docs]
+    tokens = token_batches.encode(pair_tokenizer, queries, [d for docs in batch.docs for d in docs])
+    return pack(tokens, np.arange(len(tokens))), batch.targets
+
+
 def pack(tokens, chosen) -> Packed:
-    """The pairs `chosen` of a token_cache.PairTokens, in that order, packed into one row."""
+    """The pairs `chosen` of an extras/token_batches.PairTokens, in that order, packed into one row."""
     import torch
     chosen = np.asarray(chosen, dtype=np.int64)
     lengths = tokens.lengths[chosen]

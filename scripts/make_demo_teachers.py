@@ -64,6 +64,7 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 import cross_encoder  # noqa: E402
 import grid  # noqa: E402
+import store  # noqa: E402
 import paper_setup  # noqa: E402
 
 MEMBERS = ["bce", "hinge", "infonce"]  # the objectives that need no teacher
@@ -112,7 +113,7 @@ def main() -> None:
     # As exp_rq1_objectives.py: smoke runs in fp32 unless told otherwise, so both scripts share the smoke cells.
     precision = cross_encoder.resolve_precision("fp32" if args.smoke and args.precision == "auto" else args.precision, device)
     backbone = "tiny-bert" if args.smoke else "minilm-l6"
-    results = grid.open_results(Path(args.results))
+    results = store.open_results(Path(args.results))
     out_dir = Path(args.out_dir) if args.out_dir else \
         results / "smoke-teachers" if args.smoke else common.REPO / "data" / "teachers"
     setup = paper_setup.DEMO_TRAINING
@@ -149,7 +150,7 @@ def main() -> None:
     for cfg in members:
         model_dir = grid.train_cell(cfg, results, device, num_workers=args.num_workers,
                                     checkpoint_every=args.checkpoint_every)
-        cache = grid.cell_dir(results, cfg) / "scores" / f"scifact-train__{pairs_key}.run.gz"
+        cache = store.cell_dir(results, cfg) / "scores" / f"scifact-train__{pairs_key}.run.gz"
         if not cache.exists():
             t0 = time.time()
             model, pair_tokenizer = cross_encoder.load_trained(model_dir, cfg.max_length, cfg.query_max_length, device)

@@ -1,4 +1,4 @@
-"""Cheaper cells: candidates tokenized once (token_cache.py), batches by token budget, the unpadded path
+"""Cheaper cells: candidates tokenized once (extras/token_batches.py, --token-cache), batches by token budget, the unpadded path
 (extras/unpadded.py), batches tokenized ahead of the training step, and --compile. What is checked is that none of
 it changes what the kit computes, or, where it does by rounding, that the cells are kept apart.
 
@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-import batching
 import common
 import cross_encoder
 import grid
+import store
 import paper_setup
-import token_cache
-from extras import unpadded
-from token_cache import PairTokens
+from extras import token_batches, unpadded
+from extras.token_batches import PairTokens
 
 ROOT = Path(__file__).resolve().parents[1]
 VASWANI = next(c for c in paper_setup.DEMO_COLLECTIONS if c.name == "vaswani")
@@ -78,11 +77,11 @@ def test_padding_stored_ids_gives_the_tokenizers_own_batches(pairs, arch, side):
     _, pair_tokenizer = tiny(arch, spread=False)
     assert pair_tokenizer.use_token_types == (arch == "bert")  # tiny-roberta has one token type: none are passed
     pair_tokenizer.tokenizer.padding_side = side
-    tokens = pair_tokenizer.encode_pairs(queries, passages, chunk=5)  # several chunks, joined
+    tokens = token_batches.encode_pairs(pair_tokenizer, queries, passages, chunk=5)  # several chunks, joined
     assert len(tokens) == len(queries) and len(set(tokens.lengths)) > 5
     for chosen in ([0, 1, 2, 3], [23, 5, 11], list(range(24))):
         expected = pair_tokenizer([queries[i] for i in chosen], [passages[i] for i in chosen])
-        got = pair_tokenizer.pad(tokens, chosen)
+        got = token_batches.pad(pair_tokenizer, tokens, chosen)
         assert list(got) == list(expected)
         for name in expected:
             assert got[name].dtype == expected[name].dtype and torch.equal(got[name], expected[name]), name
@@ -91,16 +90,16 @@ def test_padding_stored_ids_gives_the_tokenizers_own_batches(pairs, arch, side):
 def test_token_budget_batches_hold_every_pair_once_within_the_budget():
     lengths = np.array([50, 7, 300, 64, 64, 12, 100, 99, 5, 250])
     for padded in (True, False):
-        batches = batching.token_budget_batches(lengths, 256, padded)
+        batches = token_batches.token_budget_batches(lengths, 256, padded)
         assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
         for batch in batches:
             cost = len(batch) * lengths[batch].max() if padded else lengths[batch].sum()
             assert cost <= 256 or len(batch) == 1, (padded, batch)
             assert list(lengths[batch]) == sorted(lengths[batch], reverse=True)
     # padded: 4 x 64 = 256 fits, a fifth pair would not; unpadded: 100 + 99 + 64 = 263 does not fit
-    assert [b.tolist() for b in batching.token_budget_batches(lengths, 256, padded=True)] == \
+    assert [b.tolist() for b in token_batches.token_budget_batches(lengths, 256, padded=True)] == \
         [[2], [9], [6, 7], [3, 4, 0, 5], [1, 8]]
-    assert [b.tolist() for b in batching.token_budget_batches(lengths, 256, padded=False)] == \
+    assert [b.tolist() for b in token_batches.token_budget_batches(lengths, 256, padded=False)] == \
         [[2], [9], [6, 7], [3, 4, 0, 5, 1, 8]]
 
 
@@ -118,7 +117,7 @@ def test_rerank_reads_stored_tokens_without_the_tokenizer_and_scores_bit_identic
     def refuse(*args, **kwargs):
         raise AssertionError("the tokenizer must not be called: the tokens are stored")
     monkeypatch.setattr(cross_encoder.PairTokenizer, "__call__", refuse)
-    monkeypatch.setattr(cross_encoder.PairTokenizer, "encode", refuse)
+    monkeypatch.setattr(token_batches, "encode", refuse)
     again = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents,
                                  batch_size=8, tokens_folder=folder, queries_per_chunk=8)
     assert again == on_the_fly  # same batches, padded from the stored ids: bit-identical scores
@@ -132,44 +131,44 @@ def test_token_cache_key_follows_tokenizer_content_lengths_and_texts(tmp_path, p
         pair_tokenizer.tokenizer.save_pretrained(tmp_path / name)
     copies = [cross_encoder.make_pair_tokenizer(model, __import__("transformers").AutoTokenizer.from_pretrained(
         tmp_path / name), 96, 16) for name in ("a", "b")]
-    key = token_cache.cache_key(copies[0], queries, passages)
+    key = token_batches.cache_key(copies[0], queries, passages)
     copies[1]([queries[0]], [passages[0]])  # a call sets the backend's truncation state: not part of the key
-    assert token_cache.cache_key(copies[1], queries, passages) == key
-    assert token_cache.cache_key(cross_encoder.make_pair_tokenizer(model, copies[0].tokenizer, 64, 16),
+    assert token_batches.cache_key(copies[1], queries, passages) == key
+    assert token_batches.cache_key(cross_encoder.make_pair_tokenizer(model, copies[0].tokenizer, 64, 16),
                                  queries, passages) != key
-    assert token_cache.cache_key(cross_encoder.make_pair_tokenizer(model, copies[0].tokenizer, 96, 8),
+    assert token_batches.cache_key(cross_encoder.make_pair_tokenizer(model, copies[0].tokenizer, 96, 8),
                                  queries, passages) != key
-    assert token_cache.cache_key(copies[0], queries, passages[:-1] + [passages[-1] + " more"]) != key
-    assert token_cache.cache_key(copies[0], queries[1:] + queries[:1], passages[1:] + passages[:1]) != key
+    assert token_batches.cache_key(copies[0], queries, passages[:-1] + [passages[-1] + " more"]) != key
+    assert token_batches.cache_key(copies[0], queries[1:] + queries[:1], passages[1:] + passages[:1]) != key
     # A stored file cut short is tokenized again and rewritten, with a note.
     folder = tmp_path / "tokens"
-    stored = token_cache.cached_tokens(folder, copies[0], queries, passages)
+    stored = token_batches.cached_tokens(folder, copies[0], queries, passages)
     path = folder / f"{key}.npz"
     path.write_bytes(path.read_bytes()[:100])
-    again = token_cache.cached_tokens(folder, copies[0], queries, passages)
+    again = token_batches.cached_tokens(folder, copies[0], queries, passages)
     assert "could not be read" in capsys.readouterr().err
     assert np.array_equal(again.ids, stored.ids) and np.array_equal(again.offsets, stored.offsets)
     assert np.array_equal(PairTokens.load(path, len(queries)).ids, stored.ids)
 
 
-def test_evaluate_cell_tokenizes_a_collection_once_for_all_cells(tmp_path, monkeypatch):
-    results = grid.open_results(tmp_path / "results")
+def test_with_token_cache_a_collection_is_tokenized_once_for_all_cells(tmp_path, monkeypatch):
+    results = store.open_results(tmp_path / "results")
     data = common.load_eval_data(VASWANI, depth=5, max_queries=10)
     configs = [grid.make_config("smoke", "tiny-bert", "bce", seed, "fp32", steps=1) for seed in (0, 1)]
     for cfg in configs:
         grid.train_cell(cfg, results, "cpu", log=quiet, progress=False)
     calls = []
-    real_encode = cross_encoder.PairTokenizer.encode
+    real_encode = token_batches.encode
 
-    def counted(self, queries, passages):
+    def counted(pair_tokenizer, queries, passages):
         calls.append(len(queries))
-        return real_encode(self, queries, passages)
-    monkeypatch.setattr(cross_encoder.PairTokenizer, "encode", counted)
+        return real_encode(pair_tokenizer, queries, passages)
+    monkeypatch.setattr(token_batches, "encode", counted)
     monkeypatch.setattr(cross_encoder.PairTokenizer, "__call__", lambda *a: pytest.fail("tokenized per batch"))
     runs = []
     for cfg in configs:
-        grid.evaluate_cell(cfg, results, data, "cpu", progress=False)
-        runs.append(common.read_run(next((grid.cell_dir(results, cfg) / "eval").glob("*/run.trec.gz"))))
+        store.evaluate_cell(cfg, results, data, "cpu", progress=False, token_cache=True)
+        runs.append(common.read_run(next((store.cell_dir(results, cfg) / "eval").glob("*/run.trec.gz"))))
     assert sum(calls) == 50  # the 50 pairs, tokenized for the first cell only
     assert len(list((results / "tokens").glob("*.npz"))) == 1
     assert runs[0] != runs[1]  # two models, two runs, one tokenization
@@ -185,7 +184,8 @@ def test_unpadded_scores_equal_padded_scores(pairs, arch, precision):
     model, pair_tokenizer = tiny(arch)
     assert unpadded.unsupported_reason(model) is None
     padded = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, batch_size=8, precision=precision)
-    batches = batching.token_budget_batches(pair_tokenizer.encode_pairs(queries, passages).lengths, 400, False)
+    lengths = token_batches.encode_pairs(pair_tokenizer, queries, passages).lengths
+    batches = token_batches.token_budget_batches(lengths, 400, False)
     assert max(map(len, batches)) >= 4  # pairs really share a packed row
     packed = cross_encoder.score_pairs(model, pair_tokenizer, queries, passages, precision=precision, unpad=True,
                                        token_budget=400)
@@ -221,7 +221,7 @@ def test_unpadded_training_gives_the_padded_loss_and_gradients(arch):
                          docs=[["a long passage about bones " * 12, "vitamin"], ["aspirin " * 40, "stroke risk"]],
                          targets=torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     results = []
-    for inputs, targets in (pair_tokenizer.batch(batch), pair_tokenizer.packed_batch(batch)):
+    for inputs, targets in (pair_tokenizer.batch(batch), unpadded.packed_batch(pair_tokenizer, batch)):
         model.zero_grad()
         logits = unpadded.forward_logits(model, inputs, "cpu")
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float().view(targets.shape), targets)
@@ -258,9 +258,9 @@ def test_cells_and_evaluations_are_keyed_by_unpadded_and_compile_only_when_on(mo
         before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("unpadded", "compile")}
         with monkeypatch.context() as patched:
             patched.setattr(cross_encoder.TrainConfig, "record", lambda self: dict(before))
-            old_key = grid.cell_key(cfg)
-        assert grid.cell_key(cfg) == old_key
-    keys = {grid.cell_key(dataclasses.replace(cfg, **flags)) for flags in
+            old_key = store.cell_key(cfg)
+        assert store.cell_key(cfg) == old_key
+    keys = {store.cell_key(dataclasses.replace(cfg, **flags)) for flags in
             ({}, {"unpadded": True}, {"compile": True}, {"unpadded": True, "compile": True})}
     assert len(keys) == 4
     # A checkpoint written before these options existed resumes (its config has no such fields).
@@ -268,7 +268,7 @@ def test_cells_and_evaluations_are_keyed_by_unpadded_and_compile_only_when_on(mo
     assert cross_encoder.config_record({**before, "unpadded": True}) != cfg.record()
     # An evaluation's folder likewise: the default one keeps the key it had before, the others differ.
     data = types.SimpleNamespace(collection=VASWANI, candidates_name="bm25")
-    folders = [grid.eval_folder(Path("cell"), data, 96, 16, "fp32", **flags).name for flags in
+    folders = [store.eval_folder(Path("cell"), data, 96, 16, "fp32", **flags).name for flags in
                ({}, {"unpadded": True}, {"compile": True})]
     old_key = hashlib.sha1(json.dumps([VASWANI.dataset_id, VASWANI.relevance, "bm25", VASWANI.measures, 96, 16,
                                        "fp32"]).encode()).hexdigest()[:10]
@@ -309,15 +309,16 @@ def test_compile_option_compiles_the_encoder(tmp_path, monkeypatch):
     assert compiled == [{"dynamic": True}]
 
 
-def test_smoke_run_with_unpadded_and_a_token_budget(tmp_path):
+def test_smoke_run_with_unpadded_a_token_budget_and_the_token_cache(tmp_path):
     command = [sys.executable, str(ROOT / "exp_rq1_objectives.py"), "--smoke", "--objectives", "bce",
-               "--collections", "vaswani", "--results", str(tmp_path), "--unpadded", "--eval-token-budget", "512"]
+               "--collections", "vaswani", "--results", str(tmp_path), "--unpadded", "--eval-token-budget", "512",
+               "--token-cache"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (cell,) = (tmp_path / "cells").glob("tiny-bert__bce__*")
     assert json.loads((cell / "config.json").read_text())["unpadded"] is True
     assert (cell / "eval").is_dir() and list((tmp_path / "tokens").glob("*.npz"))
-    # the token budget is how to run; --unpadded changes scores by rounding, so it tags the tables
+    # the token budget and the cache are how to run; --unpadded changes scores by rounding, so it tags the tables
     tables = tmp_path / "tables" / "rq1_smoke_tiny-bert__objectives-bce_collections-vaswani_unpadded-True"
     assert (tables / "rq1_nDCG10.tex").exists()
 

@@ -65,6 +65,20 @@ def test_no_script_loads_an_optional_feature_it_was_not_asked_for():
     assert probe.stdout.strip() == "[]", probe.stdout
 
 
+def test_the_core_is_nine_modules_and_the_readme_quotes_its_size():
+    """What importing a script loads of the kit, as scripts/core_size.py prints it and the README quotes it."""
+    result = subprocess.run([sys.executable, "scripts/core_size.py", "exp_rq1_objectives.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = [line.split()[0] for line in result.stdout.splitlines()[:-1]]
+    assert not [name for name in loaded if name.startswith("extras")]
+    assert sorted(name for name in loaded if name != "exp_rq1_objectives") == [
+        "claims", "common", "cross_encoder", "grid", "losses", "paper_setup", "significance", "store", "tables"]
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- core size: scripts/core_size.py exp_rq1_objectives.py -->\n```\n", 1)[1]
+    assert block.split("\n```", 1)[0].strip() == result.stdout.splitlines()[-1]
+
+
 def test_losses_file_prints_every_objective_term_by_term():
     result = subprocess.run([sys.executable, str(ROOT / "losses.py")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

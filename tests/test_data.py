@@ -24,7 +24,7 @@ import pytest
 
 import common
 import cross_encoder
-import grid
+import store
 import paper_setup
 from common import KitError
 
@@ -243,7 +243,7 @@ def test_install_demo_data_never_overwrites(tmp_path):
 def test_shipped_bm25_runs_evaluate(tmp_path, name, ndcg10):
     data = common.load_eval_data(DEMO[name], depth=100)
     assert all(len(docs) == 100 for docs in data.candidates.values())
-    aggregate, per_query = grid.evaluate_first_stage(data, tmp_path)
+    aggregate, per_query = store.evaluate_first_stage(data, tmp_path)
     assert round(aggregate["nDCG@10"], 4) == ndcg10
     assert set(per_query["nDCG@10"]) == set(data.qrels)
 
@@ -253,7 +253,7 @@ def test_trec_dl_bm25_scoreddocs_evaluate(tmp_path, name, n_queries, ndcg10):
     data = common.load_eval_data(PAPER[name])  # no run: the dataset's scoreddocs (shipped ms.run)
     assert "scoreddocs@1000#" in data.candidates_name
     assert len(data.candidates) == n_queries and all(len(d) == 100 for d in data.candidates.values())
-    aggregate, _ = grid.evaluate_first_stage(data, tmp_path)
+    aggregate, _ = store.evaluate_first_stage(data, tmp_path)
     assert round(aggregate["nDCG@10"], 4) == ndcg10
     assert data.documents._store is None  # no MS MARCO document was touched
 

@@ -11,6 +11,8 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,8 +27,10 @@ import cross_encoder
 import grid
 import losses
 import paper_setup
+import store
 from common import KitError
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CANDIDATES = FIXTURES / "scifact-train-candidates.run"  # BM25 top-8 of 4 training queries
 VASWANI = next(c for c in paper_setup.DEMO_COLLECTIONS if c.name == "vaswani")
@@ -362,7 +366,7 @@ def test_choose_device():
 # ================================================================================================
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory):
-    results = grid.open_results(tmp_path_factory.mktemp("results"))
+    results = store.open_results(tmp_path_factory.mktemp("results"))
     cfg = smoke()
     seen = {}
     real_train = cross_encoder.train
@@ -383,19 +387,19 @@ def refuse(*args, **kwargs):
 
 
 def test_train_cell_writes_done_last_and_is_reused(cell, monkeypatch):
-    folder = grid.cell_dir(cell.results, cell.cfg)
+    folder = store.cell_dir(cell.results, cell.cfg)
     assert cell.model_dir == folder / "model" and cell.model_dir.is_dir()
     assert cell.seen == {"done_when_train_returned": False}
     assert (folder / "DONE").exists()
     assert json.loads((folder / "config.json").read_text()) == dataclasses.asdict(cell.cfg)
-    assert (cell.results / "FORMAT").read_text().strip() == str(grid.RESULTS_FORMAT)
+    assert (cell.results / "FORMAT").read_text().strip() == str(store.RESULTS_FORMAT)
     monkeypatch.setattr(cross_encoder, "train", refuse)
     assert grid.train_cell(cell.cfg, cell.results, "cpu", log=quiet) == folder / "model"
 
 
 def test_cell_without_done_is_trained_again(tmp_path, monkeypatch):
     cfg = smoke(seed=7)
-    folder = grid.cell_dir(tmp_path, cfg)
+    folder = store.cell_dir(tmp_path, cfg)
     (folder / "model").mkdir(parents=True)  # an interrupted cell: a model folder, but no DONE
     calls = []
 
@@ -416,20 +420,20 @@ def test_cell_key_follows_the_teacher_file_content_not_its_folder(tmp_path):
     for folder in (here, moved):
         folder.mkdir(parents=True)
         (folder / "scores.run").write_text("q1 Q0 d1 1 3.5 t\nq1 Q0 d2 2 1.0 t\n")
-    keyed = lambda path: grid.cell_key(dataclasses.replace(smoke(objective="kl"), teacher_scores=str(path)))
+    keyed = lambda path: store.cell_key(dataclasses.replace(smoke(objective="kl"), teacher_scores=str(path)))
     assert keyed(here / "scores.run") == keyed(moved / "scores.run")
     (moved / "scores.run").write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 1.0 t\n")
     assert keyed(here / "scores.run") != keyed(moved / "scores.run")
 
 
 def test_open_results_refuses_another_format(tmp_path):
-    (tmp_path / "FORMAT").write_text(f"{grid.RESULTS_FORMAT + 1}\n")
+    (tmp_path / "FORMAT").write_text(f"{store.RESULTS_FORMAT + 1}\n")
     with pytest.raises(KitError, match="incompatible version"):
-        grid.open_results(tmp_path)
+        store.open_results(tmp_path)
     fresh = tmp_path / "fresh"
-    assert grid.open_results(fresh) == fresh
-    assert (fresh / "FORMAT").read_text() == f"{grid.RESULTS_FORMAT}\n"
-    assert grid.open_results(fresh) == fresh  # its own format is accepted
+    assert store.open_results(fresh) == fresh
+    assert (fresh / "FORMAT").read_text() == f"{store.RESULTS_FORMAT}\n"
+    assert store.open_results(fresh) == fresh  # its own format is accepted
 
 
 def test_evaluate_cell_results_are_reused(cell, monkeypatch):
@@ -442,23 +446,29 @@ def test_evaluate_cell_results_are_reused(cell, monkeypatch):
         return real_rerank(*args, **kwargs)
 
     monkeypatch.setattr(cross_encoder, "rerank", counted)
-    first = grid.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False)
+    first = store.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False)
     assert len(calls) == 1
     aggregate, per_query = first
     assert set(aggregate) == set(VASWANI.measures) and all(math.isfinite(v) for v in aggregate.values())
     assert set(per_query["nDCG@10"]) == set(data.qrels)
-    folder = next((grid.cell_dir(cell.results, cell.cfg) / "eval").iterdir())
+    folder = next((store.cell_dir(cell.results, cell.cfg) / "eval").iterdir())
     assert {p.name for p in folder.iterdir()} >= {"run.trec.gz", "per_query.json", "metrics.json"}
     assert len(common.read_run(folder / "run.trec.gz")) == 10
     monkeypatch.setattr(cross_encoder, "rerank", refuse)
-    assert grid.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False) == first
+    assert store.evaluate_cell(cell.cfg, cell.results, data, "cpu", progress=False) == first
 
 
 def test_an_exported_cell_ranks_the_same_in_transformers_and_sentence_transformers(cell):
-    """The saved model records its lengths and raw-logit score: the model card's plain-transformers recipe and
-    sentence-transformers' CrossEncoder give the kit's scores (queries within their budget)."""
+    """The saved model records its lengths and raw-logit score: the model card's plain-transformers recipe
+    (extras/model_card.py, written on demand) and sentence-transformers' CrossEncoder give the kit's scores
+    (queries within their budget)."""
     import transformers
     model_dir = cell.model_dir
+    assert not (model_dir / "README.md").exists()  # a grid run writes no card
+    folder = store.cell_dir(cell.results, cell.cfg)
+    written = subprocess.run([sys.executable, str(ROOT / "extras" / "model_card.py"), str(folder)],
+                             capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0 and "wrote" in written.stdout, written.stderr
     card = (model_dir / "README.md").read_text()
     assert "## How to score with it" in card and "raw logit" in card and f"{cell.cfg.objective}" in card
     config = json.loads((model_dir / "config.json").read_text())

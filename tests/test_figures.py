@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import figures
+from extras import figures
 
 
 def test_without_matplotlib_each_figure_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,4 +76,8 @@ def test_outputs_match_the_golden_files(name, tmp_path):
     expected = json.loads(golden.read_text())
     assert sorted(found) == sorted(expected), "files (cell keys, evaluation keys, tables) differ"
     changed = [path for path in expected if found[path] != expected[path]]
-    assert not changed, f"{len(changed)} file(s) differ from {golden.name}, first {changed[0]}"
+    if changed:
+        import difflib
+        old, new = (str(x[changed[0]]).replace(",", ",\n").splitlines() for x in (expected, found))
+        diff = "\n".join(list(difflib.unified_diff(old, new, lineterm="", n=1))[:40])
+        pytest.fail(f"{len(changed)} file(s) differ from {golden.name}, first {changed[0]}:\n{diff}")

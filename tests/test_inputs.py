@@ -146,10 +146,15 @@ CASES = {
                                              "'1e300' is beyond the range of a 32-bit float"),
     "--demo-negatives outside the demo": (["--gpu", "-1", "--objectives", "bce", "--demo-negatives", "dense"], {}, 2,
                                           "error: --demo-negatives chooses the demo's data: pass it with --demo or --smoke"),
-    "a --slurm option without --slurm": (SMOKE + ["--partition", "gpu"], {}, 2,
-                                         "error: --partition is an option of --slurm: pass it with --slurm"),
+    "a --slurm option without --slurm": (SMOKE + ["--slurm-options", "partition=gpu"], {}, 2,
+                                         "error: --slurm-options are options of --slurm: pass them with --slurm"),
+    "a --slurm option it does not know": (SMOKE + ["--slurm", "--slurm-options", "gpu=2"], {}, 2,
+                                          "error: --slurm-options gpu=2: expected KEY=VALUE with a key of partition, "
+                                          "time-limit, gpus"),
+    "a --slurm option out of range": (SMOKE + ["--slurm", "--slurm-options", "gpus=2"], {}, 2,
+                                      "error: --slurm-options gpus=2: expected 1 GPU per task"),
     "--plan and --slurm": (SMOKE + ["--plan", "--slurm"], {}, 2, "error: --plan and --slurm together"),
-    "--slurm without submitit": (SMOKE + ["--slurm", "--gpus", "0"],
+    "--slurm without submitit": (SMOKE + ["--slurm", "--slurm-options", "gpus=0"],
                                  {"PYTHONPATH": "{tmp}/no_submitit" + os.pathsep + os.environ.get("PYTHONPATH", "")}, 2,
                                  "error: --slurm submits through submitit, which is not installed: pip install "
                                  "submitit=="),
@@ -200,8 +205,9 @@ def test_a_demo_run_leaves_the_users_ir_datasets_home_byte_identical(tmp_path):
 
 def test_a_damaged_checkpoint_is_set_aside_and_the_cell_trains_again(tmp_path):
     import grid
+    import store
     cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32", negatives="bm25")  # the scripts' default data
-    folder = grid.cell_dir(tmp_path, cfg)
+    folder = store.cell_dir(tmp_path, cfg)
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
     result = run(*SMOKE, "--collections", "vaswani", "--results", str(tmp_path))
@@ -229,11 +235,12 @@ def test_explicit_flags_are_honoured_in_every_mode(tmp_path):
 def test_a_local_backbone_is_keyed_by_its_files_and_its_name_never_breaks_a_run_file(tmp_path):
     import cross_encoder
     import grid
+    import store
     model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 0)
     path = tmp_path / "my model"  # a space in the path
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    key = grid.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32"))
+    key = store.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32"))
     result = run(*SMOKE, "--backbone", str(path), "--collections", "vaswani", "--results", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr[-2000:]
     (run_file,) = (tmp_path / "r" / "cells").glob("*/eval/*/run.trec.gz")
@@ -242,5 +249,5 @@ def test_a_local_backbone_is_keyed_by_its_files_and_its_name_never_breaks_a_run_
     # the same path, another model: another key, so the old cell is not reused
     model2, _ = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 1)
     model2.save_pretrained(path)
-    assert grid.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32")) != key
+    assert store.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32")) != key
     assert json.loads((run_file.parents[2] / "config.json").read_text())["backbone"] == str(path)

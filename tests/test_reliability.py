@@ -47,11 +47,12 @@ def test_killed_run_resumes_to_the_same_metrics_and_reruns_are_identical(tmp_pat
 
 def test_a_cell_in_use_is_skipped_and_a_killed_workers_lock_taken_over(tmp_path):
     import grid
+    import store
     cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32")
-    folder = grid.cell_dir(tmp_path, cfg)
+    folder = store.cell_dir(tmp_path, cfg)
     folder.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; import workers; assert workers.CellLock(Path(sys.argv[1])).try_acquire(); "
+        "import sys, time; from pathlib import Path; import store; assert store.CellLock(Path(sys.argv[1])).try_acquire(); "
         "print('locked', flush=True); time.sleep(120)"), str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -69,15 +70,15 @@ def test_a_cell_in_use_is_skipped_and_a_killed_workers_lock_taken_over(tmp_path)
 
 def test_a_lock_of_another_machine_is_taken_over_once_its_heartbeat_is_stale(tmp_path, monkeypatch):
     import common
-    import workers
+    import store
     lock_file = tmp_path / "LOCK"
     lock_file.write_text(json.dumps({"host": "node7", "machine": "node7/0/0", "pid": 4242, "token": "theirs"}))
-    assert not workers.CellLock(tmp_path).try_acquire()  # beating: busy, whatever its pid means here
-    old = time.time() - workers.STALE_AFTER_S - 60
+    assert not store.CellLock(tmp_path).try_acquire()  # beating: busy, whatever its pid means here
+    old = time.time() - store.STALE_AFTER_S - 60
     os.utime(lock_file, (old, old))
-    monkeypatch.setattr(workers, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(store, "HEARTBEAT_S", 0.05)
     notes = []
-    mine = workers.CellLock(tmp_path, log=notes.append)
+    mine = store.CellLock(tmp_path, log=notes.append)
     assert mine.try_acquire()
     try:
         assert json.loads(lock_file.read_text())["token"] == mine.me["token"]

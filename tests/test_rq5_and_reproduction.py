@@ -15,6 +15,7 @@ import scipy.stats
 import claims
 import exp_rq5_summary as rq5
 import grid
+import store
 from extras import reproduction
 import significance
 
@@ -122,7 +123,7 @@ def test_rq5_statements_count_significant_wins_not_means_above_the_baseline():
 
 # ---------------------------------------------------------------------------------- RQ5: KD-vs-CL cells
 def write_cell(results: Path, cfg, shift: float, collection="scifact") -> Path:
-    folder = grid.cell_dir(results, cfg)
+    folder = store.cell_dir(results, cfg)
     (folder / "eval" / f"{collection}__e1").mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     (folder / "DONE").write_text("test\n")

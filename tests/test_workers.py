@@ -76,8 +76,8 @@ def test_a_slurm_array_with_a_task_preempted_and_requeued_writes_the_same_tables
     # submitit's local executor: the tasks run on this machine, in processes that outlive the command (and hold its
     # standard output: read it from a file, not a pipe that stays open until they end)
     with open(tmp_path / "submit.out", "w") as out:
-        submitting = subprocess.run(command(results, "--slurm", "--gpus", "0", "--cpus", "1", "--mem", "2",
-                                            "--time-limit", "30"), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        submitting = subprocess.run(command(results, "--slurm", "--slurm-options", "gpus=0", "cpus=1", "mem=2",
+                                            "time-limit=30"), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, "KIT_SUBMITIT_CLUSTER": "local"}, timeout=600)
     submitted = (tmp_path / "submit.out").read_text()
     assert submitting.returncode == 0, submitted[-3000:]
@@ -104,23 +104,21 @@ def test_a_slurm_array_with_a_task_preempted_and_requeued_writes_the_same_tables
 
 def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, monkeypatch):
     import grid
-    import workers
-    import launch
+    import store
     from extras import scale_out
     import paper_setup
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the CPU the demo's rates were measured on
     configs = {o: [grid.make_config("demo", "minilm-l6", o, 12, "fp32")] for o in ("bce", "hinge", "infonce")}
-    results = grid.open_results(tmp_path / "results")
-    running, stale, _ = (grid.cell_dir(results, c[0]) for c in configs.values())
+    results = store.open_results(tmp_path / "results")
+    running, stale, _ = (store.cell_dir(results, c[0]) for c in configs.values())
     running.mkdir(parents=True)
     (running / "train_log.jsonl").write_text('{"step": 200, "loss": 0.5, "lr": 0.0001, "pairs_per_s": 8.0}\n')
-    held = workers.CellLock(running)
+    held = store.CellLock(running)
     assert held.try_acquire()
     stale.mkdir(parents=True)
     (stale / "LOCK").write_text(json.dumps({"host": "node7", "machine": "node7/0/0", "pid": 4242, "token": "x"}))
     os.utime(stale / "LOCK", (0, 0))
-    args = SimpleNamespace(array_parallelism=8, gpus=1, cpus=8, mem=32, time_limit="1:00:00", partition="gpu",
-                           account=None)
+    args = SimpleNamespace(slurm_options=["time-limit=1:00:00", "partition=gpu"])
     try:
         text = scale_out.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
                                 50, None, args)
@@ -135,9 +133,9 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     assert "--array=0-1%2 --time=1:00:00 --gpus-per-node=1" in text and "--partition=gpu" in text
     assert not list(results.glob("cells/*/DONE")) and not list(results.glob("cells/*/*.pt"))
     # disk: a finished cell drops its checkpoint, so only the cells training at once hold one, unless kept
-    one = launch.TOTAL["minilm-l6"] * launch.BYTES_PER_PARAMETER["checkpoint"] / 1e9
+    one = scale_out.TOTAL["minilm-l6"] * scale_out.BYTES_PER_PARAMETER["checkpoint"] / 1e9
     assert f"checkpoints of the 2 cells training at once {2 * one:,.1f}" in text
-    args.keep_checkpoint, args.array_parallelism = True, 1  # the lock is released by now: 3 cells to do, all kept
+    args.keep_checkpoint, args.slurm_options = True, args.slurm_options + ["array-parallelism=1"]  # 3 to do, all kept
     kept = scale_out.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
                             50, None, args)
     assert f"last checkpoints, kept {3 * one:,.1f}" in kept
@@ -151,8 +149,8 @@ def test_slurm_submits_one_array_with_the_options_given(tmp_path):
     (bin_dir / "srun").write_text("#!/bin/sh\n")
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(0o755)
-    result = run(tmp_path / "results", "--slurm", "--partition", "gpu-a100", "--account", "lab", "--time-limit",
-                 "2-00:00:00", "--cpus", "6", "--mem", "48", "--array-parallelism", "2",
+    result = run(tmp_path / "results", "--slurm", "--slurm-options", "partition=gpu-a100", "account=lab",
+                 "time-limit=2-00:00:00", "cpus=6", "mem=48", "array-parallelism=2",
                  env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert "note: submitted job array 4242 (4242_0, 4242_1, 4242_2)" in result.stdout
     script = (tmp_path / "submitted.sh").read_text()

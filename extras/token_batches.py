@@ -1,14 +1,21 @@
-"""Token ids of (query, passage) pairs, kept unpadded, and a cache of them beside the results.
+"""--token-cache, --eval-token-budget, --unpadded and --num-workers: pairs' token ids kept unpadded, stored beside
+the results, batches cut by a token budget or packed into one row, and pairs tokenized in worker processes.
 
-Every cell of a grid re-ranks the same candidates of a collection, and every cell of one backbone
-tokenizes them the same way: the ids depend only on the tokenizer, the length budgets and the texts.
-So they are tokenized once and stored in `<results>/tokens/<key>.npz`, the key hashing exactly those
-inputs (the tokenizer by its content, not its path); later cells build their batches from the stored
-ids without calling the tokenizer. The ids are the ones `cross_encoder.PairTokenizer` produces, so a
-batch padded from them is the batch the tokenizer would have padded (tests/test_batching.py checks it).
+Every cell of a grid re-ranks the same candidates of a collection, and every cell of one backbone tokenizes
+them the same way: the ids depend only on the tokenizer, the length budgets and the texts. With --token-cache
+they are tokenized once and stored in `<results>/tokens/<key>.npz`, the key hashing exactly those inputs (the
+tokenizer by its content, not its path); later cells build their batches from the stored ids without calling
+the tokenizer. The ids are the ones `cross_encoder.PairTokenizer` produces, so a batch padded from them is the
+batch the tokenizer would have padded, and the scores are the same (tests/test_batching.py checks it).
 
-PairTokens holds pairs as one flat array of ids plus offsets (no padding): a batch is then either
-padded (pad_batch) or packed into one row without padding (cross_encoder's unpadded path).
+PairTokens holds pairs as one flat array of ids plus offsets (no padding): a batch is then either padded
+(pad_batch) or packed into one row without padding (extras/unpadded.py).
+
+Sections, read top to bottom:
+  1. PairTokens, and the pairs' ids as the pair tokenizer gives them
+  2. the cache of them beside the results (--token-cache)
+  3. batches cut by a token budget (--eval-token-budget) or packed (--unpadded)
+  4. tokenizing in DataLoader worker processes (--num-workers)
 """
 from __future__ import annotations
 
@@ -22,9 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+import cross_encoder
+
 FORMAT = 1  # bump when the stored arrays change meaning
 
 
+# ================================================================================================
+# 1. PairTokens
+# ================================================================================================
 @dataclasses.dataclass
 class PairTokens:
     """Tokenized pairs, unpadded: pair i is ids[offsets[i]:offsets[i + 1]] (types likewise, when the model
@@ -112,6 +124,50 @@ class PairTokens:
         return tokens
 
 
+def encode(pair_tokenizer, queries: list[str], passages: list[str]) -> PairTokens:
+    """The ids `pair_tokenizer(queries, passages)` would give, unpadded."""
+    encoded = pair_tokenizer.tokenizer(pair_tokenizer.cut_queries(queries), passages, truncation="only_second",
+                                       max_length=pair_tokenizer.max_length, return_attention_mask=False,
+                                       return_token_type_ids=pair_tokenizer.use_token_types)
+    types = encoded["token_type_ids"] if pair_tokenizer.use_token_types else None
+    return PairTokens.from_lists(encoded["input_ids"], types)
+
+
+def pad(pair_tokenizer, tokens: PairTokens, chosen) -> dict:
+    """The pairs `chosen` of `tokens` as `pair_tokenizer(...)` would return them (padded to the longest)."""
+    tokenizer = pair_tokenizer.tokenizer
+    return tokens.pad_batch(chosen, tokenizer.pad_token_id, getattr(tokenizer, "pad_token_type_id", 0),
+                            tokenizer.padding_side)
+
+
+def encode_pairs(pair_tokenizer, queries: list[str], passages: list[str], workers: int = 0,
+                 chunk: int = 1024) -> PairTokens:
+    """`encode` over many pairs, `chunk` at a time, in `workers` processes when > 0."""
+    pieces = _Chunks(pair_tokenizer, queries, passages, chunk)
+    return PairTokens.concatenate(list(in_workers(pieces, workers) if workers else pieces))
+
+
+class _Chunks:
+    """Map-style dataset: item k is `encode` of the k-th `size` pairs (DataLoader workers tokenize them)."""
+
+    def __init__(self, pair_tokenizer, queries: list[str], passages: list[str], size: int):
+        self.pair_tokenizer, self.queries, self.passages, self.size = pair_tokenizer, queries, passages, size
+
+    def __len__(self):
+        return -(-len(self.queries) // self.size)
+
+    def __getitem__(self, index):
+        span = slice(index * self.size, (index + 1) * self.size)
+        return encode(self.pair_tokenizer, self.queries[span], self.passages[span])
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+
+
+# ================================================================================================
+# 2. The cache beside the results (--token-cache)
+# ================================================================================================
 def tokenizer_identity(tokenizer) -> str:
     """A hash of what decides the ids a tokenizer gives: its vocabulary, normalizer, pre-tokenizer and
     pair template (the serialized fast tokenizer, less its truncation and padding state, which each call
@@ -164,7 +220,7 @@ def cached_tokens(folder: Path | None, pair_tokenizer, queries: list[str], passa
     """The tokens of the pairs: read from `folder` when stored there, else tokenized (in `workers` processes
     when > 0) and stored. With folder None, tokenized and not stored."""
     if folder is None:
-        return pair_tokenizer.encode_pairs(queries, passages, workers=workers)
+        return encode_pairs(pair_tokenizer, queries, passages, workers=workers)
     path = Path(folder) / f"{cache_key(pair_tokenizer, queries, passages)}.npz"
     if path.exists():
         try:
@@ -172,7 +228,7 @@ def cached_tokens(folder: Path | None, pair_tokenizer, queries: list[str], passa
         except Exception as error:  # a file cut short (numpy and zipfile raise many kinds): tokenize, write anew
             print(f"note: {path} could not be read ({type(error).__name__}: {str(error).splitlines()[0][:100]}); "
                   f"tokenizing again", file=sys.stderr)
-    tokens = pair_tokenizer.encode_pairs(queries, passages, workers=workers)
+    tokens = encode_pairs(pair_tokenizer, queries, passages, workers=workers)
     try:
         tokens.save(path)
     except OSError as error:  # a full disk costs the next cell a tokenization, not this one its scores
@@ -185,3 +241,78 @@ def results_folder(results: Path) -> Path:
     """Where a results store keeps its tokens."""
     return Path(results) / "tokens"
 
+
+# ================================================================================================
+# 3. Batches by token budget, or packed
+# ================================================================================================
+def batches(pair_tokenizer, queries: list[str], passages: list[str], batch_size: int, workers: int = 0,
+            tokens: PairTokens | None = None, token_budget: int = 0, unpad: bool = False):
+    """The batches of cross_encoder.score_pairs from token ids: with `token_budget` or `unpad`, pairs of similar
+    token length up to that many tokens (padding counted unless packed); otherwise the default batches (by
+    character length, cross_encoder.padded_batches' order) padded from the stored `tokens`."""
+    if token_budget or unpad:
+        if tokens is None:
+            tokens = encode_pairs(pair_tokenizer, queries, passages, workers=workers)
+        chosen = token_budget_batches(tokens.lengths, token_budget or batch_size * pair_tokenizer.max_length,
+                                      padded=not unpad)
+        return TokenBatches(pair_tokenizer, tokens, chosen, packed=unpad)
+    return TokenBatches(pair_tokenizer, tokens, cross_encoder.length_order(queries, passages, batch_size), packed=False)
+
+
+def _pack(tokens, chosen):
+    """Pairs packed into one row (--unpadded): the model's checks ran before a packed batch was asked for."""
+    from extras import unpadded
+    return unpadded.pack(tokens, chosen)
+
+
+def token_budget_batches(lengths: np.ndarray, budget: int, padded: bool) -> list[np.ndarray]:
+    """Pairs longest first, cut into batches of at most `budget` tokens: padded, a batch costs its pair count
+    times its longest pair; unpadded, the sum of its lengths. A pair longer than the budget is a batch alone.
+    Similar lengths end up together, so a padded batch pads little."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start, total = [], 0, 0
+    for end, index in enumerate(order):
+        cost = (end - start + 1) * lengths[order[start]] if padded else total + lengths[index]
+        if end > start and cost > budget:
+            batches.append(order[start:end])
+            start, total = end, 0
+        total += lengths[index]
+    if len(order):
+        batches.append(order[start:])
+    return batches
+
+
+class TokenBatches:
+    """Re-ranking batches built from stored token ids, padded or packed: no tokenizer call."""
+
+    def __init__(self, pair_tokenizer, tokens: PairTokens, batches: list, packed: bool):
+        self.pair_tokenizer, self.tokens, self.batches, self.packed = pair_tokenizer, tokens, batches, packed
+
+    def __iter__(self):
+        for chosen in self.batches:
+            yield chosen, (_pack(self.tokens, chosen) if self.packed else pad(self.pair_tokenizer, self.tokens, chosen))
+
+
+# ================================================================================================
+# 4. Tokenizing in worker processes
+# ================================================================================================
+def _unchanged(item):
+    return item
+
+
+def in_workers(dataset, workers: int):
+    """Iterate a map-style dataset through `workers` DataLoader worker processes, in order."""
+    import torch
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,
+                                         prefetch_factor=4, collate_fn=_unchanged)
+    # The workers fork inside iter(): they inherit TOKENIZERS_PARALLELISM=false (one tokenizer thread each,
+    # no fork-safety warning), and this process gets its own setting back at once.
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return iter(loader)
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous

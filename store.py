@@ -1,0 +1,384 @@
+"""The results store: one folder per trained cell, keyed by its full training configuration; a lock per folder, so
+that any number of workers share the store; and evaluations, cached beside their cell.
+
+A finished cell is reused by every script and an interrupted one resumes from its checkpoint. A cell's state
+lives in its folder (its checkpoint, its evaluations), so a result never depends on which worker computed it.
+The store reads only what it wrote: model weights through transformers, checkpoints with torch.load's
+weights_only (cross_encoder._read_checkpoint), everything else as JSON or text.
+
+Sections, read top to bottom:
+  1. the layout and its version
+  2. cells: keys and folders
+  3. locks: one worker at a time on a folder, on one machine or many
+  4. a cell's marks: its configuration when it starts, DONE when it is trained
+  5. evaluations, cached beside their cell
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import common
+import cross_encoder
+import losses
+import paper_setup
+from common import EvalData, KitError
+from cross_encoder import TrainConfig
+
+
+# ================================================================================================
+# 1. The layout and its version
+# ================================================================================================
+RESULTS_FORMAT = 3  # bump when a results folder's cells or layout would no longer be reproduced
+# What each bump changed, so that a refused folder says why.
+FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models score with an fp32 head",
+                  3: "the demo's InfoNCE negatives and teacher lists come from a dense first stage, and cells are keyed "
+                     "by the content of their training files"}
+
+# results/FORMAT                                    layout version (RESULTS_FORMAT)
+# results/cells/<backbone>__<objective>__seed<k>__<config hash>/
+#     config.json  train_log.jsonl  checkpoint.pt  model/  DONE (where and how long it trained)
+#     LOCK (while a worker works on the cell: see "Locks" below)
+#     eval/<collection>__<evaluation hash>/run.trec.gz  per_query.json  timing.json  metrics.json (written last)
+# results/first-stage/<collection>__<hash>/...     the candidates' own effectiveness
+# results/tokens/<key>.npz                          --token-cache: token ids of candidates (extras/token_batches.py)
+# A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
+# after everything else, so an interrupted cell is resumed, never read as finished.
+def open_results(results: Path) -> Path:
+    """The results folder, made if missing; one of another layout version, or one that cannot be written,
+    is refused before any work."""
+    results = Path(results)
+    marker = results / "FORMAT"
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=results).close()
+    except OSError as error:
+        raise KitError(f"--results {results}: cannot write there ({error.strerror}); pass a folder you can "
+                       f"write to") from None
+    if marker.exists():
+        found = marker.read_text().strip()
+        if found != str(RESULTS_FORMAT):
+            raise KitError(f"{results} was written by an incompatible version of the kit (format {found}, this "
+                           f"version writes {RESULTS_FORMAT}: {FORMAT_CHANGES[RESULTS_FORMAT]}); pass another "
+                           f"--results folder")
+    else:
+        common.atomic_write_text(marker, f"{RESULTS_FORMAT}\n")
+    return results
+
+
+
+# ================================================================================================
+# 2. Cells: keys and folders
+# ================================================================================================
+def cell_key(cfg: TrainConfig) -> str:
+    """The hash of everything that determines the trained model, and of the store's layout version (options
+    that are off by default count only when on: cross_encoder.OFF_BY_DEFAULT)."""
+    fields = cfg.record()
+    used = cfg.teacher_file()
+    # A local teacher file is keyed by its content and name, not its folder: a rebuilt teacher must
+    # not reuse old cells, while a results store that moved (or another spelling of --results)
+    # must still find its own.
+    if used and used not in paper_setup.EXTERNAL_FILES and common.resolve_file(used).is_file():
+        fields["teacher_md5"] = common.md5_of(common.resolve_file(used))
+        for name in ("teacher_scores", "teacher_pairs", "teacher_lists"):
+            if fields[name] == used:
+                fields[name] = Path(used).name
+    # The training files the objective reads are keyed by content too (the demo's first-stage runs).
+    setup = paper_setup.TRAINING_SETUPS[cfg.training]
+    reads = {"pairs": [] if setup.triples else [setup.pair_negatives], "groups": [setup.candidates],
+             "teacher-groups": [setup.candidates]}.get(losses.DATA.get(cfg.objective), [])
+    local = [f for f in reads if f not in paper_setup.EXTERNAL_FILES and common.resolve_file(f).is_file()]
+    if local:
+        fields["data_md5"] = {Path(f).name: common.md5_of(common.resolve_file(f)) for f in local}
+    # A backbone given as a local folder is keyed by its files' content: a model replaced at the same path
+    # must not reuse the cells of the old one.
+    if Path(cfg.backbone).is_dir():
+        fields["backbone"] = [Path(cfg.backbone).name, folder_fingerprint(Path(cfg.backbone))]
+    if not fields["validate_every"]:  # absent when 0, so that cells made before it existed keep their keys
+        del fields["validate_every"]
+    text = json.dumps({"format": RESULTS_FORMAT, **fields}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def folder_fingerprint(folder: Path) -> dict[str, str]:
+    """{file: md5} of a model folder: what keys the results of a model given as a folder."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {str(p.relative_to(folder)): common.md5_of(p) for p in files}
+
+
+def cell_dir(results: Path, cfg: TrainConfig) -> Path:
+    return Path(results) / "cells" / f"{common.slug(cfg.backbone)}__{cfg.objective}__seed{cfg.seed}__{cell_key(cfg)}"
+
+
+# ================================================================================================
+# 3. Locks: one worker at a time on a folder
+# ================================================================================================
+# Locks. One process at a time works on a cell (trains it, re-ranks with it), whichever machine it runs on: the
+# results folder may sit on a shared filesystem (NFS, Lustre), where flock is unreliable. So a lock is a file:
+#   <cell>/LOCK   {"host", "machine", "pid", "started", "command"}, made atomically by link(2) from a file of the
+#                 worker's own (the way open(2)'s manual gives for NFS: link, then trust the link count), and
+#                 touched every HEARTBEAT_S seconds by a thread of its holder (its mtime is the heartbeat).
+# A lock is stale, and taken over, when its holder is a process of this machine that has ended (a killed worker:
+# at once), or when its heartbeat is older than STALE_AFTER_S (a worker on another machine that died, or lost its
+# node). Taking over goes through a second lock, LOCK.break, made the same way, so that two workers never both
+# take over one lock. A holder whose lock was taken over (it had not beaten for STALE_AFTER_S: a suspended
+# process, a frozen filesystem) stops at its next step. Training state lives in the cell's checkpoint, not in the
+# worker, so a cell's result does not depend on which worker trained it or how often it changed hands.
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+POLL_S = 5.0  # how often a worker waiting for a cell looks again
+
+
+def _machine() -> str:
+    """This machine, more exactly than its host name: the kernel's boot id and this process's pid namespace (two
+    containers, or two boots, of one host name do not share process ids)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, namespace = "", 0
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
+def _process_started(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot), to tell a reused pid from the holder; None if
+    it does not exist."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+
+
+class CellLock:
+    """The lock of one folder of the results store (see above). `acquire()` takes it or says it is busy; the
+    holder's heartbeat runs until `release()`."""
+
+    def __init__(self, folder: Path, log=print):
+        self.path, self.log = Path(folder) / "LOCK", log
+        self.me = {"host": socket.gethostname(), "machine": _machine(), "pid": os.getpid(),
+                   "started": _process_started(os.getpid()), "token": uuid.uuid4().hex,
+                   "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+        self._beat = None
+
+    def _link(self, target: Path) -> bool:
+        """Make `target` hold this worker's record, atomically: False if it exists."""
+        own = target.with_name(f".{target.name}.{self.me['token']}")
+        own.write_text(json.dumps(self.me))
+        try:
+            os.link(own, target)
+            return True
+        except OSError as error:
+            if error.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):  # no hard links here: O_EXCL
+                try:
+                    handle = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                os.write(handle, json.dumps(self.me).encode())
+                os.close(handle)
+                return True
+            return os.stat(own).st_nlink == 2  # NFS: the reply may be lost although the link was made
+        finally:
+            own.unlink(missing_ok=True)
+
+    @staticmethod
+    def read(path: Path) -> tuple[dict | None, float]:
+        """(the record of a lock file, seconds since its last heartbeat); (None, 0) when there is none."""
+        try:
+            record = json.loads(path.read_text() or "{}")
+            return record, time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None, 0.0
+        except (OSError, ValueError):  # written by O_EXCL and not yet filled in: young, so not stale
+            return {}, 0.0
+
+    def stale(self, record: dict, age: float) -> str | None:
+        """Why a lock `age` seconds past its heartbeat is stale, or None while its holder may be alive."""
+        if record.get("machine") == self.me["machine"] and record.get("pid"):
+            started = _process_started(record["pid"])
+            if started is None or (record.get("started") not in (None, "?") and started not in ("?", record["started"])):
+                return f"its process {record['pid']} has ended"
+        if age > STALE_AFTER_S:
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free or stale; False while a live worker holds it."""
+        if self._link(self.path):
+            return self._start()
+        record, age = self.read(self.path)
+        if record is None:  # released in between
+            return self._link(self.path) and self._start()
+        reason = self.stale(record, age)
+        if reason is None:
+            return False
+        breaker = self.path.with_name("LOCK.break")
+        if not self._link(breaker):
+            if self.read(breaker)[1] > STALE_AFTER_S:  # a worker died while taking over: clear its break lock
+                breaker.unlink(missing_ok=True)
+            return False
+        try:
+            again, age = self.read(self.path)
+            if again == record and self.stale(again, age):  # still the stale lock seen above, and still stale
+                self.path.unlink(missing_ok=True)
+                self.log(f"note: took over {self.path} from {record.get('host')}:{record.get('pid')} ({reason})")
+        finally:
+            breaker.unlink(missing_ok=True)
+        return self._link(self.path) and self._start()
+
+    def acquire(self, wait: bool = False, done=lambda: False) -> bool:
+        """Take the lock: True once held; False when it is busy and `wait` is False, or when `done()` became true
+        (another worker finished the work) while waiting."""
+        said = False
+        while not done():
+            if self.try_acquire():
+                return True
+            if not wait:
+                return False
+            if not said:
+                record, _ = self.read(self.path)
+                self.log(f"waiting for {self.path.parent.name}: {describe_holder(record)} is working on it")
+                said = True
+            time.sleep(POLL_S)
+        return False
+
+    def _start(self) -> bool:
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(HEARTBEAT_S):
+                record, _ = self.read(self.path)
+                if (record or {}).get("token") != self.me["token"]:
+                    common.request_stop(f"the lock {self.path} was taken over by {describe_holder(record)}: this "
+                                        f"worker had not beaten for {STALE_AFTER_S:.0f} s (suspended?)")
+                    return
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass  # a filesystem that hiccups: the next beat tries again
+
+        self._beat = (stop, threading.Thread(target=beat, daemon=True, name=f"heartbeat {self.path.parent.name}"))
+        self._beat[1].start()
+        return True
+
+    def release(self) -> None:
+        if self._beat:
+            self._beat[0].set()
+            self._beat[1].join()
+            self._beat = None
+        record, _ = self.read(self.path)
+        if record and record.get("token") == self.me["token"]:  # never remove a lock that was taken over
+            self.path.unlink(missing_ok=True)
+
+
+def describe_holder(record: dict | None) -> str:
+    if not record:
+        return "another worker"
+    return f"{record.get('host', '?')}:{record.get('pid', '?')}"
+
+
+# ================================================================================================
+# 4. A cell's marks: its configuration when it starts, DONE when its model is saved
+# ================================================================================================
+def start_cell(folder: Path, cfg: TrainConfig) -> None:
+    """Record the configuration of a cell about to train (its lock held)."""
+    common.atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
+
+
+def finish_cell(folder: Path, device: str, seconds: float, keep_checkpoint: bool = False) -> None:
+    """Mark a trained cell DONE, with where and how long it trained; written after its model, so a cell is never
+    read as finished before it is. Unless `keep_checkpoint`, its last checkpoint goes (the optimizer's state
+    doubles the model's size and nothing reads it again)."""
+    common.atomic_write_json(folder / "DONE", {"seconds": round(seconds, 1),
+                                               "device": cross_encoder.device_name(device),
+                                               "worker": f"{socket.gethostname()}:{os.getpid()}"})
+    if not keep_checkpoint:
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+
+
+# ================================================================================================
+# 5. Evaluations, cached beside their cell
+# ================================================================================================
+def load_metrics(folder: Path):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return metrics, json.loads((folder / "per_query.json").read_text())
+
+
+def _save_metrics(folder: Path, run, data: EvalData, tag: str):
+    aggregate, per_query = common.evaluate(run, data.qrels, list(data.collection.measures))
+    common.write_run(folder / "run.trec.gz", run, tag)
+    common.atomic_write_json(folder / "per_query.json", per_query)
+    common.atomic_write_json(folder / "metrics.json", aggregate)  # last: its presence marks the folder finished
+    return aggregate, per_query
+
+
+def evaluate_first_stage(data: EvalData, results: Path):
+    """The candidates' own effectiveness, as the row every re-ranker must beat."""
+    key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.candidates_name,
+                                   data.collection.measures]).encode()).hexdigest()[:10]
+    folder = Path(results) / "first-stage" / f"{data.collection.name}__{key}"
+    if (folder / "metrics.json").exists():
+        return load_metrics(folder)
+    run = {qid: {d: -float(rank) for rank, d in enumerate(docs)} for qid, docs in data.candidates.items()}
+    return _save_metrics(folder, run, data, "first-stage")
+
+
+def eval_folder(home: Path, data: EvalData, max_length: int, query_max_length: int, precision: str,
+                unpadded: bool = False, compile: bool = False) -> Path:
+    """Where the evaluation of the model of `home` on `data` is stored (finished once its metrics.json exists).
+    `unpadded` and `compile` change scores by rounding: they are keyed, when on (cross_encoder.OFF_BY_DEFAULT)."""
+    keyed = [data.collection.dataset_id, data.collection.relevance, data.candidates_name,
+             data.collection.measures, max_length, query_max_length, precision]
+    keyed += [{name: True} for name, on in (("unpadded", unpadded), ("compile", compile)) if on]
+    key = hashlib.sha1(json.dumps(keyed).encode()).hexdigest()[:10]
+    return home / "eval" / f"{data.collection.name}__{key}"
+
+
+def evaluate(model_dir: Path, home: Path, data: EvalData, device: str, lengths: TrainConfig, tag: str, results: Path,
+             batch_size: int = 64, progress: bool = True, workers: int = 0, token_budget: int = 0,
+             token_cache: bool = False):
+    """(aggregate, per_query) of the model in `model_dir` re-ranking `data` at the lengths, precision and arithmetic
+    of `lengths` (a cell's configuration), stored in `home`/eval/ and reused; how long it took is kept beside
+    (timing.json), for the plans of later runs. `batch_size`, `workers` and `token_budget` change how the pairs
+    are batched (another batch shape may round the last bits of a score differently, README "Cheaper cells"), so
+    they are not in the key; `unpadded` and `compile`, which change the cell's arithmetic in training too, are.
+    With `token_cache`, the candidates' token ids are shared by every model through `results`/tokens."""
+    folder = eval_folder(home, data, lengths.max_length, lengths.query_max_length, lengths.precision,
+                         lengths.unpadded, lengths.compile)
+    if (folder / "metrics.json").exists():
+        return load_metrics(folder)
+    started = time.time()
+    model, pair_tokenizer = cross_encoder.load_trained(model_dir, lengths.max_length, lengths.query_max_length, device)
+    if lengths.compile:
+        common.extra("compiled", "--compile").compile_model(model)
+    run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents,
+                               batch_size=batch_size, device=device, precision=lengths.precision, progress=progress,
+                               workers=workers, tokens_folder=Path(results) / "tokens" if token_cache else None,
+                               token_budget=token_budget, unpad=lengths.unpadded)
+    pairs = sum(len(docs) for docs in run.values())
+    common.atomic_write_json(folder / "timing.json", {"pairs": pairs, "seconds": round(time.time() - started, 2),
+                                                      "device": cross_encoder.device_name(device)})
+    return _save_metrics(folder, run, data, tag)
+
+
+def evaluate_cell(cfg: TrainConfig, results: Path, data: EvalData, device: str, **speed):
+    """(aggregate, per_query) of a trained cell re-ranking `data`; reused when already computed. `speed`: see
+    `evaluate`."""
+    folder = cell_dir(results, cfg)
+    tag = f"{common.slug(cfg.backbone)}-{cfg.objective}-s{cfg.seed}"
+    return evaluate(folder / "model", folder, data, device, cfg, tag, results, **speed)
