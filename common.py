@@ -103,6 +103,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
 
 
+def format_size(size: float) -> str:
+    """Bytes in GB, or in MB below 0.1 GB (a size that is not zero never reads "0.0 GB")."""
+    return f"{size / 1e9:,.1f} GB" if size >= 1e8 else f"{max(size / 1e6, 0.1 if size else 0):,.1f} MB"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
@@ -293,16 +298,40 @@ def reading(dataset, what: str):
 def load_queries(dataset) -> dict[str, str]:
     """{query id: text}, the text as ir_datasets' default_text() gives it (a TREC topic's title: Robust04's
     queries have no `.text` field)."""
+    queries: dict[str, str] = {}
+    where: dict[str, int] = {}
+    same = 0
     with reading(dataset, "queries"):
-        return {q.query_id: (q.default_text() if hasattr(q, "default_text") else q.text).strip()
-                for q in dataset.queries_iter()}
+        for number, query in enumerate(dataset.queries_iter(), 1):
+            text = (query.default_text() if hasattr(query, "default_text") else query.text).strip()
+            if not text:
+                raise KitError(f"{dataset.dataset_id()}: query {query.query_id!r} (entry {number} of its queries) "
+                               f"has no text; give it one, or leave it out of the queries and qrels")
+            if query.query_id in queries:
+                if queries[query.query_id] != text:
+                    raise KitError(f"{dataset.dataset_id()}: query {query.query_id!r} appears twice in its queries "
+                                   f"(entries {where[query.query_id]} and {number}), with two texts; keep one")
+                same += 1
+            queries[query.query_id], where[query.query_id] = text, where.get(query.query_id, number)
+    repeats_note(f"{dataset.dataset_id()}'s queries", same, "query line(s)")
+    return queries
 
 
 def load_qrels(dataset, relevance: tuple = ()) -> dict[str, dict[str, int]]:
-    remap, qrels = dict(relevance), {}
+    remap, qrels, same = dict(relevance), {}, 0
     with reading(dataset, "qrels (relevance grades must be whole numbers)"):
-        for qrel in dataset.qrels_iter():
-            qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = remap.get(qrel.relevance, qrel.relevance)
+        for number, qrel in enumerate(dataset.qrels_iter(), 1):
+            grades, grade = qrels.setdefault(qrel.query_id, {}), remap.get(qrel.relevance, qrel.relevance)
+            if qrel.doc_id in grades:
+                if grades[qrel.doc_id] != grade:
+                    first = next(n for n, q in enumerate(dataset.qrels_iter(), 1)
+                                 if q.query_id == qrel.query_id and q.doc_id == qrel.doc_id)
+                    raise KitError(f"{dataset.dataset_id()}: document {qrel.doc_id!r} is judged twice for query "
+                                   f"{qrel.query_id!r} in its qrels (entries {first} and {number}), as "
+                                   f"{grades[qrel.doc_id]} and {grade}; keep one")
+                same += 1
+            grades[qrel.doc_id] = grade
+    repeats_note(f"{dataset.dataset_id()}'s qrels", same, "judgement(s)")
     return qrels
 
 
@@ -348,10 +377,36 @@ def doc_text(doc) -> str:
 def _fields(path: Path) -> Iterator[tuple[int, str, list[str]]]:
     """(line number, line, whitespace-separated fields) of each non-blank line of a text file."""
     with open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
-            parts = line.split()
-            if parts:
-                yield number, line, parts
+        try:
+            for number, line in enumerate(handle, 1):
+                parts = line.split()
+                if parts:
+                    yield number, line, parts
+        except UnicodeDecodeError:
+            raise KitError(not_utf8(path)) from None
+
+
+def not_utf8(path: Path) -> str:
+    """The error line for a file that is not UTF-8 text: where its first byte that is not lies."""
+    raw = gzip.open(path).read() if Path(path).suffix == ".gz" else Path(path).read_bytes()
+    try:
+        raw.decode("utf-8")
+        return f"{path}: not UTF-8 text; convert it to UTF-8"
+    except UnicodeDecodeError as error:
+        return (f"{path}: not UTF-8 text (byte {error.start}: {raw[error.start:error.start + 1]!r}); convert it to "
+                f"UTF-8, e.g. iconv -f latin1 -t utf-8")
+
+
+def first_line_of(path: Path, *fields: tuple[int, str]) -> int:
+    """The number of the first line of `path` whose fields at these positions hold these values (an error
+    message names both lines of a duplicate; the first is looked up only then)."""
+    return next(number for number, _, parts in _fields(path)
+                if all(len(parts) > i and parts[i] == value for i, value in fields))
+
+
+def repeats_note(path, count: int, what: str) -> None:
+    if count:
+        print(f"note: {path}: {count} {what} repeat(s) an earlier one exactly; each is counted once", file=sys.stderr)
 
 
 def finite(text: str) -> float:
@@ -367,11 +422,15 @@ def finite(text: str) -> float:
 
 def iter_run(path: Path) -> Iterator[tuple[str, str, float]]:
     """Stream (qid, docid, score) from a TREC run file `qid Q0 docid rank score tag` (.gz allowed)."""
+    return ((qid, docid, score) for _, qid, docid, score in _numbered_run(path))
+
+
+def _numbered_run(path: Path) -> Iterator[tuple[int, str, str, float]]:
     for number, line, parts in _fields(path):
         try:
             if len(parts) != 6:
                 raise ValueError(f"expected 6 fields (qid Q0 docid rank score tag), found {len(parts)}")
-            yield parts[0], parts[2], finite(parts[4])
+            yield number, parts[0], parts[2], finite(parts[4])
         except ValueError as error:
             raise KitError(f"{path}, line {number}: malformed run line ({error}): {line.strip()[:80]!r}") from None
 
@@ -384,8 +443,8 @@ def trec_order(items) -> list[tuple[str, float]]:
 def iter_ranked(path: Path, depth: int | None = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """Stream (qid, top-`depth` ranking) one query at a time from a run grouped by query (as TREC runs
     are): memory for one query, whatever the file's size."""
-    seen, current, docs = set(), None, {}
-    for qid, docid, score in iter_run(path):
+    seen, current, docs, same = set(), None, {}, 0
+    for number, qid, docid, score in _numbered_run(path):
         if qid != current:
             if current is not None:
                 yield current, trec_order(docs.items())[:depth]
@@ -394,28 +453,53 @@ def iter_ranked(path: Path, depth: int | None = None) -> Iterator[tuple[str, lis
                                f"first (e.g. sort -s -k1,1 {path})")
             seen.add(qid)
             current, docs = qid, {}
+        if docid in docs:
+            if docs[docid] != score:
+                raise KitError(f"{path}, lines {first_line_of(path, (0, qid), (2, docid))} and {number}: document "
+                               f"{docid!r} is ranked twice for query {qid!r}, with scores {docs[docid]!r} and "
+                               f"{score!r}; keep one of the two lines")
+            same += 1
         docs[docid] = score
     if current is not None:
         yield current, trec_order(docs.items())[:depth]
+    repeats_note(path, same, "line(s)")
 
 
 def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, float]]]:
     """A TREC run as {qid: [(docid, score), ...]} in trec_eval's order (the rank column is ignored,
     as trec_eval ignores it), keeping the top `depth` per query."""
     run: dict[str, dict[str, float]] = {}
-    for qid, docid, score in iter_run(path):
-        run.setdefault(qid, {})[docid] = score
+    same = 0
+    for number, qid, docid, score in _numbered_run(path):
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            if docs[docid] != score:
+                first = first_line_of(path, (0, qid), (2, docid))
+                raise KitError(f"{path}, lines {first} and {number}: document {docid!r} is ranked twice for query "
+                               f"{qid!r}, with scores {docs[docid]!r} and {score!r}; keep one of the two lines")
+            same += 1
+        docs[docid] = score
+    repeats_note(path, same, "line(s)")
     return {qid: trec_order(docs.items())[:depth] for qid, docs in run.items()}
 
 
 def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
     """TREC qrels `qid iteration docid relevance` as {qid: {docid: relevance}}."""
     qrels: dict[str, dict[str, int]] = {}
+    duplicates = 0
     for number, line, parts in _fields(path):
         if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
             raise KitError(f"{path}, line {number}: malformed qrels line (expected 'qid iteration docid "
                            f"relevance' with an integer relevance): {line.strip()[:80]!r}")
-        qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+        grades = qrels.setdefault(parts[0], {})
+        if parts[2] in grades:
+            if grades[parts[2]] != int(parts[3]):
+                first = first_line_of(path, (0, parts[0]), (2, parts[2]))
+                raise KitError(f"{path}, lines {first} and {number}: document {parts[2]!r} is judged twice for query "
+                               f"{parts[0]!r}, as {grades[parts[2]]} and {parts[3]}; keep one of the two lines")
+            duplicates += 1
+        grades[parts[2]] = int(parts[3])
+    repeats_note(path, duplicates, "judgement(s)")
     return qrels
 
 
@@ -675,6 +759,11 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
         qrels = {qid: qrels[qid] for qid in sorted(qrels)[:max_queries]}
         name += f"/first-{max_queries}-queries"
     candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
+    unknown = sorted(q for q in candidates if q not in queries)
+    if unknown:  # they would be re-ranked without a query: every model scores 0 there, the first stage does not
+        raise KitError(f"{source}: {len(unknown)} of its judged queries are not in the queries of "
+                       f"{collection.dataset_id} (e.g. {unknown[0]!r}); add their texts to the queries file, or "
+                       f"remove them from the run and the qrels")
     if not candidates:
         raise KitError(f"{source}: none of its query ids is a judged query of {collection.dataset_id} (e.g. run "
                        f"{next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); is it the run of another "

@@ -474,11 +474,15 @@ def write_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, scheduler, 
              "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state(device) if device.startswith("cuda") else None}
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: no half-written file left, the last checkpoint kept
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def resume_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, scheduler, device: str):

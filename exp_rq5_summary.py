@@ -169,6 +169,10 @@ def scan(results: Path, measure: str):
         for evaluation in sorted((folder / "eval").glob("*/")):
             if not (evaluation / "metrics.json").exists():
                 continue
+            why = store.damage(evaluation)
+            if why:  # read only: left where it is; the scripts set it aside and compute it again
+                print(f"note: {why}; skipped (rerun the script that made it to compute it again)")
+                continue
             metrics = json.loads((evaluation / "metrics.json").read_text())
             if measure not in metrics:
                 continue
@@ -422,7 +426,10 @@ def main() -> None:
     # 2. The first stage of each column: the stored first-stage run with the same candidates ------------
     first_stage = {}
     for folder in sorted((results / "first-stage").glob("*/")):
-        metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+        why = store.damage(folder) if (folder / "metrics.json").exists() else "unfinished"
+        if why and why != "unfinished":
+            print(f"note: {why}; skipped (rerun the script that made it to compute it again)")
+        metrics = json.loads((folder / "metrics.json").read_text()) if not why else {}
         mark = _first_query(folder / "run.trec.gz") if args.measure in metrics else None
         for column, run in fingerprints.items():
             if mark and column.split("__")[0] == folder.name.split("__")[0] and mark == _first_query(run):
@@ -436,12 +443,13 @@ def main() -> None:
         made, statements, own = summarise(cells, first_stage, args, tag)
         verdicts += own
         out = out_root / f"rq5_{common.slug(mode)}_{precision}"
-        for name, table in made.items():
-            tables.write_table(table, out, name)
-            print("\n" + table.console + "\n\n" + table.latex)
         header = (f"Design choices against {args.baseline} ({tag}, {args.measure}, tested per backbone x "
                   f"collection):")
-        common.atomic_write_text(out / "rq5_statements.txt", "\n".join([header, *statements]) + "\n")
+        with tables.written_whole(out) as writing:  # Ctrl-C leaves the earlier tables, never half of them
+            for name, table in made.items():
+                tables.write_table(table, writing, name)
+                print("\n" + table.console + "\n\n" + table.latex)
+            common.atomic_write_text(writing / "rq5_statements.txt", "\n".join([header, *statements]) + "\n")
         print("\n".join([header, *("  " + s for s in statements)]) if statements
               else f"(no cell has the baseline {args.baseline}: no statements)")
         print(f"tables written to {out}")
@@ -449,7 +457,8 @@ def main() -> None:
     # 4. Every claim's verdicts: the published table's, those the scripts saved, and the store's -----
     claims.print_verdicts(verdicts)
     table = verdict_table(sorted(verdicts, key=lambda v: v.claim))
-    tables.write_table(table, out_root / "rq5_verdicts", "rq5_verdicts")
+    with tables.written_whole(out_root / "rq5_verdicts") as writing:
+        tables.write_table(table, writing, "rq5_verdicts")
     print(f"\nverdicts written to {out_root / 'rq5_verdicts'}")
 
 

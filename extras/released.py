@@ -34,19 +34,31 @@ OWNER = "xpmir"
 
 def resolve_model(name: str) -> Path:
     """A trained cross-encoder named by --models: a local folder, or a Hugging Face id fetched into the hub's
-    own cache (the authors' releases, xpmir/cross-encoder-<backbone>-<loss>, cross-encoder/ms-marco-...)."""
+    own cache (the authors' releases, xpmir/cross-encoder-<backbone>-<loss>, cross-encoder/ms-marco-...). Its
+    config.json must describe a sequence-classification model with one output, checked before anything trains."""
     if Path(name).is_dir():
-        if not (Path(name) / "config.json").is_file():
-            raise KitError(f"--models {name}: the folder holds no config.json; pass a folder saved with save_pretrained")
-        return Path(name)
-    if name.count("/") != 1:
+        folder = Path(name)
+    elif name.count("/") != 1:
         raise KitError(f"--models {name}: neither a folder nor a Hugging Face id (owner/name)")
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+            folder = Path(snapshot_download(name))
+        except Exception as error:  # the hub raises many kinds: unknown id, no network, offline mode
+            raise KitError(f"--models {name}: could not fetch it from the Hugging Face hub ({type(error).__name__}); "
+                           f"check the id and the network, or pass a local folder") from None
     try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(name))
-    except Exception as error:  # the hub raises many kinds: unknown id, no network, offline mode
-        raise KitError(f"--models {name}: could not fetch it from the Hugging Face hub ({type(error).__name__}); "
-                       f"check the id and the network, or pass a local folder") from None
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise KitError(f"--models {name}: {folder / 'config.json'} cannot be read ({type(error).__name__}); pass a "
+                       f"folder saved with save_pretrained") from None
+    kinds = config.get("architectures") or ["no architecture"]
+    outputs = config.get("num_labels", len(config.get("id2label") or {}) or None)
+    if not any(str(k).endswith("ForSequenceClassification") for k in kinds) or outputs not in (1, None):
+        raise KitError(f"--models {name}: it is a {kinds[0]}{f' with {outputs} outputs' if outputs not in (1, None) else ''}, not a "
+                       f"cross-encoder (a sequence-classification model with one output); a bi-encoder such as a "
+                       f"sentence-transformers model cannot re-rank here")
+    return folder
 
 
 def model_home(results: Path, name: str) -> Path:

@@ -350,8 +350,9 @@ def plan_text(script: str, mode: str, configs, collections, results: Path, devic
         at_once = min(len(checkpoints), slurm.array_parallelism)
         checkpoint, kept = sum(checkpoints[:at_once]), f"checkpoints of the {at_once} cells training at once"
     runs = sum(p.rerank_pairs for p in todo) * BYTES_PER_RERANKED_PAIR
-    lines.append(f"Disk: {(model + checkpoint + runs) / 1e9:,.1f} GB more (models {model / 1e9:,.1f}, {kept} "
-                 f"{checkpoint / 1e9:,.1f}, runs {runs / 1e9:,.1f}); these cells hold {now / 1e9:,.2f} GB now.")
+    size = common.format_size
+    lines.append(f"Disk: {size(model + checkpoint + runs)} more (models {size(model)}, {kept} {size(checkpoint)}, "
+                 f"runs {size(runs)}); these cells hold {size(now)} now.")
     tasks_device = "cuda:0" if slurm.gpus else "cpu"
     tasks = Estimator(configs, results, tasks_device, cores=slurm.cpus)
     lines += ["", slurm_text(args, len(todo), max((tasks.seconds(p) for p in todo), default=0), results)]

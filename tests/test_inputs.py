@@ -59,6 +59,40 @@ def files(tmp_path_factory):
     qrels.parent.mkdir(parents=True)
     qrels.write_text((ROOT / "data" / "ir_datasets_home" / "cranfield" / "qrels.txt").read_text()
                      .replace("1 184 2", "1 184 2.5", 1))
+    for name, lines in {"twice_run": "1 Q0 31715818 1 3.5 bm25\n1 Q0 123 2 2.5 bm25\n1 Q0 31715818 3 1.5 bm25\n",
+                        "same_twice_run": "1 Q0 31715818 1 3.5 bm25\n1 Q0 31715818 1 3.5 bm25\n"
+                        }.items():
+        (root / name).mkdir()
+        (root / name / "scifact.run").write_text(lines)
+    # local collections, each with one fault (and a good one, "local")
+    docs = "".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"passage {i}"}) + "\n" for i in range(6))
+    good = {"queries.tsv": "q1\taspirin\nq2\tweather\n", "qrels.txt": "q1 0 d0 1\nq2 0 d1 1\n",
+            "corpus.jsonl": docs, "run.trec": "".join(f"{q} Q0 d{i} {i + 1} {9 - i} bm25\n" for q in ("q1", "q2")
+                                                       for i in range(6))}
+    faults = {"local": {}, "local_twin": {},
+              "qrels_twice": {"qrels.txt": "q1 0 d0 1\nq2 0 d1 1\nq1 0 d0 2\n"},
+              "query_twice": {"queries.tsv": "q1\taspirin\nq2\tweather\nq1\tstroke\n"},
+              "doc_twice": {"corpus.jsonl": docs + json.dumps({"_id": "d2", "text": "another text"}) + "\n"},
+              "query_missing": {"queries.tsv": "q1\taspirin\n"},
+              "blank_query": {"queries.tsv": "q1\taspirin\nq2\t   \n"},
+              "latin1_docs": {"corpus.jsonl": docs.replace("passage 3", "caf\xe9 3")}}
+    for name, changed in faults.items():
+        (root / name).mkdir()
+        for file, text in {**good, **changed}.items():
+            (root / name / file).write_bytes(text.encode("latin-1" if name == "latin1_docs" else "utf-8"))
+        spec = {"name": "mine", "queries": "queries.tsv", "qrels": "qrels.txt", "documents": "corpus.jsonl",
+                "run": "run.trec"}
+        (root / name / "spec.json").write_text(json.dumps(spec))
+    (root / "local" / "number_spec.json").write_text(json.dumps({**spec, "queries": 42}))
+    (root / "local" / "latin1_spec.json").write_bytes(json.dumps(spec).replace('"mine"', '"caf\xe9"').encode("latin-1"))
+    import cross_encoder  # a bi-encoder (no classification head) and a backbone folder with a cut config.json
+    model, tokenizer = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 3)
+    model.base_model.save_pretrained(root / "bi_encoder")
+    tokenizer.save_pretrained(root / "bi_encoder")
+    model.save_pretrained(root / "cut_backbone")
+    tokenizer.save_pretrained(root / "cut_backbone")
+    config = root / "cut_backbone" / "config.json"
+    config.write_text(config.read_text()[:40])
     return root
 
 
@@ -158,6 +192,48 @@ CASES = {
                                  {"PYTHONPATH": "{tmp}/no_submitit" + os.pathsep + os.environ.get("PYTHONPATH", "")}, 2,
                                  "error: --slurm submits through submitit, which is not installed: pip install "
                                  "submitit=="),
+    "a document ranked twice with two scores": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/twice_run"],
+                                                {}, 2, "error: {tmp}/twice_run/scifact.run, lines 1 and 3: document "
+                                                       "'31715818' is ranked twice for query '1', with scores 3.5 and "
+                                                       "1.5; keep one of the two lines"),
+    "a run line repeated exactly": (SMOKE + ["--collections", "scifact", "--run-dir", "{tmp}/same_twice_run"], {}, 0,
+                                    "note: {tmp}/same_twice_run/scifact.run: 1 line(s) repeat(s) an earlier one "
+                                    "exactly; each is counted once"),
+    "a document judged twice with two grades": (SMOKE + ["--collections", "{tmp}/qrels_twice/spec.json"], {}, 2,
+                                                "error: {tmp}/qrels_twice/qrels.txt, lines 1 and 3: document 'd0' is "
+                                                "judged twice for query 'q1', as 1 and 2; keep one of the two lines"),
+    "a query twice with two texts": (SMOKE + ["--collections", "{tmp}/query_twice/spec.json"], {}, 2,
+                                     "error: {tmp}/query_twice/queries.tsv, lines 1 and 3: query 'q1' appears twice "
+                                     "with two texts; keep one of the two lines"),
+    "a document twice with two texts": (SMOKE + ["--collections", "{tmp}/doc_twice/spec.json"], {}, 2,
+                                        "error: {tmp}/doc_twice/corpus.jsonl, lines 3 and 7: document 'd2' appears "
+                                        "twice with two texts; keep one of the two lines"),
+    "judged queries missing from the queries file": (SMOKE + ["--collections", "{tmp}/query_missing/spec.json"], {},
+                                                     2, "error: {tmp}/query_missing/run.trec: 1 of its judged queries "
+                                                        "are not in the queries of local:{tmp}/query_missing/spec.json "
+                                                        "(e.g. 'q2')"),
+    "a query whose text is blank": (SMOKE + ["--collections", "{tmp}/blank_query/spec.json"], {}, 2,
+                                    "error: {tmp}/blank_query/queries.tsv, line 2: malformed line (expected an id and "
+                                    "a text)"),
+    "a documents file that is not UTF-8": (SMOKE + ["--collections", "{tmp}/latin1_docs/spec.json"], {}, 2,
+                                           "error: {tmp}/latin1_docs/corpus.jsonl: not UTF-8 text (byte 183: "
+                                           "b'\\xe9'); convert it to UTF-8"),
+    "a spec that is not UTF-8": (SMOKE + ["--collections", "{tmp}/local/latin1_spec.json"], {}, 2,
+                                 "error: {tmp}/local/latin1_spec.json: not UTF-8 text (byte 13: b'\\xe9')"),
+    "a number where a spec names a file": (SMOKE + ["--collections", "{tmp}/local/number_spec.json"], {}, 2,
+                                           "error: {tmp}/local/number_spec.json: its 'queries' must be a text (a "
+                                           "file name, relative to the spec), not 42"),
+    "two collections with one name": (SMOKE + ["--collections", "{tmp}/local/spec.json", "{tmp}/local_twin/spec.json"],
+                                      {}, 2, "error: --collections: two collections are named 'mine'"),
+    "a bi-encoder in --models": (SMOKE + ["--collections", "vaswani", "--models", "{tmp}/bi_encoder"], {}, 2,
+                                 "error: --models {tmp}/bi_encoder: it is a BertModel, not a cross-encoder"),
+    "a backbone folder with a cut config.json": (SMOKE + ["--backbone", "{tmp}/cut_backbone"], {}, 2,
+                                                 "error: backbone {tmp}/cut_backbone: {tmp}/cut_backbone/config.json "
+                                                 "cannot be read (JSONDecodeError)"),
+    "a seed of 2^64": (SMOKE + ["--seeds", str(2 ** 64)], {}, 2,
+                       "error: --seeds 18446744073709551616: expected seeds, each 0 or more and below 2^32"),
+    "a kit cache that cannot be written": (SMOKE, {"KIT_CACHE": "{tmp}/a_file/cache"}, 2,
+                                           "error: the kit's cache {tmp}/a_file/cache cannot be written"),
     "a loss that becomes infinite before any checkpoint": (
         ["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/large_pairs.tsv", "--collections", "vaswani"],
         {}, 2, "error: the loss became non-finite at step 1 (margin_mse, lr 0.001); no checkpoint was written before "
@@ -251,3 +327,69 @@ def test_a_local_backbone_is_keyed_by_its_files_and_its_name_never_breaks_a_run_
     model2.save_pretrained(path)
     assert store.cell_key(grid.make_config("smoke", str(path), "bce", 12, "fp32")) != key
     assert json.loads((run_file.parents[2] / "config.json").read_text())["backbone"] == str(path)
+
+
+def test_ctrl_c_ends_in_one_line_and_the_same_command_resumes(tmp_path):
+    """Ctrl-C: `interrupted: ...` and exit status 130, no traceback; the rerun finishes the grid."""
+    import signal
+    import time
+    flags = [RQ1, *SMOKE, "--collections", "vaswani", "--results", str(tmp_path / "results")]
+    process = subprocess.Popen([sys.executable, *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "results").glob("cells/*/config.json")) and time.time() < deadline:
+        time.sleep(0.05)  # the first cell has started
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:  # it finished before the signal came: nothing to check
+        pytest.skip("the grid finished before Ctrl-C")
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "interrupted: rerun the same command to resume"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    again = run(*flags[1:])
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    import errno
+    import torch
+    import common
+    import cross_encoder
+    import grid
+    cfg = grid.make_config("smoke", "tiny-bert", "bce", 12, "fp32", steps=1)
+    model, _ = cross_encoder.load_backbone(cross_encoder.get_backbone("tiny-bert"), 12)
+    optimizer, scheduler = cross_encoder.make_optimizer(model, cfg)
+    path = tmp_path / "checkpoint.pt"
+
+    def full(state, handle):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path) + ".tmp")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as raised:
+        cross_encoder.write_checkpoint(path, cfg, model, optimizer, scheduler, "cpu", {"step": 1})
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor its temporary file
+
+    def main():
+        raise raised.value
+    with pytest.raises(SystemExit) as ended:
+        grid.main_guard(main)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: no space left on {tmp_path}: free some space (or pass another "
+                                               f"--results), then rerun the same command to resume")
+    assert common.format_size(3.1e6) == "3.1 MB" and common.format_size(2.5e9) == "2.5 GB"  # never "0.0 GB"
+
+
+def test_rq5_tables_are_written_whole_or_not_at_all(tmp_path):
+    import tables
+    folder = tmp_path / "rq5_demo_fp32"
+    folder.mkdir()
+    (folder / "rq5_ranks.txt").write_text("earlier\n")
+    with pytest.raises(KeyboardInterrupt):
+        with tables.written_whole(folder) as writing:
+            (writing / "rq5_ranks.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["rq5_demo_fp32"]
+    assert (folder / "rq5_ranks.txt").read_text() == "earlier\n"
+    with tables.written_whole(folder) as writing:
+        (writing / "rq5_ranks.txt").write_text("new\n")
+    assert (folder / "rq5_ranks.txt").read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == [folder.name]

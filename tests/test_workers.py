@@ -105,8 +105,9 @@ def test_a_slurm_array_with_a_task_preempted_and_requeued_writes_the_same_tables
 def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, monkeypatch):
     import grid
     import store
-    from extras import scale_out
+    import common
     import paper_setup
+    from extras import scale_out
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the CPU the demo's rates were measured on
     configs = {o: [grid.make_config("demo", "minilm-l6", o, 12, "fp32")] for o in ("bce", "hinge", "infonce")}
     results = store.open_results(tmp_path / "results")
@@ -133,12 +134,12 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     assert "--array=0-1%2 --time=1:00:00 --gpus-per-node=1" in text and "--partition=gpu" in text
     assert not list(results.glob("cells/*/DONE")) and not list(results.glob("cells/*/*.pt"))
     # disk: a finished cell drops its checkpoint, so only the cells training at once hold one, unless kept
-    one = scale_out.TOTAL["minilm-l6"] * scale_out.BYTES_PER_PARAMETER["checkpoint"] / 1e9
-    assert f"checkpoints of the 2 cells training at once {2 * one:,.1f}" in text
+    one = scale_out.TOTAL["minilm-l6"] * scale_out.BYTES_PER_PARAMETER["checkpoint"]
+    assert f"checkpoints of the 2 cells training at once {common.format_size(2 * one)}" in text
     args.keep_checkpoint, args.slurm_options = True, args.slurm_options + ["array-parallelism=1"]  # 3 to do, all kept
     kept = scale_out.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
                             50, None, args)
-    assert f"last checkpoints, kept {3 * one:,.1f}" in kept
+    assert f"last checkpoints, kept {common.format_size(3 * one)}" in kept
 
 
 def test_slurm_submits_one_array_with_the_options_given(tmp_path):
