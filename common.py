@@ -1,14 +1,11 @@
-"""The kit's shared core: errors, data and evaluation.
-
-The experiment scripts import this file for everything they read and measure; the cross-encoder
-itself (backbones, tokenization, the training loop, re-ranking) is cross_encoder.py, the command line,
-the results store and the grid runner grid.py, every table tables.py, every fact taken from the papers
-paper_setup.py, the tests on per-query values significance.py, and the papers' claims claims.py.
+"""The kit's shared core: errors, data and evaluation: everything the scripts read and measure. (The
+cross-encoder is cross_encoder.py; the results store store.py; the flags and the runner grid.py.)
 
 Sections, read top to bottom:
   0. errors and small file helpers
   1. ir_datasets and the published files it does not know (fetched once, md5 checked)
-  2. readers for TREC runs, qrels and teacher files (streaming; a bad line names file and line)
+  2. readers for queries, qrels, documents, runs and teacher files (a bad or twice-read line names file and
+     line)
   3. training batches per objective family, as [Q, n] groups
   4. test collections and their candidates
   5. evaluation (its tests: significance.py)
@@ -186,12 +183,9 @@ _chosen_home: list[tuple[Path, bool]] = []  # (the ir_datasets home of this proc
 
 
 def choose_ir_datasets_home(demo: bool) -> Path:
-    """Where this process reads its collections. The demo (and the smoke test) read the collections shipped
-    in data/ from a private ir_datasets home in the kit's cache: the user's own home is shared by every
-    program on the machine, and the demo's cut-down TREC DL files (43 queries, a BM25 top-100 as
-    scoreddocs) must not stand there for the official ids. Paper mode reads the user's home, where
-    ir_datasets downloads the official data, and never the demo's files. ir_datasets reads its home once,
-    when first imported, so a process chooses once."""
+    """Where this process reads its collections: the demo (and smoke) from a private ir_datasets home in the
+    kit's cache holding data/'s files (the demo's cut-down TREC DL files must not stand in the user's home for
+    the official ids); paper mode from the user's home. ir_datasets reads it once, so a process chooses once."""
     home = (kit_cache() / "ir_datasets_demo" if demo else user_ir_datasets_home()).resolve()
     if _chosen_home and _chosen_home[0] != (home, demo):
         raise RuntimeError(f"this process reads collections from {_chosen_home[0][0]} already; it cannot switch to {home}")
@@ -298,41 +292,47 @@ def reading(dataset, what: str):
 def load_queries(dataset) -> dict[str, str]:
     """{query id: text}, the text as ir_datasets' default_text() gives it (a TREC topic's title: Robust04's
     queries have no `.text` field)."""
-    queries: dict[str, str] = {}
-    where: dict[str, int] = {}
-    same = 0
+    queries, same, name = {}, 0, dataset.dataset_id()
     with reading(dataset, "queries"):
-        for number, query in enumerate(dataset.queries_iter(), 1):
-            text = (query.default_text() if hasattr(query, "default_text") else query.text).strip()
+        for number, q in enumerate(dataset.queries_iter(), 1):
+            text = (q.default_text() if hasattr(q, "default_text") else q.text).strip()
             if not text:
-                raise KitError(f"{dataset.dataset_id()}: query {query.query_id!r} (entry {number} of its queries) "
-                               f"has no text; give it one, or leave it out of the queries and qrels")
-            if query.query_id in queries:
-                if queries[query.query_id] != text:
-                    raise KitError(f"{dataset.dataset_id()}: query {query.query_id!r} appears twice in its queries "
-                                   f"(entries {where[query.query_id]} and {number}), with two texts; keep one")
-                same += 1
-            queries[query.query_id], where[query.query_id] = text, where.get(query.query_id, number)
-    repeats_note(f"{dataset.dataset_id()}'s queries", same, "query line(s)")
+                raise KitError(f"{name}: query {q.query_id!r} (entry {number} of its queries) has no text; give it "
+                               f"one, or leave it out of the queries and qrels")
+            same += once(queries, q.query_id, text, lambda _: (
+                f"{name}: query {q.query_id!r} appears twice in its queries (entries "
+                f"{_entry(dataset.queries_iter(), q.query_id)} and {number}), with two texts; keep one"))
+    repeats_note(f"{name}'s queries", same, "query line(s)")
     return queries
 
 
 def load_qrels(dataset, relevance: tuple = ()) -> dict[str, dict[str, int]]:
-    remap, qrels, same = dict(relevance), {}, 0
+    remap, qrels, same, name = dict(relevance), {}, 0, dataset.dataset_id()
     with reading(dataset, "qrels (relevance grades must be whole numbers)"):
-        for number, qrel in enumerate(dataset.qrels_iter(), 1):
-            grades, grade = qrels.setdefault(qrel.query_id, {}), remap.get(qrel.relevance, qrel.relevance)
-            if qrel.doc_id in grades:
-                if grades[qrel.doc_id] != grade:
-                    first = next(n for n, q in enumerate(dataset.qrels_iter(), 1)
-                                 if q.query_id == qrel.query_id and q.doc_id == qrel.doc_id)
-                    raise KitError(f"{dataset.dataset_id()}: document {qrel.doc_id!r} is judged twice for query "
-                                   f"{qrel.query_id!r} in its qrels (entries {first} and {number}), as "
-                                   f"{grades[qrel.doc_id]} and {grade}; keep one")
-                same += 1
-            grades[qrel.doc_id] = grade
-    repeats_note(f"{dataset.dataset_id()}'s qrels", same, "judgement(s)")
+        for number, j in enumerate(dataset.qrels_iter(), 1):
+            grade = remap.get(j.relevance, j.relevance)
+            same += once(qrels.setdefault(j.query_id, {}), j.doc_id, grade, lambda old: (
+                f"{name}: document {j.doc_id!r} is judged twice for query {j.query_id!r} in its qrels (entries "
+                f"{_entry(dataset.qrels_iter(), j.query_id, j.doc_id)} and {number}), as {old} and {grade}; keep one"))
+    repeats_note(f"{name}'s qrels", same, "judgement(s)")
     return qrels
+
+
+def once(table: dict, key, value, conflict) -> int:
+    """Put `value` at `key` of `table`: 0 when new, 1 when it repeats the value there exactly; a different value
+    there is a KitError, `conflict(old value)`: an input must not be read two ways."""
+    if key not in table:
+        table[key] = value
+        return 0
+    if table[key] != value:
+        raise KitError(conflict(table[key]))
+    return 1
+
+
+def _entry(items, query_id: str, doc_id: str | None = None) -> int:
+    """The number of the first of ir_datasets' `items` (queries or qrels) with these ids."""
+    return next(n for n, item in enumerate(items, 1)
+                if item.query_id == query_id and (doc_id is None or item.doc_id == doc_id))
 
 
 class DocumentLookup:
@@ -404,7 +404,7 @@ def first_line_of(path: Path, *fields: tuple[int, str]) -> int:
                 if all(len(parts) > i and parts[i] == value for i, value in fields))
 
 
-def repeats_note(path, count: int, what: str) -> None:
+def repeats_note(path, count: int, what: str) -> None:  # exact repeats: read once, said once
     if count:
         print(f"note: {path}: {count} {what} repeat(s) an earlier one exactly; each is counted once", file=sys.stderr)
 
@@ -453,16 +453,15 @@ def iter_ranked(path: Path, depth: int | None = None) -> Iterator[tuple[str, lis
                                f"first (e.g. sort -s -k1,1 {path})")
             seen.add(qid)
             current, docs = qid, {}
-        if docid in docs:
-            if docs[docid] != score:
-                raise KitError(f"{path}, lines {first_line_of(path, (0, qid), (2, docid))} and {number}: document "
-                               f"{docid!r} is ranked twice for query {qid!r}, with scores {docs[docid]!r} and "
-                               f"{score!r}; keep one of the two lines")
-            same += 1
-        docs[docid] = score
+        same += once(docs, docid, score, lambda old: _ranked_twice(path, qid, docid, old, score, number))
     if current is not None:
         yield current, trec_order(docs.items())[:depth]
     repeats_note(path, same, "line(s)")
+
+
+def _ranked_twice(path: Path, qid: str, docid: str, old: float, score: float, number: int) -> str:
+    return (f"{path}, lines {first_line_of(path, (0, qid), (2, docid))} and {number}: document {docid!r} is ranked "
+            f"twice for query {qid!r}, with scores {old!r} and {score!r}; keep one of the two lines")
 
 
 def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, float]]]:
@@ -471,14 +470,8 @@ def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, 
     run: dict[str, dict[str, float]] = {}
     same = 0
     for number, qid, docid, score in _numbered_run(path):
-        docs = run.setdefault(qid, {})
-        if docid in docs:
-            if docs[docid] != score:
-                first = first_line_of(path, (0, qid), (2, docid))
-                raise KitError(f"{path}, lines {first} and {number}: document {docid!r} is ranked twice for query "
-                               f"{qid!r}, with scores {docs[docid]!r} and {score!r}; keep one of the two lines")
-            same += 1
-        docs[docid] = score
+        same += once(run.setdefault(qid, {}), docid, score, lambda old: _ranked_twice(path, qid, docid, old, score,
+                                                                                          number))
     repeats_note(path, same, "line(s)")
     return {qid: trec_order(docs.items())[:depth] for qid, docs in run.items()}
 
@@ -491,14 +484,9 @@ def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
         if len(parts) != 4 or not parts[3].lstrip("-").isdigit():
             raise KitError(f"{path}, line {number}: malformed qrels line (expected 'qid iteration docid "
                            f"relevance' with an integer relevance): {line.strip()[:80]!r}")
-        grades = qrels.setdefault(parts[0], {})
-        if parts[2] in grades:
-            if grades[parts[2]] != int(parts[3]):
-                first = first_line_of(path, (0, parts[0]), (2, parts[2]))
-                raise KitError(f"{path}, lines {first} and {number}: document {parts[2]!r} is judged twice for query "
-                               f"{parts[0]!r}, as {grades[parts[2]]} and {parts[3]}; keep one of the two lines")
-            duplicates += 1
-        grades[parts[2]] = int(parts[3])
+        duplicates += once(qrels.setdefault(parts[0], {}), parts[2], int(parts[3]), lambda old: (
+            f"{path}, lines {first_line_of(path, (0, parts[0]), (2, parts[2]))} and {number}: document "
+            f"{parts[2]!r} is judged twice for query {parts[0]!r}, as {old} and {parts[3]}; keep one of the two lines"))
     repeats_note(path, duplicates, "judgement(s)")
     return qrels
 
@@ -776,27 +764,15 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
 # ================================================================================================
 # 5. Evaluation (the tests on its per-query values: significance.py)
 # ================================================================================================
-# Every query in the qrels counts: a judged query the run misses scores 0 (trec_eval -c).
-
-
-# ----------------------------------------------------------------------------- evaluation
 def evaluate(run, qrels, measures):
-    """Score ``run`` ({qid: {docid: score}}) against ``qrels`` ({qid: {docid: relevance}}).
+    """Score ``run`` ({qid: {docid: score}}) against ``qrels`` ({qid: {docid: relevance}}): ``(aggregate,
+    per_query)``, {measure: mean} and {measure: {qid: value}}, keyed by the measure strings as given.
 
-    Returns ``(aggregate, per_query)``: {measure: mean} and {measure: {qid: value}}, keyed by the
-    measure strings exactly as given (e.g. "nDCG@10", "RR(rel=2)@10", "R@100").
-
-    The query set is the qrels' query set, nothing else:
-    * run queries without judgements are ignored (they cannot be scored);
-    * judged queries missing from the run, or with an empty ranking, score 0 (trec_eval -c);
-    * judged queries with no relevant document (all grades 0, or below ``rel=`` for RR(rel=2))
-      are kept and score 0 for every measure. That is what ir_measures itself does (its
-      pytrec_eval provider reports them as 0), so ``aggregate`` equals
-      ``ir_measures.calc_aggregate`` on the same inputs. Filter such queries out of the qrels
-      beforehand if a collection's convention is to drop them.
-    Ties in score are broken as trec_eval does (by docid, descending) for every measure, whichever
-    provider ir_measures picks; ties are still worth avoiding, as they rank by docid, not by the model.
-    """
+    The query set is the qrels' query set, nothing else: run queries without judgements are ignored;
+    judged queries missing from the run, or with an empty ranking, score 0 (trec_eval -c); judged queries
+    with no relevant document are kept and score 0, as ir_measures does, so ``aggregate`` equals
+    ``ir_measures.calc_aggregate`` on the same inputs. Ties in score are broken as trec_eval does (by docid,
+    descending) for every measure, whichever provider ir_measures picks."""
     if not qrels:
         raise ValueError("qrels is empty: there is no query to average over")
     # Several strings may name the same measure ("RR@10" vs "RR(cutoff=10)"); compute each once.

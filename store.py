@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -358,11 +359,15 @@ def damage(folder: Path) -> str | None:
         metrics = json.loads(path.read_text())
         path = folder / "per_query.json"
         per_query = json.loads(path.read_text())
+        path = folder / "run.trec.gz"
+        with gzip.open(path, "rt") as run:  # its first line, at least, reads as a run line
+            if len(run.readline().split()) != 6:
+                return f"{path} does not hold a run"
         for measure, value in metrics.items():
             values = list(per_query[measure].values())
             if not values or abs(sum(values) / len(values) - value) > 1e-9:
                 return f"{folder / 'metrics.json'}: {measure} {value} is not the mean of per_query.json's values"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as error:
         return f"{path} cannot be read ({type(error).__name__})"
     return None
 
@@ -440,6 +445,11 @@ def evaluate(model_dir: Path, home: Path, data: EvalData, device: str, lengths: 
                          lengths.unpadded, lengths.compile)
     if finished(folder):
         return load_metrics(folder)
+    if not (model_dir / "config.json").is_file():  # a shipped cell holds its evaluations, not its model
+        made = sorted(p.parent.name.split("__")[0] for p in home.glob("eval/*/metrics.json"))
+        raise KitError(f"{home.name} has no model to re-rank {data.collection.name} with (only the evaluations on "
+                       f"{', '.join(made) or 'no collection'}); pass --collections {' '.join(made) or '...'}, or "
+                       f"another --results to train the cell")
     started = time.time()
     model, pair_tokenizer = cross_encoder.load_trained(model_dir, lengths.max_length, lengths.query_max_length, device)
     if lengths.compile:

@@ -91,11 +91,13 @@ def compute_of(backbone: str) -> tuple[float, int, bool]:
     if backbone in COMPUTE:
         return (*COMPUTE[backbone], True)
     config = Path(backbone) / "config.json"
-    if config.is_file():
-        c = json.loads(config.read_text())
-        if {"num_hidden_layers", "hidden_size", "intermediate_size"} <= set(c):
-            h, layers = c["hidden_size"], c["num_hidden_layers"]
-            return layers * (4 * h * h + 2 * h * c["intermediate_size"]), layers, True
+    try:
+        c = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):  # cut short: sized as BERT-base here; the run's preflight says what is wrong
+        c = {}
+    if {"num_hidden_layers", "hidden_size", "intermediate_size"} <= set(c):
+        h, layers = c["hidden_size"], c["num_hidden_layers"]
+        return layers * (4 * h * h + 2 * h * c["intermediate_size"]), layers, True
     return (*COMPUTE["bert-base"], False)
 
 

@@ -234,6 +234,10 @@ CASES = {
                        "error: --seeds 18446744073709551616: expected seeds, each 0 or more and below 2^32"),
     "a kit cache that cannot be written": (SMOKE, {"KIT_CACHE": "{tmp}/a_file/cache"}, 2,
                                            "error: the kit's cache {tmp}/a_file/cache cannot be written"),
+    "--from-shipped on collections the shipped cells were not evaluated on": (
+        ["--demo", "--from-shipped", "--objectives", "bce", "infonce"], {}, 2,
+        "error: minilm-l6__bce__seed12__745493b7fb has no model to re-rank nfcorpus with (only the evaluations on "
+        "scifact); pass --collections scifact, or another --results to train the cell"),
     "a loss that becomes infinite before any checkpoint": (
         ["--smoke", "--objectives", "margin_mse", "--teacher-pairs", "{tmp}/large_pairs.tsv", "--collections", "vaswani"],
         {}, 2, "error: the loss became non-finite at step 1 (margin_mse, lr 0.001); no checkpoint was written before "
