@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import contextlib
 import dataclasses
+import errno
 import functools
 import gzip
 import hashlib
@@ -117,9 +118,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())  # data on disk before the rename makes it visible
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise disk_full(error, path) or error
+
+
+def disk_full(error: BaseException, path: Path) -> OSError | None:
+    """The OSError(ENOSPC) naming `path` that `error` amounts to (a write that failed on a full disk: torch and
+    safetensors raise their own kinds, os.write names no file), or None when it is something else."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename:
+        return None
+    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if not isinstance(error, OSError) and isinstance(error, Exception):
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < 1 << 26  # under 64 MB left
+        except OSError:
+            full = False
+    return OSError(errno.ENOSPC, "No space left on device", str(path)) if full else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -296,9 +311,6 @@ def load_queries(dataset) -> dict[str, str]:
     with reading(dataset, "queries"):
         for number, q in enumerate(dataset.queries_iter(), 1):
             text = (q.default_text() if hasattr(q, "default_text") else q.text).strip()
-            if not text:
-                raise KitError(f"{name}: query {q.query_id!r} (entry {number} of its queries) has no text; give it "
-                               f"one, or leave it out of the queries and qrels")
             same += once(queries, q.query_id, text, lambda _: (
                 f"{name}: query {q.query_id!r} appears twice in its queries (entries "
                 f"{_entry(dataset.queries_iter(), q.query_id)} and {number}), with two texts; keep one"))
@@ -327,6 +339,12 @@ def once(table: dict, key, value, conflict) -> int:
     if table[key] != value:
         raise KitError(conflict(table[key]))
     return 1
+
+
+def published(path) -> bool:
+    """Whether `path` is one of the papers' published files (md5-pinned, fetched into the kit's cache): their
+    content is the paper's data as it is, read as the kit always read it (a repeated line: the later one kept)."""
+    return Path(path).resolve().parent == (kit_cache() / "published").resolve()
 
 
 def _entry(items, query_id: str, doc_id: str | None = None) -> int:
@@ -387,14 +405,21 @@ def _fields(path: Path) -> Iterator[tuple[int, str, list[str]]]:
 
 
 def not_utf8(path: Path) -> str:
-    """The error line for a file that is not UTF-8 text: where its first byte that is not lies."""
-    raw = gzip.open(path).read() if Path(path).suffix == ".gz" else Path(path).read_bytes()
-    try:
-        raw.decode("utf-8")
-        return f"{path}: not UTF-8 text; convert it to UTF-8"
-    except UnicodeDecodeError as error:
-        return (f"{path}: not UTF-8 text (byte {error.start}: {raw[error.start:error.start + 1]!r}); convert it to "
-                f"UTF-8, e.g. iconv -f latin1 -t utf-8")
+    """The error line for a file that is not UTF-8 text: where its first byte that is not lies (read in blocks:
+    the file may be gigabytes)."""
+    import codecs
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with (gzip.open(path) if Path(path).suffix == ".gz" else open(path, "rb")) as raw:
+        while block := raw.read(1 << 20):
+            pending = decoder.getstate()[0]  # the start of a character cut by the last block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                bad = (pending + block)[error.start:error.start + 1]
+                return (f"{path}: not UTF-8 text (byte {offset - len(pending) + error.start}: {bad!r}); convert it "
+                        f"to UTF-8, e.g. iconv -f latin1 -t utf-8")
+            offset += len(block)
+    return f"{path}: not UTF-8 text; convert it to UTF-8"
 
 
 def first_line_of(path: Path, *fields: tuple[int, str]) -> int:
@@ -443,7 +468,7 @@ def trec_order(items) -> list[tuple[str, float]]:
 def iter_ranked(path: Path, depth: int | None = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """Stream (qid, top-`depth` ranking) one query at a time from a run grouped by query (as TREC runs
     are): memory for one query, whatever the file's size."""
-    seen, current, docs, same = set(), None, {}, 0
+    seen, current, docs, same, strict = set(), None, {}, 0, not published(path)
     for number, qid, docid, score in _numbered_run(path):
         if qid != current:
             if current is not None:
@@ -453,7 +478,9 @@ def iter_ranked(path: Path, depth: int | None = None) -> Iterator[tuple[str, lis
                                f"first (e.g. sort -s -k1,1 {path})")
             seen.add(qid)
             current, docs = qid, {}
-        same += once(docs, docid, score, lambda old: _ranked_twice(path, qid, docid, old, score, number))
+        if strict:
+            same += once(docs, docid, score, lambda old: _ranked_twice(path, qid, docid, old, score, number))
+        docs[docid] = score
     if current is not None:
         yield current, trec_order(docs.items())[:depth]
     repeats_note(path, same, "line(s)")
@@ -469,9 +496,12 @@ def read_run(path: Path, depth: int | None = None) -> dict[str, list[tuple[str, 
     as trec_eval ignores it), keeping the top `depth` per query."""
     run: dict[str, dict[str, float]] = {}
     same = 0
+    strict = not published(path)
     for number, qid, docid, score in _numbered_run(path):
-        same += once(run.setdefault(qid, {}), docid, score, lambda old: _ranked_twice(path, qid, docid, old, score,
-                                                                                          number))
+        docs = run.setdefault(qid, {})
+        if strict:
+            same += once(docs, docid, score, lambda old: _ranked_twice(path, qid, docid, old, score, number))
+        docs[docid] = score
     repeats_note(path, same, "line(s)")
     return {qid: trec_order(docs.items())[:depth] for qid, docs in run.items()}
 
@@ -747,11 +777,12 @@ def load_eval_data(collection: Collection, run_dir: str | None = None, depth: in
         qrels = {qid: qrels[qid] for qid in sorted(qrels)[:max_queries]}
         name += f"/first-{max_queries}-queries"
     candidates = {qid: [d for d, _ in docs] for qid, docs in ranked.items() if qid in qrels}
-    unknown = sorted(q for q in candidates if q not in queries)
+    unknown = sorted(q for q in candidates if not queries.get(q))
     if unknown:  # they would be re-ranked without a query: every model scores 0 there, the first stage does not
-        raise KitError(f"{source}: {len(unknown)} of its judged queries are not in the queries of "
-                       f"{collection.dataset_id} (e.g. {unknown[0]!r}); add their texts to the queries file, or "
-                       f"remove them from the run and the qrels")
+        blank = [q for q in unknown if q in queries]
+        raise KitError(f"{source}: {len(unknown)} of its judged queries have no text in the queries of "
+                       f"{collection.dataset_id} (e.g. {unknown[0]!r}{', blank' if blank else ', absent'}); add "
+                       f"their texts to the queries file, or remove them from the run and the qrels")
     if not candidates:
         raise KitError(f"{source}: none of its query ids is a judged query of {collection.dataset_id} (e.g. run "
                        f"{next(iter(ranked), None)!r} vs qrels {next(iter(qrels), None)!r}); is it the run of another "

@@ -356,7 +356,7 @@ def _unpadded():
 # ================================================================================================
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that determines a trained model; grid.cell_key hashes it into the name of its results cell."""
+    """Everything that determines a trained model; store.cell_key hashes it into the name of its results cell."""
     backbone: str
     objective: str
     seed: int
@@ -480,9 +480,9 @@ def write_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, scheduler, 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C: no half-written file left, the last checkpoint kept
+    except BaseException as error:  # a full disk or Ctrl-C: no half-written file left, the last checkpoint kept
         tmp.unlink(missing_ok=True)
-        raise
+        raise common.disk_full(error, path) or error
 
 
 def resume_checkpoint(path: Path, cfg: TrainConfig, model, optimizer, scheduler, device: str):
@@ -508,8 +508,12 @@ def save_trained_model(model, tokenizer, cfg: TrainConfig, folder: Path) -> None
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     export_settings(model, tokenizer, cfg)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException as error:  # safetensors says a full disk in its own words
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise common.disk_full(error, tmp) or error
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

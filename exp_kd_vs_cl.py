@@ -121,6 +121,8 @@ class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared
     """with one seed: the seed sd the verdicts' tests assume (the kit documents 0.02); unset, one seed is untested"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    figures: bool = False
+    """write each new cell's training curve as PNG beside its model (extras/figures.py; needs matplotlib)"""
 
 
 def _portable(path: Path) -> str:
@@ -241,7 +243,7 @@ def main() -> None:
     metrics, per_query = grid.train_and_evaluate(
         args, configs, collections, results, device, run_dir=args.run_dir, method=args.retriever, depth=depth,
         batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
-        max_queries=30 if args.smoke else None, **options)
+        max_queries=30 if args.smoke else None, figures=args.figures, **options)
 
     # 5. Tables: one per student, every method against the student's infonce -------------------------
     out = tables.tables_folder(results, f"kd_vs_cl_{mode}_{precision}", args, mode, already_in_name=["precision"])

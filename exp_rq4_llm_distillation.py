@@ -107,6 +107,8 @@ class Args(grid.ScaleOutFlags):  # + --plan, --slurm and --slurm-options, shared
     """with one seed: the seed sd the verdicts' tests assume (the kit documents 0.02); unset, one seed is untested"""
     deterministic: bool = False
     """force deterministic GPU kernels (slower); CPU runs are deterministic anyway"""
+    figures: bool = False
+    """write each new cell's training curve as PNG beside its model (extras/figures.py; needs matplotlib)"""
 
 
 def llm_tests(per_query: dict, backbones: list[str], collections: list, llm_objectives: list[str],
@@ -179,7 +181,8 @@ def main() -> None:
         args, {f"{b}/{o}": cfgs for (b, o), cfgs in configs.items()}, collections, results, device, run_dir=args.run_dir,
         depth=depth, batch_size=args.eval_batch_size, token_budget=args.eval_token_budget, token_cache=args.token_cache,
         max_queries=30 if args.smoke else None,
-        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint)
+        num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, keep_checkpoint=args.keep_checkpoint,
+        figures=args.figures)
 
     # 4. Paired t-tests: one Holm family per (backbone, collection) ---------------------------
     tests = llm_tests(per_query, backbones, collections, args.llm_objectives, args.other_objectives, args.measure,

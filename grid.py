@@ -62,8 +62,9 @@ def main_guard(main) -> None:
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        print(f"error: no space left on {Path(error.filename or '.').parent}: free some space (or pass another "
-              f"--results), then rerun the same command to resume", file=sys.stderr)
+        where = Path(error.filename).parent if error.filename else "the disk of --results"
+        print(f"error: no space left on {where}: free some space (or pass another --results), then rerun the same "
+              f"command to resume", file=sys.stderr)
         sys.exit(2)
 
 
@@ -566,10 +567,9 @@ def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections:
     evaluate = dict(batch_size=batch_size, progress=progress, workers=train_options.get("num_workers", 0),
                     token_budget=token_budget, token_cache=token_cache)
 
-    for unit in units:  # what the store holds is checked before it is read: a damaged file is set aside, redone
-        missing = [f for f in unit.evaluations.values() if not store.finished(f, log)]
-        if missing and unit.model is None:
-            store.trained(unit.folder, log)
+    for unit in units:  # what the store holds is checked before it is read: a damaged evaluation is set aside, redone
+        for folder in unit.evaluations.values():
+            store.finished(folder, log)
 
     # The worker's loop, the same in every process on this results folder: work on each unit that is neither
     # complete nor held by a live worker, in order, under its lock, and print its row as it lands.
@@ -591,7 +591,7 @@ def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections:
             try:
                 if unit.complete():  # finished by another worker between the look and the lock
                     continue
-                if unit.model is None and not (unit.folder / "DONE").exists():
+                if unit.model is None and not store.trained(unit.folder, log):  # its model checked under the lock
                     _train_here(unit.cfg, unit.folder, device, log, validate, keep_checkpoint, progress=progress,
                                 **train_options)
                     if figures:  # its loss (and validation) over the steps, beside its model

@@ -316,27 +316,39 @@ def finish_cell(folder: Path, device: str, seconds: float, keep_checkpoint: bool
 
 def trained(folder: Path, log=print) -> bool:
     """Whether a cell is trained and its model is as it was written (the checksums in DONE; cells of kits that
-    recorded none are taken as they are). A damaged model is set aside with its DONE, so the cell trains again
-    (from its checkpoint when one was kept)."""
+    recorded none are taken as they are, and a cell kept without its model/, as shipped cells are, is trained:
+    re-ranking with it says what is missing). A damaged model is set aside with its DONE, so the cell trains
+    again (from its checkpoint when one was kept). Called with the cell's lock held, or before any worker runs."""
     done = folder / "DONE"
-    if not done.exists():
-        return False
-    path = done
     try:
-        for name, md5 in json.loads(done.read_text()).get("files", {}).items():
-            path = folder / name
-            if common.md5_of(path) != md5:
-                raise ValueError("changed")
-        return True
+        recorded = json.loads(done.read_text()).get("files", {})
+    except FileNotFoundError:
+        return False
     except (OSError, ValueError, AttributeError) as error:
-        why = (f"{path} no longer matches the checksum recorded when the cell finished" if str(error) == "changed"
-               else f"{path} cannot be read ({type(error).__name__})")
-    stamp = f"damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    if (folder / "model").exists():
-        os.replace(folder / "model", folder / f"model.{stamp}")
-    os.replace(done, folder / f"DONE.{stamp}")
-    log(f"note: {why}; moved the model and DONE aside (.{stamp}) and training the cell again")
+        recorded, why = None, f"{done} cannot be read ({type(error).__name__})"
+    if recorded is not None:
+        why = _changed(folder, {n: md5 for n, md5 in recorded.items()
+                                if not n.startswith("model/") or (folder / "model").is_dir()})
+        if why is None:
+            return True
+        why += " recorded when the cell finished"
+    shelf = folder / "damaged"
+    if (folder / "model").is_dir():
+        set_aside(folder / "model", why, log, shelf, also=done)
+    else:
+        set_aside(done, why, log, shelf)
     return False
+
+
+def _changed(folder: Path, recorded: dict[str, str]) -> str | None:
+    """The first file of `recorded` ({name: md5}) that is missing or no longer has its md5, said as a reason."""
+    for name, md5 in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing: it does not match the checksum"
+        if common.md5_of(path) != md5:
+            return f"{path} no longer matches the checksum"
+    return None
 
 
 # ================================================================================================
@@ -347,22 +359,28 @@ CHECKSUMS = "checksums.json"  # an evaluation's files, as written: {file name: m
 
 def damage(folder: Path) -> str | None:
     """Why a finished evaluation (`folder`, its metrics.json present) cannot be trusted, or None: a file that no
-    longer matches the checksum recorded when it was written, a file that cannot be read, or (in folders of kits
-    that recorded no checksums) an aggregate that is not the mean of its per-query values."""
+    longer matches what was recorded when it was written (the metrics and per-query values by md5, the run, which
+    may be large and which no table reads, by size), a file that cannot be read, or (in folders of kits that
+    recorded no checksums) an aggregate that is not the mean of its per-query values or a run that is not one."""
     path = folder / CHECKSUMS
     try:
-        for name, md5 in (json.loads(path.read_text()) if path.exists() else {}).items():
-            path = folder / name
-            if common.md5_of(path) != md5:
-                return f"{path} no longer matches the checksum recorded when it was written"
+        recorded = json.loads(path.read_text()) if path.exists() else {}
+        sizes = recorded.pop("sizes", {})
+        why = _changed(folder, {n: md5 for n, md5 in recorded.items() if n != "run.trec.gz"})
+        for name, size in sizes.items():
+            if (folder / name).stat().st_size != size:
+                why = why or f"{folder / name} no longer matches the size"
+        if why:
+            return why + " recorded when it was written"
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text())
         path = folder / "per_query.json"
         per_query = json.loads(path.read_text())
         path = folder / "run.trec.gz"
-        with gzip.open(path, "rt") as run:  # its first line, at least, reads as a run line
-            if len(run.readline().split()) != 6:
-                return f"{path} does not hold a run"
+        if not recorded and path.exists():  # its first line, at least, reads as a run line
+            with gzip.open(path, "rt") as run:
+                if len(run.readline().split()) != 6:
+                    return f"{path} does not hold a run"
         for measure, value in metrics.items():
             values = list(per_query[measure].values())
             if not values or abs(sum(values) / len(values) - value) > 1e-9:
@@ -372,11 +390,24 @@ def damage(folder: Path) -> str | None:
     return None
 
 
-def set_aside(folder: Path, why: str, log=print) -> None:
-    """Move a damaged folder out of the store's way, kept beside it (never deleted), so that it is recomputed."""
-    aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-    os.replace(folder, aside)
-    log(f"note: {why}; moved it aside to {aside.name} and computing it again")
+def set_aside(path: Path, why: str, log=print, shelf: Path | None = None, also: Path | None = None) -> Path | None:
+    """Move a damaged file or folder (and `also`) out of the store's way into `shelf` (by default the `damaged/`
+    folder beside its parent: <cell>/damaged/ for an evaluation), kept, never deleted and never read again, so
+    that it is computed again; says so in one note. None when another worker moved it first."""
+    shelf = shelf or path.parent.parent / "damaged"
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    shelf.mkdir(parents=True, exist_ok=True)
+    moved = None
+    for item in (path, also):
+        if item is not None:
+            try:
+                os.replace(item, shelf / f"{item.parent.name}-{item.name}.{stamp}")
+                moved = moved or shelf / f"{item.parent.name}-{item.name}.{stamp}"
+            except FileNotFoundError:  # another worker set it aside first
+                pass
+    if moved:
+        log(f"note: {why}; moved it aside to {moved} and computing it again")
+    return moved
 
 
 def finished(folder: Path, log=print) -> bool:
@@ -405,6 +436,7 @@ def _save_metrics(folder: Path, run, data: EvalData, tag: str):
     metrics = json.dumps(aggregate, indent=1, sort_keys=True) + "\n"
     sums = {name: common.md5_of(folder / name) for name in ("run.trec.gz", "per_query.json")}
     sums["metrics.json"] = hashlib.md5(metrics.encode()).hexdigest()
+    sums["sizes"] = {"run.trec.gz": (folder / "run.trec.gz").stat().st_size}
     common.atomic_write_json(folder / CHECKSUMS, sums)
     common.atomic_write_text(folder / "metrics.json", metrics)  # last: its presence marks the folder finished
     return aggregate, per_query

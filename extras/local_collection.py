@@ -96,16 +96,13 @@ def read_collection_spec(spec: Path) -> dict:
 
 
 def _unique(path: Path, keys: tuple, what: str) -> dict[str, tuple]:
-    """{id: row} of a queries or documents file: an id twice with two texts is a KitError naming both lines; an
-    exact repeat is counted once, with a note."""
-    rows, lines, same = {}, {}, 0
+    """{id: row} of a queries or documents file: an id twice with two texts is a KitError naming both lines (the
+    first looked up only then); an exact repeat is counted once, with a note."""
+    rows, same = {}, 0
     for number, row in _records(path, keys):
-        if row[0] in rows:
-            if rows[row[0]] != row:
-                raise common.KitError(f"{path}, lines {lines[row[0]]} and {number}: {what} {row[0]!r} appears twice "
-                                      f"with two texts; keep one of the two lines")
-            same += 1
-        rows[row[0]], lines[row[0]] = row, lines.get(row[0], number)
+        same += common.once(rows, row[0], row, lambda _: (
+            f"{path}, lines {next(n for n, r in _records(path, keys) if r[0] == row[0])} and {number}: {what} "
+            f"{row[0]!r} appears twice with two texts; keep one of the two lines"))
     common.repeats_note(path, same, "line(s)")
     return rows
 

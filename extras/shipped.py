@@ -9,7 +9,7 @@ reports ships as the results store keeps it, without its model weights (88 MB a 
   MANIFEST.json                         each file's sha256 and size; the kit's commit, and per cell its device,
                                         precision and data variant
 
-The results store reuses a cell whose DONE and metrics.json exist (grid.py), so a results folder holding these
+The results store reuses a cell whose DONE and metrics.json exist (store.py), so a results folder holding these
 files rebuilds every table, figure and verdict without training: `install` copies them there, after checking
 each checksum. `python scripts/ship_results.py` writes the folder from a results store.
 

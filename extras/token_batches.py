@@ -249,7 +249,7 @@ def batches(pair_tokenizer, queries: list[str], passages: list[str], batch_size:
             tokens: PairTokens | None = None, token_budget: int = 0, unpad: bool = False):
     """The batches of cross_encoder.score_pairs from token ids: with `token_budget` or `unpad`, pairs of similar
     token length up to that many tokens (padding counted unless packed); otherwise the default batches (by
-    character length, cross_encoder.padded_batches' order) padded from the stored `tokens`."""
+    character length, cross_encoder.length_order) padded from the stored `tokens`."""
     if token_budget or unpad:
         if tokens is None:
             tokens = encode_pairs(pair_tokenizer, queries, passages, workers=workers)

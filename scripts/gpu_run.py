@@ -39,7 +39,7 @@ $OUT holds 7 files, each under 16 MiB, and no folders:
 Resuming. A second run goes on from what the first returned:
     python3 scripts/gpu_run.py --resume-from DIR        # DIR: the first run's files (its $OUT)
 Teacher files whose sha256 matches the manifest are put back instead of rebuilt; the finished cells are put
-back into the results folder (grid.py reuses a cell whose DONE and eval/*/metrics.json exist; the cell keys
+back into the results folder (store.py reuses a cell whose DONE and eval/*/metrics.json exist; the cell keys
 hold the teacher files' md5, which is why the teacher files are restored byte for byte); steps that ended
 "ok" are skipped ("skipped: already done"), and a step that was cut off runs again, reusing its finished cells.
 

@@ -70,7 +70,7 @@ def test_a_damaged_evaluation_is_set_aside_and_computed_again(finished, tmp_path
     assert again.returncode == 0, again.stderr[-3000:]
     notes = [line for line in again.stdout.splitlines() if line.startswith("note: ") and "moved it aside" in line]
     assert len(notes) == 1 and str(folder) in notes[0], again.stdout[-3000:]
-    assert list(folder.parent.glob(f"{folder.name}.damaged-*"))  # kept, never deleted
+    assert list((folder.parent.parent / "damaged").glob(f"eval-{folder.name}.*"))  # kept, never deleted
     assert (folder / "metrics.json").exists() and table(results) == finished[1]  # recomputed: the same table
 
 
@@ -83,13 +83,27 @@ def test_a_damaged_model_is_set_aside_and_the_cell_trained_again(finished, tmp_p
     again = run(results, *SMOKE)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"note: {weights} no longer matches the checksum recorded when the cell finished" in again.stdout
-    assert list(cell.glob("model.damaged-*")) and list(cell.glob("DONE.damaged-*")) and (cell / "DONE").exists()
+    shelf = cell / "damaged"
+    assert list(shelf.glob(f"{cell.name}-model.*")) and list(shelf.glob(f"{cell.name}-DONE.*")) and (cell / "DONE").exists()
     assert table(results) == finished[1]  # retrained on the CPU: the same model, the same table
+
+
+def test_a_cell_kept_without_its_model_is_not_trained_again(finished, tmp_path):
+    """Shipped cells, and cells whose weights were deleted to save disk, hold DONE but no model/: reused."""
+    results = copy(finished, tmp_path)
+    (cell,) = results.glob("cells/tiny-bert__bce__*")
+    shutil.rmtree(cell / "model")
+    again = run(results, *SMOKE)
+    assert again.returncode == 0 and "note:" not in again.stdout and not (cell / "damaged").exists(), again.stdout
+    shutil.rmtree(evaluation(results))  # now an evaluation it cannot make: one line, nothing retrained
+    again = run(results, *SMOKE)
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith(
+        f"error: {cell.name} has no model to re-rank vaswani with"), again.stderr[-2000:]
 
 
 def test_every_finished_evaluation_records_its_checksums(finished):
     folder = evaluation(finished[0])
     sums = json.loads((folder / "checksums.json").read_text())
-    assert sorted(sums) == ["metrics.json", "per_query.json", "run.trec.gz"]
+    assert sorted(sums) == ["metrics.json", "per_query.json", "run.trec.gz", "sizes"]
     with gzip.open(folder / "run.trec.gz", "rt") as handle:
         assert handle.readline().count(" ") == 5
