@@ -63,47 +63,29 @@ def extra(name: str, flag: str):
 
 
 class Interrupted(Exception):
-    """The work stopped early because a stop was asked for (request_stop: SLURM's signal before a time limit or a
-    preemption, or a lock taken over), at a point it resumes from exactly: training saved a checkpoint first."""
+    """The work stopped where it resumes from exactly (a checkpoint saved first) because a stop was asked for
+    (request_stop: SLURM's signal before a time limit or a preemption, or a lock taken over)."""
 
 
 class EarlyExit(Exception):
-    """Ends a script before its tables, and not in error: a plan printed, a grid submitted to SLURM, or cells left
-    to other workers (whichever finishes the last cell writes the tables). grid.main_guard prints it; status 0."""
+    """Ends a script before its tables, not in error (a plan printed, cells left to other workers): status 0."""
 
 
 _STOP: list[str] = []  # why a stop was asked for, if it was
 
 
 def request_stop(reason: str) -> None:
-    """Ask the work in progress to stop at its next safe point: training after the current step (with a
-    checkpoint), re-ranking after the current batch. Safe to call from a signal handler or another thread."""
+    """Ask the work to stop at its next safe point (a step, a batch); safe from a signal handler or a thread."""
     _STOP.append(reason)
 
 
-def stop_requested() -> str | None:
-    """Why a stop was asked for, or None."""
+def stop_requested() -> str | None:  # why a stop was asked for, or None
     return _STOP[0] if _STOP else None
 
 
 def field_default(field: dataclasses.Field):
     """A dataclass field's default value, made fresh where it comes from a factory."""
     return field.default if field.default is not dataclasses.MISSING else field.default_factory()
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 1:
-        return "<1 s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
-
-
-def format_size(size: float) -> str:
-    """Bytes in GB, or in MB below 0.1 GB (a size that is not zero never reads "0.0 GB")."""
-    return f"{size / 1e9:,.1f} GB" if size >= 1e8 else f"{max(size / 1e6, 0.1 if size else 0):,.1f} MB"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -126,14 +108,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def disk_full(error: BaseException, path: Path) -> OSError | None:
     """The OSError(ENOSPC) naming `path` that `error` amounts to (a write that failed on a full disk: torch and
     safetensors raise their own kinds, os.write names no file), or None when it is something else."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC and error.filename:
-        return None
-    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
-    if not isinstance(error, OSError) and isinstance(error, Exception):
-        try:
-            full = shutil.disk_usage(Path(path).parent).free < 1 << 26  # under 64 MB left
-        except OSError:
-            full = False
+    if isinstance(error, OSError):
+        full = error.errno == errno.ENOSPC and not error.filename
+    else:
+        full = isinstance(error, Exception) and shutil.disk_usage(Path(path).parent).free < 1 << 26  # < 64 MB
     return OSError(errno.ENOSPC, "No space left on device", str(path)) if full else None
 
 
@@ -164,7 +142,7 @@ def md5_of(path: Path) -> str:
     return _md5_cached(str(path), stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=4096)  # every file of a grid's cells and evaluations, checked once per process
 def _md5_cached(path: str, mtime_ns: int, size: int) -> str:
     return file_digest(path, "md5")
 
@@ -232,8 +210,7 @@ def load_dataset(dataset_id: str):
         install_demo_data(home)
     import ir_datasets  # imported late: it reads IR_DATASETS_HOME when imported
     import logging
-    # ir_datasets logs each step (one logger per module) and each failed download attempt: the progress bars
-    # and the kit's one-line errors say what matters.
+    # ir_datasets logs each step and failed download: the progress bars and the kit's errors say what matters.
     logging.disable(logging.WARNING)
     try:
         return ir_datasets.load(dataset_id)
@@ -566,11 +543,9 @@ class Batch:
 
 
 class TrainingData:
-    """The batches of a training run, as the paper's epochs: each epoch visits every training unit (a triple,
-    or a query) once, in a seeded permutation of its own, and step k takes the next `batch_queries` units.
-    Batch k is a pure function of (seed, k): a resumed run sees exactly the batches an uninterrupted one
-    would, and two runs with one seed see the same data. The negatives of a group are drawn from
-    (seed, k) too."""
+    """The batches of a training run, as the paper's epochs: each epoch visits every training unit (a triple, or
+    a query) once, in a seeded permutation; step k takes the next `batch_queries` units, and its negatives are
+    drawn from (seed, k): a resumed run sees exactly the batches an uninterrupted one would."""
 
     def __init__(self, kind: str, queries: dict[str, str], documents: DocumentLookup, batch_queries: int,
                  seed: int, examples=None, positives=None, candidates=None, teacher=None, group_size: int = 2):
@@ -663,8 +638,7 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
     n = group_size if kind in ("groups", "teacher-groups") else 2
     first_stage = setup.candidates if kind in ("groups", "teacher-groups") else setup.pair_negatives
     kept_positives, negatives = {}, {}
-    # Streamed query by query and stored compactly: the paper's ColBERTv2 run has ~500 lines for each of
-    # ~500k training queries, too many to hold as Python strings.
+    # Streamed and stored compactly: the paper's ColBERTv2 run has ~500 lines for each of ~500k queries.
     for qid, ranked in iter_ranked(resolve_file(first_stage), setup.candidate_depth):
         scored = teacher.get(qid, {}) if teacher is not None else None
         pos = [d for d in positives.get(qid, []) if scored is None or d in scored]
@@ -681,10 +655,9 @@ def build_training_data(objective: str, setup: TrainingSetup, batch_queries: int
 
 
 class PairTable:
-    """Training triples (qid, pos_id, neg_id, pos_target, neg_target) in flat typed arrays: the paper's
-    6.4M triples take ~200 MB instead of ~2 GB of Python tuples, and DataLoader workers (forked) share
-    the arrays instead of copying every tuple whose reference count they touch. Canonical numeric ids
-    (MS MARCO's) are stored as their value, any other id as -(1 + its index in a side list)."""
+    """Training triples (qid, pos_id, neg_id, pos_target, neg_target) in flat typed arrays: the paper's 6.4M
+    triples take ~200 MB, not ~2 GB of tuples, shared by forked DataLoader workers. A numeric id (MS MARCO's) is
+    stored as its value, any other as -(1 + its index in a side list)."""
 
     def __init__(self, rows: Iterable[tuple[str, str, str, float, float]]):
         self._ids, self._targets = array.array("q"), array.array("f")
@@ -818,8 +791,7 @@ def evaluate(run, qrels, measures):
     run = {str(q): {str(d): float(len(ranking) - rank) for rank, (d, _) in
                     enumerate(trec_order((str(d), float(s)) for d, s in ranking.items()))}
            for q, ranking in run.items() if str(q) in qrels and ranking}
-    # Start every judged query at 0, then overwrite with what ir_measures reports: this makes the
-    # "missing counts 0" rule hold whatever provider ir_measures picks.
+    # Every judged query starts at 0: "missing counts 0" holds whatever provider ir_measures picks.
     per_query = {name: dict.fromkeys(qrels, 0.0) for name in dict.fromkeys(measures)}
     for metric in ir_measures.iter_calc(list(names_of), qrels, run):
         for name in names_of[metric.measure]:

@@ -406,8 +406,8 @@ def disk_problems(cells: list[TrainConfig], results: Path, keep_checkpoint: bool
     need = sum(sizes[c.backbone] * (4 if keep_checkpoint else 1) for c in todo) + 3 * max(sizes.values(), default=0)
     free = disk.disk_usage(results if results.exists() else results.parent).free
     if need > free:
-        return [f"{results}: the {len(todo)} cells to train need about {common.format_size(need)} (models"
-                f"{' and checkpoints' if keep_checkpoint else ''}), {common.format_size(free)} are free; free some, "
+        return [f"{results}: the {len(todo)} cells to train need about {format_size(need)} (models"
+                f"{' and checkpoints' if keep_checkpoint else ''}), {format_size(free)} are free; free some, "
                 f"or pass another --results folder"]
     return []
 
@@ -646,10 +646,25 @@ def _landed(unit: Unit, units: list[Unit], done_here: list[float], datasets: dic
     busy = {(store.CellLock.read(u.folder / "LOCK")[0] or {}).get("token") for u in left} - {None}
     workers = max(1, len(busy) + going_on)
     seconds = sum(done_here) / len(done_here) * len(left) / workers
-    rest = f"{len(left)} left, about {common.format_duration(seconds)} at {workers} worker(s)" if left else \
+    rest = f"{len(left)} left, about {format_duration(seconds)} at {workers} worker(s)" if left else \
         "the grid is complete"
-    return (f"[{len(units) - len(left)}/{len(units)}] {unit.label}: {row} ({common.format_duration(done_here[-1])} "
+    return (f"[{len(units) - len(left)}/{len(units)}] {unit.label}: {row} ({format_duration(done_here[-1])} "
             f"here); {rest}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
+
+
+def format_size(size: float) -> str:
+    """Bytes in GB, or in MB below 0.1 GB (a size that is not zero never reads "0.0 GB")."""
+    return f"{size / 1e9:,.1f} GB" if size >= 1e8 else f"{max(size / 1e6, 0.1 if size else 0):,.1f} MB"
 
 
 def tables_measure(collection: Collection) -> str:

@@ -172,7 +172,7 @@ def rerank(args, configs, collections, results: Path, device: str, *, cells: dic
         for (backbone, objective), name in cells.items():
             rate = scale_out.rates(backbone, device, lengths.precision, lengths.max_length)
             hours += pairs / rate.rerank / 3600
-            print(f"  {name:<48} as {objective:<16} ~{common.format_duration(pairs / rate.rerank)} {unit} "
+            print(f"  {name:<48} as {objective:<16} ~{grid.format_duration(pairs / rate.rerank)} {unit} "
                   f"({rate.rerank:,.0f} pairs/s, {rate.source})")
         print(f"Left to do: {hours:.1f} {unit}-hours of re-ranking (rates: extras/scale_out.RATES, scaled as the training plan does)")
         raise common.EarlyExit("note: --plan ran nothing")

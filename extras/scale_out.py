@@ -312,7 +312,7 @@ def plan_text(script: str, mode: str, configs, collections, results: Path, devic
              "", f"Cells: {counts['done']} done, {counts['running']} running, {len(todo)} to do"]
     width = max(len(p.label) for p in plans)
     for p in plans:
-        left = f"~{common.format_duration(p.seconds)} {unit}" if p.state != "done" else ""
+        left = f"~{grid.format_duration(p.seconds)} {unit}" if p.state != "done" else ""
         lines.append(f"  {p.label:<{width}}  {p.state:<28} {left}")
     lines += ["", f"Rates on {describe_device(device)}, {cfg.precision}, max length {cfg.max_length} (pairs/s):"]
     refs: list[str] = []
@@ -339,9 +339,9 @@ def plan_text(script: str, mode: str, configs, collections, results: Path, devic
     longest = max((p.seconds for p in todo), default=0)
     lines.append(f"Left to do: {total_s / 3600:,.1f} {unit}-hours ({train_s / 3600:,.1f} training, "
                  f"{(total_s - train_s) / 3600:,.1f} re-ranking): " + ", ".join(
-                     f"about {common.format_duration(max(total_s / n, longest))} with {n} worker(s)"
+                     f"about {grid.format_duration(max(total_s / n, longest))} with {n} worker(s)"
                      for n in sorted({1, 4, slurm.array_parallelism})) +
-                 f" (a cell is not split: the longest takes {common.format_duration(longest)}).")
+                 f" (a cell is not split: the longest takes {grid.format_duration(longest)}).")
     now = sum(f.stat().st_size for p in plans if p.folder.is_dir() for f in p.folder.rglob("*") if f.is_file())
     model = sum(TOTAL.get(p.backbone, TOTAL["bert-base"]) * BYTES_PER_PARAMETER["model"] for p in todo if p.steps_left)
     checkpoints = sorted((TOTAL.get(p.backbone, TOTAL["bert-base"]) * BYTES_PER_PARAMETER["checkpoint"]
@@ -352,7 +352,7 @@ def plan_text(script: str, mode: str, configs, collections, results: Path, devic
         at_once = min(len(checkpoints), slurm.array_parallelism)
         checkpoint, kept = sum(checkpoints[:at_once]), f"checkpoints of the {at_once} cells training at once"
     runs = sum(p.rerank_pairs for p in todo) * BYTES_PER_RERANKED_PAIR
-    size = common.format_size
+    size = grid.format_size
     lines.append(f"Disk: {size(model + checkpoint + runs)} more (models {size(model)}, {kept} {size(checkpoint)}, "
                  f"runs {size(runs)}); these cells hold {size(now)} now.")
     tasks_device = "cuda:0" if slurm.gpus else "cpu"

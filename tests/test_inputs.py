@@ -382,7 +382,7 @@ def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_file(tmp_path, mon
     assert ended.value.code == 2
     assert capsys.readouterr().err.strip() == (f"error: no space left on {tmp_path}: free some space (or pass another "
                                                f"--results), then rerun the same command to resume")
-    assert common.format_size(3.1e6) == "3.1 MB" and common.format_size(2.5e9) == "2.5 GB"  # never "0.0 GB"
+    assert grid.format_size(3.1e6) == "3.1 MB" and grid.format_size(2.5e9) == "2.5 GB"  # never "0.0 GB"
 
 
 def test_rq5_tables_are_written_whole_or_not_at_all(tmp_path):

@@ -135,11 +135,11 @@ def test_the_plan_says_what_is_done_running_and_left_and_runs_nothing(tmp_path, 
     assert not list(results.glob("cells/*/DONE")) and not list(results.glob("cells/*/*.pt"))
     # disk: a finished cell drops its checkpoint, so only the cells training at once hold one, unless kept
     one = scale_out.TOTAL["minilm-l6"] * scale_out.BYTES_PER_PARAMETER["checkpoint"]
-    assert f"checkpoints of the 2 cells training at once {common.format_size(2 * one)}" in text
+    assert f"checkpoints of the 2 cells training at once {grid.format_size(2 * one)}" in text
     args.keep_checkpoint, args.slurm_options = True, args.slurm_options + ["array-parallelism=1"]  # 3 to do, all kept
     kept = scale_out.plan_text("exp_rq1_objectives.py", "demo", configs, paper_setup.DEMO_COLLECTIONS, results, "cpu",
                             50, None, args)
-    assert f"last checkpoints, kept {common.format_size(3 * one)}" in kept
+    assert f"last checkpoints, kept {grid.format_size(3 * one)}" in kept
 
 
 def test_slurm_submits_one_array_with_the_options_given(tmp_path):
