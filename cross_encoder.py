@@ -460,7 +460,7 @@ def make_optimizer(model, cfg: TrainConfig):
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, eps=1e-8,
-                                  fused=True)  # one kernel per step, not one per tensor: faster on CPU and GPU (bench/README.md)
+                                  fused=True)  # one kernel per step, not one per tensor (bench/README.md)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, cfg.steps))
     return optimizer, scheduler
 
@@ -765,7 +765,8 @@ def rerank(model, pair_tokenizer: PairTokenizer, queries: dict[str, str], candid
            token_budget: int = 0, unpad: bool = False) -> dict[str, dict[str, float]]:
     """Score every candidate of every query; returns the run {qid: {docid: score}}. Documents are
     looked up a chunk of queries at a time, never all at once. `tokens_folder`: each chunk's token ids are
-    read from there when stored, else tokenized once and stored (extras/token_batches.py, --token-cache); the scores are the same.
+    read from there when stored, else tokenized once and stored (extras/token_batches.py, --token-cache); the
+    scores are the same.
     `workers`, `token_budget`, `unpad`: see `score_pairs`."""
     from tqdm import tqdm
     qids = [qid for qid in candidates if qid in queries]

@@ -329,7 +329,8 @@ def licensed_corpus_problems(c) -> list[str]:
 
 
 def preflight(configs: dict[str, list[TrainConfig]], collections: Sequence[Collection] = (),
-              run_dir: str | None = None, results: Path | None = None, keep_checkpoint: bool = False, log=print) -> None:
+              run_dir: str | None = None, results: Path | None = None, keep_checkpoint: bool = False,
+              log=print) -> None:
     """One look over the whole grid before the first large download or training step: names, backbones,
     teacher files, runs, licensed documents and disk space. Every missing item is listed at once, with how to
     get it; what will be downloaded is said. A typo must not surface after hours of training."""
@@ -351,8 +352,9 @@ def preflight(configs: dict[str, list[TrainConfig]], collections: Sequence[Colle
     for backbone in dict.fromkeys(c.backbone for c in cells):
         problems += backbone_problems(backbone)
     for c in collections:
-        if run_dir and not any((Path(run_dir) / f"{c.name}.run{ext}").exists() for ext in ("", ".gz", ".trec", ".trec.gz")):
-            problems.append(f"no candidates for {c.name}: expected {Path(run_dir) / (c.name + '.run')} (or .gz) in --run-dir; "
+        runs = [Path(run_dir) / f"{c.name}.run{ext}" for ext in ("", ".gz", ".trec", ".trec.gz")] if run_dir else []
+        if runs and not any(run.exists() for run in runs):
+            problems.append(f"no candidates for {c.name}: expected {runs[0]} (or .gz) in --run-dir; "
                             f"see the README section 'Candidates'")
         if c.dataset_id.startswith("disks45/"):
             problems += licensed_corpus_problems(c)
@@ -426,7 +428,8 @@ def check_teacher_file(path: Path, kind: str, setup: paper_setup.TrainingSetup) 
     if not {q for q, _ in rows} & set(common.load_queries(dataset)):
         raise KitError(f"{path}: none of its query ids is a training query of {setup.queries} (e.g. {rows[0][0]!r}); "
                        f"is it the teacher file of another collection?")
-    common.DocumentLookup(dataset, source=str(path)).get_many(list(dict.fromkeys(d for _, ds in rows for d in ds))[:1000])
+    first_documents = list(dict.fromkeys(d for _, ds in rows for d in ds))[:1000]
+    common.DocumentLookup(dataset, source=str(path)).get_many(first_documents)
 
 
 # ================================================================================================
@@ -450,8 +453,8 @@ def first_stage_label(collections: list[Collection], run_dir: str | None, method
     return _first_stage().label(method, depth) if not any(c.run for c in collections) else "first stage"
 
 
-def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bool = True, keep_checkpoint: bool = False,
-               validate=None, **train_options) -> Path | None:
+def train_cell(cfg: TrainConfig, results: Path, device: str, log=print, wait: bool = True,
+               keep_checkpoint: bool = False, validate=None, **train_options) -> Path | None:
     """The trained model of `cfg`: reused when the cell is finished, resumed when it was interrupted, trained under
     the cell's lock. A cell that another live worker is training is waited for (`wait`), or None is returned.
     `validate(model, pair_tokenizer)` selects the checkpoint when the configuration asks for it; `train_options`

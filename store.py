@@ -212,7 +212,8 @@ class CellLock:
         """Why a lock `age` seconds past its heartbeat is stale, or None while its holder may be alive."""
         if record.get("machine") == self.me["machine"] and record.get("pid"):
             started = _process_started(record["pid"])
-            if started is None or (record.get("started") not in (None, "?") and started not in ("?", record["started"])):
+            reused = record.get("started") not in (None, "?") and started not in ("?", record["started"])
+            if started is None or reused:  # ended, or its pid now names another process
                 return f"its process {record['pid']} has ended"
         if age > STALE_AFTER_S:
             return f"no heartbeat for {age:.0f} s"
