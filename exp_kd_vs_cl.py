@@ -222,6 +222,9 @@ def main() -> None:
                                                       tokens_folder=results / "tokens" if args.token_cache else None,
                                                       token_budget=args.eval_token_budget)
         grid.train_cells(list(teachers.values()), results, device, validate=validate, **options)
+        if args.figures:  # the teachers' training curves too
+            for cfg in teachers.values():
+                common.extra("figures", "--figures").training_curve(store.cell_dir(results, cfg))
 
     # 3. Teacher files: scores (kl) and pairs (margin_mse), reused when present -------------------
     files = {key: teacher_files(cfg, results, device, setup, n_queries, teacher_depth, args.eval_batch_size,

@@ -172,6 +172,9 @@ def check_flags(args) -> None:
         raise KitError("--demo and --smoke together: pass one of them")
     if getattr(args, "plan", False) and getattr(args, "slurm", False):
         raise KitError("--plan and --slurm together: --plan shows what --slurm would submit and runs nothing; pass one")
+    if getattr(args, "released", False) and getattr(args, "slurm", False):
+        raise KitError("--released with --slurm: the released checkpoints are re-ranked on this machine (no cell to "
+                       "train); drop --slurm, or use --plan to see the time")
     if getattr(args, "slurm", False) and "gpu" in args.given:
         raise KitError("--gpu with --slurm: each task runs on the GPU that SLURM gives it (--slurm-options gpus=1, "
                        "the default) or on its CPUs (gpus=0)")

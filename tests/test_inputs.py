@@ -189,6 +189,8 @@ CASES = {
     "a --slurm option out of range": (SMOKE + ["--slurm", "--slurm-options", "gpus=2"], {}, 2,
                                       "error: --slurm-options gpus=2: expected 1 GPU per task"),
     "--plan and --slurm": (SMOKE + ["--plan", "--slurm"], {}, 2, "error: --plan and --slurm together"),
+    "--released with --slurm": (SMOKE + ["--released", "--slurm"], {}, 2,
+                                "error: --released with --slurm: the released checkpoints are re-ranked on this machine"),
     "--slurm without submitit": (SMOKE + ["--slurm", "--slurm-options", "gpus=0"],
                                  {"PYTHONPATH": "{tmp}/no_submitit" + os.pathsep + os.environ.get("PYTHONPATH", "")}, 2,
                                  "error: --slurm submits through submitit, which is not installed: pip install "
