@@ -422,12 +422,8 @@ def finite(text: str) -> float:
     return value
 
 
-def iter_run(path: Path) -> Iterator[tuple[str, str, float]]:
-    """Stream (qid, docid, score) from a TREC run file `qid Q0 docid rank score tag` (.gz allowed)."""
-    return ((qid, docid, score) for _, qid, docid, score in _numbered_run(path))
-
-
 def _numbered_run(path: Path) -> Iterator[tuple[int, str, str, float]]:
+    """Stream (line number, qid, docid, score) from a TREC run file `qid Q0 docid rank score tag` (.gz allowed)."""
     for number, line, parts in _fields(path):
         try:
             if len(parts) != 6:

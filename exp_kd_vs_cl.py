@@ -179,7 +179,7 @@ def _score_with_teacher(cfg, results, device, setup, n_queries, depth, batch_siz
         common.extra("compiled", "--compile").compile_model(model)
     run = cross_encoder.rerank(model, pair_tokenizer, queries, candidates, common.DocumentLookup(dataset),
                                batch_size=batch_size, device=device, precision=cfg.precision, progress=True,
-                               workers=num_workers, tokens_folder=results / "tokens" if token_cache else None,
+                               workers=num_workers, tokens_folder=store.tokens_folder(results, token_cache),
                                token_budget=token_budget, unpad=cfg.unpadded)
     common.write_teacher_pairs(pairs_path, ((run[q][p], run[q][n], q, p, n) for q in eligible
                                             for p in positives[q] for n in negatives[q]))  # atomic, shuffled
@@ -219,7 +219,7 @@ def main() -> None:
         if selecting:
             first_stage = common.extra("first_stage", "NanoBEIR validation (the paper's checkpoint selection)")
             validate = first_stage.nanobeir_validator(selecting, device, args.retriever, args.eval_batch_size,
-                                                      tokens_folder=results / "tokens" if args.token_cache else None,
+                                                      tokens_folder=store.tokens_folder(results, args.token_cache),
                                                       token_budget=args.eval_token_budget)
         grid.train_cells(list(teachers.values()), results, device, validate=validate, **options)
         if args.figures:  # the teachers' training curves too

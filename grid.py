@@ -24,7 +24,6 @@ import inspect
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -222,13 +221,11 @@ def resolve_setting(args) -> Setting:
               "than fp32 (bench/README.md); --precision fp32 or auto avoids it",
               file=sys.stderr)
     seeds = args.seeds if "seeds" in args.given else list(paper_setup.SEEDS[mode])
-    cache = common.kit_cache()
-    try:  # the published files, the demo's collections and the first-stage runs are kept there
-        cache.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=cache).close()
-    except OSError as error:
-        raise KitError(f"the kit's cache {cache} cannot be written ({error.strerror}); set KIT_CACHE to a folder "
-                       f"you can write to") from None
+    cache = common.kit_cache()  # the published files, the demo's collections and the first-stage runs go there
+    why = store.cannot_write(cache)
+    if why:
+        raise KitError(f"the kit's cache {cache} cannot be written ({why}); set KIT_CACHE to a folder you can "
+                       f"write to")
     common.choose_ir_datasets_home(demo=mode != "paper")
     collections = select_collections(
         paper_setup.PAPER_COLLECTIONS if mode == "paper" else paper_setup.DEMO_COLLECTIONS, args.collections)
@@ -556,8 +553,8 @@ def train_and_evaluate(args, configs: dict[str, list[TrainConfig]], collections:
         for name, data in datasets.items():
             metrics.setdefault(first_stage, {})[name] = [store.evaluate_first_stage(data, results)[0]]
     selecting = next((c for seeds in configs.values() for c in seeds if c.validate_every), None)
-    tokens_folder = Path(results) / "tokens" if token_cache else None
-    validate = _first_stage().nanobeir_validator(selecting, device, method, batch_size, log, tokens_folder,
+    validate = _first_stage().nanobeir_validator(selecting, device, method, batch_size, log,
+                                                 store.tokens_folder(results, token_cache),
                                                  token_budget) if selecting else None
     shared = lengths or next(c for seeds in configs.values() for c in seeds)  # `lengths` where none trains: --released
 

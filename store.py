@@ -55,17 +55,29 @@ FORMAT_CHANGES = {2: "training batches follow seeded epochs and bf16 models scor
 # results/tokens/<key>.npz                          --token-cache: token ids of candidates (extras/token_batches.py)
 # A cell counts as finished only once its DONE (or metrics.json) exists; both are written atomically
 # after everything else, so an interrupted cell is resumed, never read as finished.
+def cannot_write(folder: Path) -> str | None:
+    """Why `folder` (made if missing) cannot be written to, or None: checked before any work is done there."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        return error.strerror
+    return None
+
+
+def tokens_folder(results: Path, token_cache: bool) -> Path | None:
+    """Where --token-cache keeps the candidates' token ids (extras/token_batches.py); None without it."""
+    return Path(results) / "tokens" if token_cache else None
+
+
 def open_results(results: Path) -> Path:
     """The results folder, made if missing; one of another layout version, or one that cannot be written,
     is refused before any work."""
     results = Path(results)
     marker = results / "FORMAT"
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=results).close()
-    except OSError as error:
-        raise KitError(f"--results {results}: cannot write there ({error.strerror}); pass a folder you can "
-                       f"write to") from None
+    why = cannot_write(results)
+    if why:
+        raise KitError(f"--results {results}: cannot write there ({why}); pass a folder you can write to")
     if marker.exists():
         found = marker.read_text().strip()
         if found != str(RESULTS_FORMAT):
@@ -426,6 +438,10 @@ def load_metrics(folder: Path):
     why = damage(folder)
     if why:
         raise KitError(f"{why}; rerun the command: it sets the evaluation aside and computes it again")
+    return _read_metrics(folder)
+
+
+def _read_metrics(folder: Path):  # an evaluation `finished` or `damage` has just checked
     metrics = json.loads((folder / "metrics.json").read_text())
     return metrics, json.loads((folder / "per_query.json").read_text())
 
@@ -449,7 +465,7 @@ def evaluate_first_stage(data: EvalData, results: Path):
                                    data.collection.measures]).encode()).hexdigest()[:10]
     folder = Path(results) / "first-stage" / f"{data.collection.name}__{key}"
     if finished(folder):
-        return load_metrics(folder)
+        return _read_metrics(folder)
     run = {qid: {d: -float(rank) for rank, d in enumerate(docs)} for qid, docs in data.candidates.items()}
     return _save_metrics(folder, run, data, "first-stage")
 
@@ -477,7 +493,7 @@ def evaluate(model_dir: Path, home: Path, data: EvalData, device: str, lengths: 
     folder = eval_folder(home, data, lengths.max_length, lengths.query_max_length, lengths.precision,
                          lengths.unpadded, lengths.compile)
     if finished(folder):
-        return load_metrics(folder)
+        return _read_metrics(folder)
     if not (model_dir / "config.json").is_file():  # a shipped cell holds its evaluations, not its model
         made = sorted(p.parent.name.split("__")[0] for p in home.glob("eval/*/metrics.json"))
         raise KitError(f"{home.name} has no model to re-rank {data.collection.name} with (only the evaluations on "
@@ -489,7 +505,7 @@ def evaluate(model_dir: Path, home: Path, data: EvalData, device: str, lengths: 
         common.extra("compiled", "--compile").compile_model(model)
     run = cross_encoder.rerank(model, pair_tokenizer, data.queries, data.candidates, data.documents,
                                batch_size=batch_size, device=device, precision=lengths.precision, progress=progress,
-                               workers=workers, tokens_folder=Path(results) / "tokens" if token_cache else None,
+                               workers=workers, tokens_folder=tokens_folder(results, token_cache),
                                token_budget=token_budget, unpad=lengths.unpadded)
     pairs = sum(len(docs) for docs in run.values())
     common.atomic_write_json(folder / "timing.json", {"pairs": pairs, "seconds": round(time.time() - started, 2),

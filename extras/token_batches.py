@@ -237,11 +237,6 @@ def cached_tokens(folder: Path | None, pair_tokenizer, queries: list[str], passa
     return tokens
 
 
-def results_folder(results: Path) -> Path:
-    """Where a results store keeps its tokens."""
-    return Path(results) / "tokens"
-
-
 # ================================================================================================
 # 3. Batches by token budget, or packed
 # ================================================================================================
